@@ -1,0 +1,502 @@
+//! The chat domain: who may do what (SPEC §2) and which inputs are valid
+//! (SPEC §3), over the [`Store`]. Transports call these methods with a
+//! [`Caller`] and plain values and translate [`ChatError`] once each.
+
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use uuid::Uuid;
+
+use crate::{
+    domain::{
+        self, Caller, Invalid, Message, MessageKind, ThreadView, limits, normalize_metadata,
+        normalize_title, now_micros, parse_id, validate_client_msg_id, validate_content,
+        validate_job_id, validate_seq,
+    },
+    store::{Appended, MessagePage, NewMessage, NewThread, Store, StoreError, ThreadCursor},
+    writer::MessageWriter,
+};
+
+/// Why a chat operation was refused or failed; each transport maps these to
+/// its status codes in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    /// An input broke a rule of SPEC §3; the message says which.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// No such thread or message, or the caller may not see it: the two are
+    /// indistinguishable on purpose.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The caller may see the target but not do this to it.
+    #[error("{0}")]
+    PermissionDenied(&'static str),
+    /// The target's state forbids the change.
+    #[error("{0}")]
+    FailedPrecondition(&'static str),
+    /// Storage is unreachable; retrying later may work.
+    #[error("storage unavailable")]
+    Unavailable(#[source] StoreError),
+    /// Anything else; details stay in the logs.
+    #[error("internal error")]
+    Internal(#[source] StoreError),
+}
+
+impl From<Invalid> for ChatError {
+    fn from(invalid: Invalid) -> Self {
+        ChatError::InvalidArgument(invalid.0)
+    }
+}
+
+impl From<StoreError> for ChatError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Unavailable(_) => ChatError::Unavailable(err),
+            _ => ChatError::Internal(err),
+        }
+    }
+}
+
+const THREAD: &str = "thread";
+const MESSAGE: &str = "message";
+
+/// A page of threads and where the next one starts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThreadPage {
+    pub threads: Vec<ThreadView>,
+    pub next_cursor: Option<String>,
+}
+
+/// A page of messages, ascending by seq.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessagesPage {
+    pub messages: Vec<Message>,
+    pub has_more: bool,
+}
+
+/// A message to send, as a transport received it.
+#[derive(Debug, Clone, Default)]
+pub struct SendRequest {
+    pub thread_id: String,
+    pub content: String,
+    pub client_msg_id: Option<String>,
+    pub metadata: Option<String>,
+    /// `None` means text.
+    pub kind: Option<MessageKind>,
+}
+
+/// A caller's read state after moving their cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadState {
+    pub thread_id: Uuid,
+    pub last_read_seq: i64,
+    pub unread_count: i64,
+}
+
+/// Unread counts: the total and each thread with unread messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreadCounts {
+    pub total: i64,
+    pub threads: Vec<(Uuid, i64)>,
+}
+
+/// The chat operations of SPEC §6 `ChatService`.
+#[derive(Debug, Clone)]
+pub struct Chat {
+    store: Store,
+    writer: MessageWriter,
+}
+
+fn thread_id(id: &str) -> Result<Uuid, ChatError> {
+    parse_id(id).ok_or(ChatError::NotFound(THREAD))
+}
+
+fn message_id(id: &str) -> Result<Uuid, ChatError> {
+    parse_id(id).ok_or(ChatError::NotFound(MESSAGE))
+}
+
+fn acting_user(caller: &Caller) -> Result<&str, ChatError> {
+    caller.user_id().ok_or(ChatError::PermissionDenied(
+        "a service token cannot act as a participant",
+    ))
+}
+
+fn encode_cursor(cursor: ThreadCursor) -> String {
+    URL_SAFE_NO_PAD.encode(format!(
+        "t1.{}.{}",
+        cursor.activity_at,
+        cursor.thread_id.simple()
+    ))
+}
+
+fn decode_cursor(text: &str) -> Result<ThreadCursor, ChatError> {
+    let bad = || ChatError::InvalidArgument("cursor: not a cursor issued by this server".into());
+    let bytes = URL_SAFE_NO_PAD.decode(text).map_err(|_| bad())?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| bad())?;
+    let mut parts = text.split('.');
+    let (Some("t1"), Some(activity), Some(id), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad());
+    };
+    let activity_at: i64 = activity.parse().map_err(|_| bad())?;
+    if id.len() != 32 {
+        return Err(bad());
+    }
+    let thread_id = Uuid::try_parse(id).map_err(|_| bad())?;
+    Ok(ThreadCursor {
+        activity_at,
+        thread_id,
+    })
+}
+
+impl Chat {
+    /// Chat over `store`.
+    pub fn new(store: Store) -> Self {
+        let writer = MessageWriter::new(store.clone());
+        Chat { store, writer }
+    }
+
+    /// Creates the thread of these participants (the caller added when a
+    /// user) and job, or returns the existing one (`false`). Re-creating a
+    /// thread the caller archived brings it back to their list.
+    pub async fn create_thread(
+        &self,
+        caller: &Caller,
+        participants: &[String],
+        job_id: Option<&str>,
+        title: Option<&str>,
+    ) -> Result<(ThreadView, bool), ChatError> {
+        let participants = domain::validate_participants(participants, caller.user_id())?;
+        if let Some(job_id) = job_id {
+            validate_job_id(job_id)?;
+        }
+        let title = normalize_title(title)?;
+        let new = NewThread {
+            id: Uuid::now_v7(),
+            participants,
+            job_id: job_id.map(str::to_owned),
+            title,
+            created_by: caller.subject().to_owned(),
+            created_at: now_micros(),
+        };
+        let (thread, created) = self.store.create_thread(&new).await?;
+        if created {
+            let view = ThreadView {
+                thread,
+                last_read_seq: 0,
+                as_participant: caller.user_id().is_some(),
+                last_message: None,
+            };
+            return Ok((view, true));
+        }
+        if let Some(user) = caller.user_id() {
+            self.store.set_archived(thread.id, user, false).await?;
+        }
+        let view = self
+            .store
+            .thread(thread.id, caller.user_id())
+            .await?
+            .ok_or(ChatError::NotFound(THREAD))?;
+        Ok((view, false))
+    }
+
+    /// One thread as the caller sees it.
+    pub async fn get_thread(&self, caller: &Caller, id: &str) -> Result<ThreadView, ChatError> {
+        let id = thread_id(id)?;
+        self.store
+            .thread(id, caller.user_id())
+            .await?
+            .ok_or(ChatError::NotFound(THREAD))
+    }
+
+    /// A page of the caller's threads (every thread for a service), most
+    /// recent activity first.
+    pub async fn list_threads(
+        &self,
+        caller: &Caller,
+        limit: i32,
+        cursor: Option<&str>,
+        job_id: Option<&str>,
+    ) -> Result<ThreadPage, ChatError> {
+        let limit = domain::page_limit(limit, limits::DEFAULT_THREAD_PAGE, limits::MAX_THREAD_PAGE)?;
+        let after = cursor.map(decode_cursor).transpose()?;
+        if let Some(job_id) = job_id {
+            validate_job_id(job_id)?;
+        }
+        let mut page = self
+            .store
+            .list_threads(caller.user_id(), job_id, after, limit + 1)
+            .await?;
+        let next_cursor = if page.len() > limit as usize {
+            page.truncate(limit as usize);
+            page.last().map(|(_, cursor)| encode_cursor(*cursor))
+        } else {
+            None
+        };
+        let threads = page
+            .into_iter()
+            .map(|(mut view, _)| {
+                view.last_message = view.last_message.map(|m| m.as_seen_by(caller));
+                view
+            })
+            .collect();
+        Ok(ThreadPage {
+            threads,
+            next_cursor,
+        })
+    }
+
+    /// The thread with exactly these participants and job; a user caller
+    /// must be one of them.
+    pub async fn find_thread(
+        &self,
+        caller: &Caller,
+        participants: &[String],
+        job_id: Option<&str>,
+    ) -> Result<ThreadView, ChatError> {
+        let participants = domain::validate_participant_set(participants)?;
+        if let Some(job_id) = job_id {
+            validate_job_id(job_id)?;
+        }
+        if let Some(user) = caller.user_id()
+            && participants.binary_search_by(|p| p.as_str().cmp(user)).is_err()
+        {
+            return Err(ChatError::NotFound(THREAD));
+        }
+        self.store
+            .find_thread(&participants, job_id, caller.user_id())
+            .await?
+            .ok_or(ChatError::NotFound(THREAD))
+    }
+
+    /// Sets (or, with `None` or "", clears) a thread's title.
+    pub async fn update_thread(
+        &self,
+        caller: &Caller,
+        id: &str,
+        title: Option<&str>,
+    ) -> Result<ThreadView, ChatError> {
+        let title = normalize_title(title)?;
+        let mut view = self.get_thread(caller, id).await?;
+        if !self
+            .store
+            .update_title(view.thread.id, title.as_deref())
+            .await?
+        {
+            return Err(ChatError::NotFound(THREAD));
+        }
+        view.thread.title = title;
+        Ok(view)
+    }
+
+    /// Hides the thread from the caller's list until a new message arrives.
+    pub async fn archive_thread(&self, caller: &Caller, id: &str) -> Result<(), ChatError> {
+        let user = acting_user(caller)?;
+        let id = thread_id(id)?;
+        if self.store.set_archived(id, user, true).await? {
+            Ok(())
+        } else {
+            Err(ChatError::NotFound(THREAD))
+        }
+    }
+
+    /// Stores a text message from the calling user; `false` when its
+    /// client_msg_id was used before and the original is returned.
+    pub async fn send_message(
+        &self,
+        caller: &Caller,
+        request: SendRequest,
+    ) -> Result<(Message, bool), ChatError> {
+        let user = acting_user(caller)?;
+        match request.kind {
+            None | Some(MessageKind::Text) => {}
+            Some(_) => {
+                return Err(ChatError::InvalidArgument(
+                    "message_type: users post text messages only".into(),
+                ));
+            }
+        }
+        validate_content(&request.content)?;
+        if let Some(id) = &request.client_msg_id {
+            validate_client_msg_id(id)?;
+        }
+        let metadata = normalize_metadata(request.metadata.as_deref())?;
+        let thread_id = thread_id(&request.thread_id)?;
+        let new = NewMessage {
+            id: Uuid::now_v7(),
+            thread_id,
+            sender_id: Some(user.to_owned()),
+            kind: MessageKind::Text,
+            content: request.content,
+            metadata,
+            client_msg_id: request.client_msg_id,
+            posted_by: None,
+            idempotency_key: None,
+            created_at: now_micros(),
+        };
+        match self.writer.append(new).await? {
+            Some(Appended::Created(message)) => Ok((message, true)),
+            Some(Appended::Duplicate(message)) => Ok((message.as_seen_by(caller), false)),
+            None => Err(ChatError::NotFound(THREAD)),
+        }
+    }
+
+    /// A page of a thread's messages: the newest by default, or those
+    /// before or after a seq.
+    pub async fn list_messages(
+        &self,
+        caller: &Caller,
+        id: &str,
+        before_seq: Option<i64>,
+        after_seq: Option<i64>,
+        limit: i32,
+    ) -> Result<MessagesPage, ChatError> {
+        let limit = domain::page_limit(
+            limit,
+            limits::DEFAULT_MESSAGE_PAGE,
+            limits::MAX_MESSAGE_PAGE,
+        )?;
+        let page = match (before_seq, after_seq) {
+            (Some(_), Some(_)) => {
+                return Err(ChatError::InvalidArgument(
+                    "before_seq and after_seq cannot be combined".into(),
+                ));
+            }
+            (Some(before), None) => {
+                validate_seq("before_seq", before)?;
+                MessagePage::Before(before)
+            }
+            (None, Some(after)) => {
+                validate_seq("after_seq", after)?;
+                MessagePage::After(after)
+            }
+            (None, None) => MessagePage::Latest,
+        };
+        let id = thread_id(id)?;
+        if !self.store.can_see(id, caller.user_id()).await? {
+            return Err(ChatError::NotFound(THREAD));
+        }
+        let (messages, has_more) = self.store.list_messages(id, page, limit).await?;
+        let messages = messages.into_iter().map(|m| m.as_seen_by(caller)).collect();
+        Ok(MessagesPage { messages, has_more })
+    }
+
+    /// One message.
+    pub async fn get_message(&self, caller: &Caller, id: &str) -> Result<Message, ChatError> {
+        let id = message_id(id)?;
+        self.store
+            .message(id, caller.user_id())
+            .await?
+            .map(|m| m.as_seen_by(caller))
+            .ok_or(ChatError::NotFound(MESSAGE))
+    }
+
+    /// The caller's own message that they may change.
+    async fn own_message(&self, caller: &Caller, id: &str) -> Result<Message, ChatError> {
+        let user = acting_user(caller)?;
+        let id = message_id(id)?;
+        let message = self
+            .store
+            .message(id, Some(user))
+            .await?
+            .ok_or(ChatError::NotFound(MESSAGE))?;
+        if message.sender_id.as_deref() != Some(user) {
+            return Err(ChatError::PermissionDenied(
+                "only the sender can change a message",
+            ));
+        }
+        Ok(message)
+    }
+
+    /// The sender replaces a text message's content.
+    pub async fn edit_message(
+        &self,
+        caller: &Caller,
+        id: &str,
+        content: &str,
+    ) -> Result<Message, ChatError> {
+        acting_user(caller)?;
+        validate_content(content)?;
+        let message = self.own_message(caller, id).await?;
+        if message.deleted_at.is_some() {
+            return Err(ChatError::FailedPrecondition(
+                "a deleted message cannot be edited",
+            ));
+        }
+        if message.kind != MessageKind::Text {
+            return Err(ChatError::FailedPrecondition(
+                "only text messages can be edited",
+            ));
+        }
+        self.store
+            .edit_message(message.id, content, now_micros())
+            .await?
+            .ok_or(ChatError::FailedPrecondition(
+                "a deleted message cannot be edited",
+            ))
+    }
+
+    /// The sender deletes a message: hidden from users, kept for services.
+    /// Deleting it again changes nothing.
+    pub async fn delete_message(&self, caller: &Caller, id: &str) -> Result<Message, ChatError> {
+        let message = self.own_message(caller, id).await?;
+        let deleted = self
+            .store
+            .delete_message(message.id, now_micros())
+            .await?
+            .ok_or(ChatError::NotFound(MESSAGE))?;
+        Ok(deleted.as_seen_by(caller))
+    }
+
+    /// Moves the caller's read cursor forward to `up_to_seq` (default: the
+    /// latest message; clamped to it).
+    pub async fn mark_read(
+        &self,
+        caller: &Caller,
+        id: &str,
+        up_to_seq: Option<i64>,
+    ) -> Result<ReadState, ChatError> {
+        let user = acting_user(caller)?;
+        if let Some(seq) = up_to_seq {
+            validate_seq("up_to_seq", seq)?;
+        }
+        let id = thread_id(id)?;
+        let (last_read_seq, last_seq) = self
+            .store
+            .mark_read(id, user, up_to_seq)
+            .await?
+            .ok_or(ChatError::NotFound(THREAD))?;
+        Ok(ReadState {
+            thread_id: id,
+            last_read_seq,
+            unread_count: (last_seq - last_read_seq).max(0),
+        })
+    }
+
+    /// The caller's unread counts.
+    pub async fn unread_counts(&self, caller: &Caller) -> Result<UnreadCounts, ChatError> {
+        let user = acting_user(caller)?;
+        let threads = self.store.unread_counts(user).await?;
+        let total = threads.iter().map(|(_, n)| n).sum();
+        Ok(UnreadCounts { total, threads })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_reject_forgeries() {
+        let cursor = ThreadCursor {
+            activity_at: 1_700_000_000_123_456,
+            thread_id: Uuid::now_v7(),
+        };
+        assert_eq!(decode_cursor(&encode_cursor(cursor)).unwrap(), cursor);
+        for bad in ["", "abc", "dDEuMS4y", &URL_SAFE_NO_PAD.encode("t1.x.y")] {
+            assert!(matches!(
+                decode_cursor(bad),
+                Err(ChatError::InvalidArgument(_))
+            ));
+        }
+    }
+}

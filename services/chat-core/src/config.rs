@@ -1,0 +1,308 @@
+//! Typed configuration from the environment (SPEC §7). Every value is
+//! checked at start: a bad one stops start-up with a message naming the
+//! variable, instead of failing later in the middle of traffic.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use chat_auth::{JwtAlgorithm, JwtKey, JwtSettings};
+
+use crate::store::DatabaseLocation;
+
+/// A variable that holds a value the service cannot use.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: {message}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub message: String,
+}
+
+fn config_error(variable: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        variable,
+        message: message.into(),
+    }
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines (the default).
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+/// Where the token-checking key comes from.
+#[derive(Debug, Clone)]
+pub enum JwtSource {
+    /// `JWT_*` variables.
+    Configured(JwtSettings),
+    /// Nothing configured on the embedded default: a random HS256 secret
+    /// kept in this file (created on first use), so that `chat-core token`
+    /// run in the same directory signs tokens the server accepts.
+    DevelopmentSecret(PathBuf),
+}
+
+/// Everything chat-core reads from its environment.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `CHAT_CORE_GRPC_ADDR`: the gRPC listener.
+    pub grpc_addr: SocketAddr,
+    /// `CHAT_CORE_HTTP_ADDR`: `/healthz` and `/metrics`.
+    pub http_addr: SocketAddr,
+    /// `DATABASE_URL`, or the embedded SQLite file.
+    pub database: DatabaseLocation,
+    /// `DATABASE_MAX_CONNECTIONS`: pool size (readers, for SQLite).
+    pub database_max_connections: u32,
+    /// `REDIS_URL`: cross-replica fan-out (used by live events).
+    pub redis_url: Option<String>,
+    /// `JWT_*`.
+    pub jwt: JwtSource,
+    /// `LOG_FORMAT`.
+    pub log_format: LogFormat,
+    /// `SHUTDOWN_GRACE_SECONDS`: how long in-flight calls may run after a
+    /// stop signal.
+    pub shutdown_grace: Duration,
+}
+
+/// The directory of the embedded default's files (database, dev secret).
+pub const DATA_DIR: &str = "./data";
+
+impl Settings {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup`, so tests can pass their own
+    /// environment. Empty values count as unset.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+
+        let grpc_addr = parse_addr(
+            "CHAT_CORE_GRPC_ADDR",
+            get("CHAT_CORE_GRPC_ADDR").as_deref(),
+            "0.0.0.0:50051",
+        )?;
+        let http_addr = parse_addr(
+            "CHAT_CORE_HTTP_ADDR",
+            get("CHAT_CORE_HTTP_ADDR").as_deref(),
+            "0.0.0.0:9090",
+        )?;
+
+        let database_url = get("DATABASE_URL");
+        let database = match &database_url {
+            Some(url) => {
+                DatabaseLocation::parse(url).map_err(|m| config_error("DATABASE_URL", m))?
+            }
+            None => DatabaseLocation::embedded_default(),
+        };
+        let database_max_connections = match get("DATABASE_MAX_CONNECTIONS") {
+            None => 10,
+            Some(v) => v
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=1000).contains(n))
+                .ok_or_else(|| {
+                    config_error("DATABASE_MAX_CONNECTIONS", "expected a number from 1 to 1000")
+                })?,
+        };
+
+        let redis_url = match get("REDIS_URL") {
+            None => None,
+            Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => Some(url),
+            Some(_) => return Err(config_error("REDIS_URL", "expected a redis://… URL")),
+        };
+
+        let jwt = match JwtSettings::from_env(&get)
+            .map_err(|err| config_error(err.variable(), err.to_string()))?
+        {
+            Some(settings) => JwtSource::Configured(settings),
+            None if database_url.is_none() => {
+                JwtSource::DevelopmentSecret(Path::new(DATA_DIR).join("jwt-secret"))
+            }
+            None => {
+                return Err(config_error(
+                    "JWT_SECRET",
+                    "with DATABASE_URL set, token checks must be configured: set JWT_SECRET \
+                     (HS256) or JWT_PUBLIC_KEY_FILE and JWT_ALGORITHM (RS256/ES256)",
+                ));
+            }
+        };
+
+        let log_format = match get("LOG_FORMAT").as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(_) => return Err(config_error("LOG_FORMAT", "expected text or json")),
+        };
+
+        let shutdown_grace = match get("SHUTDOWN_GRACE_SECONDS") {
+            None => Duration::from_secs(20),
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n <= 3600)
+                .map(Duration::from_secs)
+                .ok_or_else(|| {
+                    config_error("SHUTDOWN_GRACE_SECONDS", "expected whole seconds, 0-3600")
+                })?,
+        };
+
+        Ok(Settings {
+            grpc_addr,
+            http_addr,
+            database,
+            database_max_connections,
+            redis_url,
+            jwt,
+            log_format,
+            shutdown_grace,
+        })
+    }
+}
+
+fn parse_addr(
+    variable: &'static str,
+    value: Option<&str>,
+    default: &str,
+) -> Result<SocketAddr, ConfigError> {
+    value
+        .unwrap_or(default)
+        .parse()
+        .map_err(|_| config_error(variable, "expected host:port, e.g. 0.0.0.0:50051"))
+}
+
+impl JwtSource {
+    /// The settings to verify tokens with, creating the development secret
+    /// when it does not exist yet. The flag tells whether it was created.
+    pub fn resolve(&self) -> Result<(JwtSettings, bool), ConfigError> {
+        match self {
+            JwtSource::Configured(settings) => Ok((settings.clone(), false)),
+            JwtSource::DevelopmentSecret(path) => {
+                let (secret, created) = load_or_create_secret(path)
+                    .map_err(|err| config_error("JWT_SECRET", format!("{}: {err}", path.display())))?;
+                Ok((
+                    JwtSettings {
+                        algorithm: JwtAlgorithm::Hs256,
+                        key: JwtKey::Secret(secret),
+                        issuer: None,
+                        audience: None,
+                    },
+                    created,
+                ))
+            }
+        }
+    }
+}
+
+/// Reads the development secret, or writes a new random one readable by
+/// the owner only.
+fn load_or_create_secret(path: &Path) -> std::io::Result<(Vec<u8>, bool)> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => return Ok((text.trim().as_bytes().to_vec(), false)),
+        Ok(_) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err),
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let bytes: [u8; 32] = rand::random();
+    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(mut file) => {
+            use std::io::Write;
+            file.write_all(secret.as_bytes())?;
+            file.sync_all()?;
+            Ok((secret.into_bytes(), true))
+        }
+        // Another process (a concurrent `chat-core token`) won the race.
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+            Ok((std::fs::read_to_string(path)?.trim().as_bytes().to_vec(), false))
+        }
+        Err(err) => Err(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_lookup(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_setup() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.grpc_addr.to_string(), "0.0.0.0:50051");
+        assert_eq!(s.http_addr.to_string(), "0.0.0.0:9090");
+        assert!(s.database.is_embedded());
+        assert!(matches!(s.jwt, JwtSource::DevelopmentSecret(_)));
+        assert_eq!(s.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        for (var, value) in [
+            ("CHAT_CORE_GRPC_ADDR", "nope"),
+            ("CHAT_CORE_HTTP_ADDR", "1.2.3.4"),
+            ("DATABASE_URL", "mysql://x"),
+            ("DATABASE_MAX_CONNECTIONS", "0"),
+            ("REDIS_URL", "http://x"),
+            ("LOG_FORMAT", "xml"),
+            ("SHUTDOWN_GRACE_SECONDS", "-1"),
+            ("JWT_ALGORITHM", "HS512"),
+        ] {
+            let err = settings(&[(var, value), ("JWT_SECRET", "s3cret")]).unwrap_err();
+            assert_eq!(err.variable, var, "{err}");
+            assert!(err.to_string().starts_with(var), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_real_database_needs_real_token_checks() {
+        let err = settings(&[("DATABASE_URL", "postgres://localhost/chat")]).unwrap_err();
+        assert_eq!(err.variable, "JWT_SECRET");
+        let s = settings(&[
+            ("DATABASE_URL", "postgres://localhost/chat"),
+            ("JWT_SECRET", "s3cret"),
+        ])
+        .unwrap();
+        assert!(matches!(s.jwt, JwtSource::Configured(_)));
+    }
+
+    #[test]
+    fn the_development_secret_is_created_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = JwtSource::DevelopmentSecret(dir.path().join("data/jwt-secret"));
+        let (first, created) = source.resolve().unwrap();
+        assert!(created);
+        let (second, created) = source.resolve().unwrap();
+        assert!(!created);
+        match (first.key, second.key) {
+            (JwtKey::Secret(a), JwtKey::Secret(b)) => {
+                assert_eq!(a, b);
+                assert_eq!(a.len(), 64);
+            }
+            _ => panic!("expected HS256 secrets"),
+        }
+    }
+}

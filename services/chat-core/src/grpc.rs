@@ -1,0 +1,450 @@
+//! The gRPC transport: thin `chat.v1` service impls over [`Chat`], the
+//! token interceptor, and the one mapping from [`ChatError`] to [`Status`].
+
+use std::pin::Pin;
+
+use chat_auth::{Role, TokenVerifier};
+use chat_proto::{
+    Timestamp,
+    v1::{self as pb, chat_service_server::ChatService, integration_service_server::IntegrationService},
+};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, service::Interceptor};
+
+use crate::{
+    chat::{Chat, ChatError, SendRequest},
+    domain::{Caller, Message, MessageKind, ThreadView, UnixMicros},
+};
+
+/// Checks the `authorization` metadata of every call (SPEC §2) and hands
+/// the [`Caller`] to the service through the request's extensions. A token
+/// is verified again here even when the gateway already did: chat-core
+/// trusts no one by network position.
+#[derive(Clone)]
+pub struct Authenticator {
+    verifier: TokenVerifier,
+}
+
+impl Authenticator {
+    /// An interceptor checking tokens with `verifier`.
+    pub fn new(verifier: TokenVerifier) -> Self {
+        Authenticator { verifier }
+    }
+}
+
+impl Interceptor for Authenticator {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let header = match request.metadata().get("authorization") {
+            Some(value) => Some(
+                value
+                    .to_str()
+                    .map_err(|_| Status::unauthenticated("malformed authorization metadata"))?,
+            ),
+            None => None,
+        };
+        let identity = self
+            .verifier
+            .verify_bearer(header)
+            .map_err(|err| Status::unauthenticated(err.to_string()))?;
+        let caller = match identity.role {
+            Role::Service => Caller::Service(identity.subject),
+            Role::User => Caller::User(identity.subject),
+        };
+        request.extensions_mut().insert(caller);
+        Ok(request)
+    }
+}
+
+/// The caller the [`Authenticator`] put on the request.
+fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("missing token"))
+}
+
+/// The one place where domain errors become gRPC status codes. Internal
+/// details are logged, never sent.
+impl From<ChatError> for Status {
+    fn from(err: ChatError) -> Self {
+        match &err {
+            ChatError::InvalidArgument(message) => Status::invalid_argument(message.clone()),
+            ChatError::NotFound(_) => Status::not_found(err.to_string()),
+            ChatError::PermissionDenied(message) => Status::permission_denied(*message),
+            ChatError::FailedPrecondition(message) => Status::failed_precondition(*message),
+            ChatError::Unavailable(source) => {
+                tracing::warn!(error = %source, cause = ?std::error::Error::source(source), "storage unavailable");
+                Status::unavailable("storage unavailable, try again")
+            }
+            ChatError::Internal(source) => {
+                tracing::error!(error = %source, cause = ?std::error::Error::source(source), "internal error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}
+
+fn timestamp(micros: UnixMicros) -> Timestamp {
+    Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: (micros.rem_euclid(1_000_000) * 1_000) as i32,
+    }
+}
+
+fn message_type(kind: MessageKind) -> pb::MessageType {
+    match kind {
+        MessageKind::Text => pb::MessageType::Text,
+        MessageKind::System => pb::MessageType::System,
+        MessageKind::Payment => pb::MessageType::Payment,
+        MessageKind::Dispute => pb::MessageType::Dispute,
+        MessageKind::JobUpdate => pb::MessageType::JobUpdate,
+    }
+}
+
+fn message_kind(value: i32) -> Result<Option<MessageKind>, Status> {
+    match pb::MessageType::try_from(value) {
+        Ok(pb::MessageType::Unspecified) => Ok(None),
+        Ok(pb::MessageType::Text) => Ok(Some(MessageKind::Text)),
+        Ok(pb::MessageType::System) => Ok(Some(MessageKind::System)),
+        Ok(pb::MessageType::Payment) => Ok(Some(MessageKind::Payment)),
+        Ok(pb::MessageType::Dispute) => Ok(Some(MessageKind::Dispute)),
+        Ok(pb::MessageType::JobUpdate) => Ok(Some(MessageKind::JobUpdate)),
+        Err(_) => Err(Status::invalid_argument("message_type: unknown value")),
+    }
+}
+
+/// A stored message in `chat.v1` form.
+pub fn message_to_proto(message: Message) -> pb::Message {
+    pb::Message {
+        id: message.id.to_string(),
+        thread_id: message.thread_id.to_string(),
+        seq: message.seq,
+        sender_id: message.sender_id,
+        message_type: message_type(message.kind).into(),
+        content: message.content,
+        metadata_json: message.metadata,
+        client_msg_id: message.client_msg_id,
+        created_at: Some(timestamp(message.created_at)),
+        edited_at: message.edited_at.map(timestamp),
+        deleted_at: message.deleted_at.map(timestamp),
+    }
+}
+
+/// A thread, as one caller sees it, in `chat.v1` form.
+pub fn thread_to_proto(view: ThreadView) -> pb::Thread {
+    let unread_count = view.unread_count();
+    let thread = view.thread;
+    pb::Thread {
+        id: thread.id.to_string(),
+        participants: thread.participants,
+        job_id: thread.job_id,
+        title: thread.title,
+        created_by: thread.created_by,
+        created_at: Some(timestamp(thread.created_at)),
+        last_message_at: thread.last_message_at.map(timestamp),
+        last_seq: thread.last_seq,
+        last_read_seq: view.last_read_seq,
+        unread_count,
+        last_message: view.last_message.map(message_to_proto),
+    }
+}
+
+/// `ChatService` over [`Chat`].
+#[derive(Debug, Clone)]
+pub struct ChatGrpc {
+    chat: Chat,
+}
+
+impl ChatGrpc {
+    /// The service for `chat`.
+    pub fn new(chat: Chat) -> Self {
+        ChatGrpc { chat }
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
+type IntegrationEventStream = Pin<Box<dyn Stream<Item = Result<pb::IntegrationEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ChatService for ChatGrpc {
+    async fn create_thread(
+        &self,
+        request: Request<pb::CreateThreadRequest>,
+    ) -> Result<Response<pb::CreateThreadResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let (view, created) = self
+            .chat
+            .create_thread(
+                &caller,
+                &req.participants,
+                req.job_id.as_deref(),
+                req.title.as_deref(),
+            )
+            .await?;
+        Ok(Response::new(pb::CreateThreadResponse {
+            thread: Some(thread_to_proto(view)),
+            created,
+        }))
+    }
+
+    async fn get_thread(
+        &self,
+        request: Request<pb::GetThreadRequest>,
+    ) -> Result<Response<pb::GetThreadResponse>, Status> {
+        let caller = caller(&request)?;
+        let view = self
+            .chat
+            .get_thread(&caller, &request.get_ref().thread_id)
+            .await?;
+        Ok(Response::new(pb::GetThreadResponse {
+            thread: Some(thread_to_proto(view)),
+        }))
+    }
+
+    async fn list_threads(
+        &self,
+        request: Request<pb::ListThreadsRequest>,
+    ) -> Result<Response<pb::ListThreadsResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.get_ref();
+        let page = self
+            .chat
+            .list_threads(&caller, req.limit, req.cursor.as_deref(), req.job_id.as_deref())
+            .await?;
+        Ok(Response::new(pb::ListThreadsResponse {
+            threads: page.threads.into_iter().map(thread_to_proto).collect(),
+            next_cursor: page.next_cursor,
+        }))
+    }
+
+    async fn find_thread_by_participants(
+        &self,
+        request: Request<pb::FindThreadByParticipantsRequest>,
+    ) -> Result<Response<pb::FindThreadByParticipantsResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.get_ref();
+        let view = self
+            .chat
+            .find_thread(&caller, &req.participants, req.job_id.as_deref())
+            .await?;
+        Ok(Response::new(pb::FindThreadByParticipantsResponse {
+            thread: Some(thread_to_proto(view)),
+        }))
+    }
+
+    async fn update_thread(
+        &self,
+        request: Request<pb::UpdateThreadRequest>,
+    ) -> Result<Response<pb::UpdateThreadResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.get_ref();
+        let view = self
+            .chat
+            .update_thread(&caller, &req.thread_id, req.title.as_deref())
+            .await?;
+        Ok(Response::new(pb::UpdateThreadResponse {
+            thread: Some(thread_to_proto(view)),
+        }))
+    }
+
+    async fn archive_thread(
+        &self,
+        request: Request<pb::ArchiveThreadRequest>,
+    ) -> Result<Response<pb::ArchiveThreadResponse>, Status> {
+        let caller = caller(&request)?;
+        self.chat
+            .archive_thread(&caller, &request.get_ref().thread_id)
+            .await?;
+        Ok(Response::new(pb::ArchiveThreadResponse {}))
+    }
+
+    async fn send_message(
+        &self,
+        request: Request<pb::SendMessageRequest>,
+    ) -> Result<Response<pb::SendMessageResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let kind = message_kind(req.message_type)?;
+        let (message, created) = self
+            .chat
+            .send_message(
+                &caller,
+                SendRequest {
+                    thread_id: req.thread_id,
+                    content: req.content,
+                    client_msg_id: req.client_msg_id,
+                    metadata: req.metadata_json,
+                    kind,
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::SendMessageResponse {
+            message: Some(message_to_proto(message)),
+            created,
+        }))
+    }
+
+    async fn list_messages(
+        &self,
+        request: Request<pb::ListMessagesRequest>,
+    ) -> Result<Response<pb::ListMessagesResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.get_ref();
+        let page = self
+            .chat
+            .list_messages(&caller, &req.thread_id, req.before_seq, req.after_seq, req.limit)
+            .await?;
+        Ok(Response::new(pb::ListMessagesResponse {
+            messages: page.messages.into_iter().map(message_to_proto).collect(),
+            has_more: page.has_more,
+        }))
+    }
+
+    async fn get_message(
+        &self,
+        request: Request<pb::GetMessageRequest>,
+    ) -> Result<Response<pb::GetMessageResponse>, Status> {
+        let caller = caller(&request)?;
+        let message = self
+            .chat
+            .get_message(&caller, &request.get_ref().message_id)
+            .await?;
+        Ok(Response::new(pb::GetMessageResponse {
+            message: Some(message_to_proto(message)),
+        }))
+    }
+
+    async fn edit_message(
+        &self,
+        request: Request<pb::EditMessageRequest>,
+    ) -> Result<Response<pb::EditMessageResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.get_ref();
+        let message = self
+            .chat
+            .edit_message(&caller, &req.message_id, &req.content)
+            .await?;
+        Ok(Response::new(pb::EditMessageResponse {
+            message: Some(message_to_proto(message)),
+        }))
+    }
+
+    async fn delete_message(
+        &self,
+        request: Request<pb::DeleteMessageRequest>,
+    ) -> Result<Response<pb::DeleteMessageResponse>, Status> {
+        let caller = caller(&request)?;
+        self.chat
+            .delete_message(&caller, &request.get_ref().message_id)
+            .await?;
+        Ok(Response::new(pb::DeleteMessageResponse {}))
+    }
+
+    async fn mark_read(
+        &self,
+        request: Request<pb::MarkReadRequest>,
+    ) -> Result<Response<pb::MarkReadResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.get_ref();
+        let state = self
+            .chat
+            .mark_read(&caller, &req.thread_id, req.up_to_seq)
+            .await?;
+        Ok(Response::new(pb::MarkReadResponse {
+            thread_id: state.thread_id.to_string(),
+            last_read_seq: state.last_read_seq,
+            unread_count: state.unread_count,
+        }))
+    }
+
+    async fn get_unread_counts(
+        &self,
+        request: Request<pb::GetUnreadCountsRequest>,
+    ) -> Result<Response<pb::GetUnreadCountsResponse>, Status> {
+        let caller = caller(&request)?;
+        let counts = self.chat.unread_counts(&caller).await?;
+        Ok(Response::new(pb::GetUnreadCountsResponse {
+            total: counts.total,
+            threads: counts
+                .threads
+                .into_iter()
+                .map(|(id, n)| (id.to_string(), n))
+                .collect(),
+        }))
+    }
+
+    async fn set_typing(
+        &self,
+        request: Request<pb::SetTypingRequest>,
+    ) -> Result<Response<pb::SetTypingResponse>, Status> {
+        caller(&request)?;
+        Err(Status::unimplemented(
+            "SetTyping arrives with live events (Subscribe)",
+        ))
+    }
+
+    type SubscribeStream = EventStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        caller(&request)?;
+        Err(Status::unimplemented("Subscribe is not implemented yet"))
+    }
+}
+
+/// `IntegrationService`: defined in the contract, implemented with the
+/// integrations work; until then every RPC answers UNIMPLEMENTED (after the
+/// token check, so an anonymous caller still learns nothing).
+#[derive(Debug, Clone, Default)]
+pub struct IntegrationGrpc;
+
+fn not_yet<T>(request: &Request<T>) -> Status {
+    match caller(request) {
+        Ok(_) => Status::unimplemented("IntegrationService is not implemented yet"),
+        Err(status) => status,
+    }
+}
+
+#[tonic::async_trait]
+impl IntegrationService for IntegrationGrpc {
+    async fn request_dispute(
+        &self,
+        request: Request<pb::RequestDisputeRequest>,
+    ) -> Result<Response<pb::IntegrationMessageResponse>, Status> {
+        Err(not_yet(&request))
+    }
+
+    async fn initiate_payment(
+        &self,
+        request: Request<pb::InitiatePaymentRequest>,
+    ) -> Result<Response<pb::IntegrationMessageResponse>, Status> {
+        Err(not_yet(&request))
+    }
+
+    async fn post_job_update(
+        &self,
+        request: Request<pb::PostJobUpdateRequest>,
+    ) -> Result<Response<pb::IntegrationMessageResponse>, Status> {
+        Err(not_yet(&request))
+    }
+
+    async fn post_system_event(
+        &self,
+        request: Request<pb::PostSystemEventRequest>,
+    ) -> Result<Response<pb::PostSystemEventResponse>, Status> {
+        Err(not_yet(&request))
+    }
+
+    type WatchIntegrationEventsStream = IntegrationEventStream;
+
+    async fn watch_integration_events(
+        &self,
+        request: Request<pb::WatchIntegrationEventsRequest>,
+    ) -> Result<Response<Self::WatchIntegrationEventsStream>, Status> {
+        Err(not_yet(&request))
+    }
+}

@@ -1,0 +1,16 @@
+//! chat-core: the gRPC service that owns all chat state (SPEC §1).
+//!
+//! Layers, outermost first: [`startup`] wires configuration, storage and
+//! servers; [`grpc`] and [`http`] are the transports; [`chat`] holds the
+//! rules; [`store`] is the only code that speaks SQL.
+
+pub mod chat;
+pub mod config;
+pub mod domain;
+pub mod grpc;
+pub mod http;
+pub mod metrics;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+pub mod writer;

@@ -1,0 +1,207 @@
+//! Wiring: configuration → storage → servers. [`Application::build`] binds
+//! the listeners (so tests learn the real ports when asking for port 0) and
+//! [`Application::run_until_stopped`] serves until the shutdown signal.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use chat_auth::TokenVerifier;
+use chat_proto::v1::{
+    chat_service_server::ChatServiceServer, integration_service_server::IntegrationServiceServer,
+};
+use tokio::{net::TcpListener, sync::watch};
+use tonic::transport::{Server, server::TcpIncoming};
+
+use crate::{
+    chat::Chat,
+    config::{JwtSource, Settings},
+    grpc::{Authenticator, ChatGrpc, IntegrationGrpc},
+    http,
+    metrics::{RpcMetrics, RpcObserverLayer},
+    store::{Store, sqlite_file},
+};
+
+/// A built chat-core: storage connected and migrated, listeners bound.
+pub struct Application {
+    grpc_listener: TcpListener,
+    http_listener: TcpListener,
+    store: Store,
+    verifier: TokenVerifier,
+    shutdown_grace: Duration,
+}
+
+impl Application {
+    /// Connects and migrates the database, prepares token checks and binds
+    /// both listeners.
+    pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
+        let (jwt, created) = settings.jwt.resolve()?;
+        if let JwtSource::DevelopmentSecret(path) = &settings.jwt {
+            tracing::warn!(
+                secret_file = %path.display(),
+                created,
+                "no JWT configuration: using a development secret; mint tokens with \
+                 `chat-core token --sub alice` in this directory"
+            );
+        }
+        let verifier = TokenVerifier::new(&jwt).context("loading the JWT key")?;
+
+        let store = Store::connect(&settings.database, settings.database_max_connections)
+            .await
+            .context("connecting to the database (DATABASE_URL)")?;
+        store.migrate().await.context("applying database migrations")?;
+        match sqlite_file(&settings.database) {
+            Some(file) => tracing::info!(file, "storage: embedded SQLite"),
+            None => tracing::info!("storage: PostgreSQL"),
+        }
+        if settings.redis_url.is_some() {
+            tracing::info!("REDIS_URL is set; cross-replica fan-out starts with live events");
+        }
+
+        let grpc_listener = TcpListener::bind(settings.grpc_addr)
+            .await
+            .with_context(|| format!("binding CHAT_CORE_GRPC_ADDR {}", settings.grpc_addr))?;
+        let http_listener = TcpListener::bind(settings.http_addr)
+            .await
+            .with_context(|| format!("binding CHAT_CORE_HTTP_ADDR {}", settings.http_addr))?;
+
+        Ok(Application {
+            grpc_listener,
+            http_listener,
+            store,
+            verifier,
+            shutdown_grace: settings.shutdown_grace,
+        })
+    }
+
+    /// The bound gRPC address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The bound HTTP (health and metrics) address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves gRPC and HTTP until `shutdown` completes; then stops
+    /// accepting, gives in-flight calls the grace period to finish, and
+    /// closes the database pool.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let grpc_addr = self.grpc_addr();
+        let http_addr = self.http_addr();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopped = move |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+
+        let metrics = Arc::new(RpcMetrics::default());
+        let chat = Chat::new(self.store.clone());
+        let auth = Authenticator::new(self.verifier);
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<ChatServiceServer<ChatGrpc>>()
+            .await;
+        health
+            .set_serving::<IntegrationServiceServer<IntegrationGrpc>>()
+            .await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(chat_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("building gRPC reflection")?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(chat_proto::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .context("building gRPC reflection")?;
+
+        let incoming = TcpIncoming::from(self.grpc_listener).with_nodelay(Some(true));
+        let grpc = Server::builder()
+            .layer(RpcObserverLayer::new(metrics.clone()))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(ChatServiceServer::with_interceptor(
+                ChatGrpc::new(chat),
+                auth.clone(),
+            ))
+            .add_service(IntegrationServiceServer::with_interceptor(
+                IntegrationGrpc,
+                auth,
+            ))
+            .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
+
+        let http = axum::serve(
+            self.http_listener,
+            http::router(self.store.clone(), metrics.clone()),
+        )
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
+
+        tracing::info!(grpc = %grpc_addr, http = %http_addr, "chat-core listening");
+
+        let grace = self.shutdown_grace;
+        let deadline = {
+            let rx = stop_rx.clone();
+            async move {
+                stopped(rx).await;
+                tokio::time::sleep(grace).await;
+            }
+        };
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new calls; finishing in-flight ones");
+            health
+                .set_not_serving::<ChatServiceServer<ChatGrpc>>()
+                .await;
+            let _ = stop_tx.send(true);
+        });
+
+        let servers = async {
+            let (grpc, http) = tokio::join!(grpc, http);
+            grpc.context("gRPC server")?;
+            http.context("HTTP server")?;
+            anyhow::Ok(())
+        };
+        let result = tokio::select! {
+            result = servers => result,
+            () = deadline => {
+                tracing::warn!(grace_seconds = grace.as_secs(), "in-flight calls still running at the deadline; closing them");
+                Ok(())
+            }
+        };
+        self.store.close().await;
+        tracing::info!("chat-core stopped");
+        result
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C: the one shutdown signal of a process.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

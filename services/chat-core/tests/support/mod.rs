@@ -1,0 +1,194 @@
+//! `spawn_app`: a real chat-core on 127.0.0.1:0 over a fresh database (a
+//! new SQLite file, or a new PostgreSQL database), and gRPC clients for it.
+#![allow(dead_code)]
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use chat_core::{config::Settings, startup::Application};
+use chat_proto::v1::chat_service_client::ChatServiceClient;
+use serde::Serialize;
+use sqlx::{Connection, Executor, PgConnection};
+use tokio::sync::oneshot;
+use tonic::{
+    Request, Status,
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
+
+/// Which storage backend a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The PostgreSQL server tests create their databases on.
+pub fn postgres_admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A fresh database; the SQLite file lives as long as this value.
+pub struct TestDatabase {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDatabase {
+    pub async fn create(backend: Backend) -> TestDatabase {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}", dir.path().join("chat.db").display());
+                TestDatabase {
+                    url,
+                    _dir: Some(dir),
+                }
+            }
+            Backend::Postgres => {
+                let admin = postgres_admin_url();
+                let mut conn = PgConnection::connect(&admin).await.unwrap_or_else(|err| {
+                    panic!(
+                        "PostgreSQL is required for these tests and is not reachable at \
+                         {admin} (set TEST_DATABASE_URL): {err}"
+                    )
+                });
+                let name = format!("chat_test_{}", uuid::Uuid::new_v4().simple());
+                conn.execute(format!("CREATE DATABASE {name}").as_str())
+                    .await
+                    .expect("create test database");
+                let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+                TestDatabase {
+                    url: format!("{base}/{name}"),
+                    _dir: None,
+                }
+            }
+        }
+    }
+}
+
+/// A running chat-core.
+pub struct TestApp {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub secret: String,
+    pub backend: Backend,
+    stop: Option<oneshot::Sender<()>>,
+    _db: TestDatabase,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Starts chat-core on 127.0.0.1:0 over a fresh database of `backend`.
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    let db = TestDatabase::create(backend).await;
+    let secret = format!("test-secret-{}", uuid::Uuid::new_v4());
+    let vars = [
+        ("CHAT_CORE_GRPC_ADDR", "127.0.0.1:0".to_owned()),
+        ("CHAT_CORE_HTTP_ADDR", "127.0.0.1:0".to_owned()),
+        ("DATABASE_URL", db.url.clone()),
+        ("DATABASE_MAX_CONNECTIONS", "5".to_owned()),
+        ("JWT_SECRET", secret.clone()),
+        ("SHUTDOWN_GRACE_SECONDS", "1".to_owned()),
+    ];
+    let settings = Settings::from_lookup(|name| {
+        vars.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.clone())
+    })
+    .expect("test settings");
+    let app = Application::build(&settings).await.expect("build chat-core");
+    let grpc_addr = app.grpc_addr();
+    let http_addr = app.http_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        grpc_addr,
+        http_addr,
+        secret,
+        backend,
+        stop: Some(stop),
+        _db: db,
+    }
+}
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    sub: &'a str,
+    exp: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'a str>,
+}
+
+/// Seconds since the epoch.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+/// An HS256 token, made independently of the code under test.
+pub fn sign(secret: &str, sub: &str, role: Option<&str>, exp: u64) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &Claims { sub, exp, role },
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("sign token")
+}
+
+/// Adds `authorization: Bearer …` to every call (or nothing, for `None`).
+#[derive(Clone)]
+pub struct Bearer(pub Option<String>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(token) = &self.0 {
+            let value = format!("Bearer {token}").parse().expect("header value");
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(request)
+    }
+}
+
+pub type Client = ChatServiceClient<InterceptedService<Channel, Bearer>>;
+
+impl TestApp {
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.grpc_addr))
+            .expect("uri")
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .expect("connect to chat-core")
+    }
+
+    /// A client calling as user `sub`.
+    pub async fn user(&self, sub: &str) -> Client {
+        let token = sign(&self.secret, sub, None, now() + 3600);
+        ChatServiceClient::with_interceptor(self.channel().await, Bearer(Some(token)))
+    }
+
+    /// A client calling with a service token.
+    pub async fn service(&self, sub: &str) -> Client {
+        let token = sign(&self.secret, sub, Some("service"), now() + 3600);
+        ChatServiceClient::with_interceptor(self.channel().await, Bearer(Some(token)))
+    }
+
+    /// A client sending `token` as is (`None`: no authorization at all).
+    pub async fn with_token(&self, token: Option<String>) -> Client {
+        ChatServiceClient::with_interceptor(self.channel().await, Bearer(token))
+    }
+}
