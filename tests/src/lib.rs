@@ -79,7 +79,10 @@ impl Process {
                 return line.to_owned();
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("process exited ({status}) before logging {needle:?}:\n{}", self.log());
+                panic!(
+                    "process exited ({status}) before logging {needle:?}:\n{}",
+                    self.log()
+                );
             }
             assert!(
                 Instant::now() < deadline,
@@ -99,7 +102,11 @@ impl Process {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "did not stop within {timeout:?}:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "did not stop within {timeout:?}:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -111,7 +118,11 @@ impl Process {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "did not exit within {timeout:?}:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "did not exit within {timeout:?}:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -163,7 +174,12 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 }
 
 /// Runs a command to completion: exit success, stdout, stderr.
-pub fn run(binary: &Path, args: &[&str], dir: &Path, env: &[(&str, &str)]) -> (bool, String, String) {
+pub fn run(
+    binary: &Path,
+    args: &[&str],
+    dir: &Path,
+    env: &[(&str, &str)],
+) -> (bool, String, String) {
     let mut command = Command::new(binary);
     command
         .args(args)

@@ -82,7 +82,7 @@ async fn reflection_describes(channel: Channel, symbol: &str) -> bool {
     )
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_user_runs_it_with_nothing_configured() {
     let chat_core = binary("chat-core");
     let dir = tempfile::tempdir().expect("temp dir");
@@ -93,7 +93,12 @@ async fn a_new_user_runs_it_with_nothing_configured() {
     let alice_token = alice_token.trim().to_owned();
     assert_eq!(alice_token.split('.').count(), 3, "a JWT: {alice_token}");
     assert!(dir.path().join("data/jwt-secret").exists());
-    let (ok, bob_token, _) = run(&chat_core, &["token", "--sub", "bob", "--ttl", "60"], dir.path(), &[]);
+    let (ok, bob_token, _) = run(
+        &chat_core,
+        &["token", "--sub", "bob", "--ttl", "60"],
+        dir.path(),
+        &[],
+    );
     assert!(ok);
     let bob_token = bob_token.trim().to_owned();
 
@@ -109,7 +114,10 @@ async fn a_new_user_runs_it_with_nothing_configured() {
     let line = server.wait_for_line("chat-core listening", START);
     let grpc = addr_in(&line, "grpc");
     let http = addr_in(&line, "http");
-    assert!(dir.path().join("data/chat.db").exists(), "the embedded database lives under ./data");
+    assert!(
+        dir.path().join("data/chat.db").exists(),
+        "the embedded database lives under ./data"
+    );
     assert!(server.log().contains("development secret"));
 
     let names = reflected_services(channel(grpc).await).await;
@@ -119,7 +127,10 @@ async fn a_new_user_runs_it_with_nothing_configured() {
         "grpc.health.v1.Health",
         "grpc.reflection.v1.ServerReflection",
     ] {
-        assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing from {names:?}"
+        );
     }
     assert!(reflection_describes(channel(grpc).await, "chat.v1.ChatService").await);
     assert!(reflection_describes(channel(grpc).await, "chat.v1.Message").await);
@@ -132,9 +143,13 @@ async fn a_new_user_runs_it_with_nothing_configured() {
         .await
         .expect("health check")
         .into_inner();
-    assert_eq!(serving.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        serving.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 
-    let mut alice = ChatServiceClient::with_interceptor(channel(grpc).await, Bearer(alice_token.clone()));
+    let mut alice =
+        ChatServiceClient::with_interceptor(channel(grpc).await, Bearer(alice_token.clone()));
     let mut bob = ChatServiceClient::with_interceptor(channel(grpc).await, Bearer(bob_token));
     let thread = alice
         .create_thread(pb::CreateThreadRequest {
@@ -185,9 +200,17 @@ async fn a_new_user_runs_it_with_nothing_configured() {
     assert!(metrics.contains("chat_core_db_pool_max_connections"));
 
     let status = server.terminate(Duration::from_secs(30));
-    assert!(status.success(), "clean exit on SIGTERM: {status}\n{}", server.log());
+    assert!(
+        status.success(),
+        "clean exit on SIGTERM: {status}\n{}",
+        server.log()
+    );
     let log = server.log();
     assert!(log.contains("chat-core stopped"), "{log}");
+    assert!(
+        !log.contains("at the deadline"),
+        "idle connections must not hold up shutdown: {log}"
+    );
     assert!(!log.contains(&alice_token), "a token reached the log");
     let secret = std::fs::read_to_string(dir.path().join("data/jwt-secret")).expect("secret");
     assert!(!log.contains(secret.trim()), "the secret reached the log");
@@ -197,7 +220,10 @@ async fn a_new_user_runs_it_with_nothing_configured() {
         &chat_core,
         &[],
         dir.path(),
-        &[("CHAT_CORE_GRPC_ADDR", "127.0.0.1:0"), ("CHAT_CORE_HTTP_ADDR", "127.0.0.1:0")],
+        &[
+            ("CHAT_CORE_GRPC_ADDR", "127.0.0.1:0"),
+            ("CHAT_CORE_HTTP_ADDR", "127.0.0.1:0"),
+        ],
     );
     let grpc = addr_in(&again.wait_for_line("chat-core listening", START), "grpc");
     let mut alice = ChatServiceClient::with_interceptor(channel(grpc).await, Bearer(alice_token));
@@ -207,7 +233,13 @@ async fn a_new_user_runs_it_with_nothing_configured() {
         .expect("list threads")
         .into_inner();
     assert_eq!(listed.threads.len(), 1);
-    assert_eq!(listed.threads[0].last_message.as_ref().map(|m| m.content.as_str()), Some("Can you start Monday?"));
+    assert_eq!(
+        listed.threads[0]
+            .last_message
+            .as_ref()
+            .map(|m| m.content.as_str()),
+        Some("Can you start Monday?")
+    );
     assert!(again.terminate(Duration::from_secs(30)).success());
 }
 
@@ -216,17 +248,33 @@ fn bad_configuration_stops_start_up_naming_the_variable() {
     let chat_core = binary("chat-core");
     let dir = tempfile::tempdir().expect("temp dir");
     let cases: [(&[(&str, &str)], &str); 4] = [
-        (&[("CHAT_CORE_GRPC_ADDR", "not-an-address")], "CHAT_CORE_GRPC_ADDR"),
+        (
+            &[("CHAT_CORE_GRPC_ADDR", "not-an-address")],
+            "CHAT_CORE_GRPC_ADDR",
+        ),
         (&[("LOG_FORMAT", "xml")], "LOG_FORMAT"),
-        (&[("DATABASE_URL", "mysql://localhost/chat")], "DATABASE_URL"),
+        (
+            &[("DATABASE_URL", "mysql://localhost/chat")],
+            "DATABASE_URL",
+        ),
         // A real database without token checks configured.
-        (&[("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")], "JWT_SECRET"),
+        (
+            &[(
+                "DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/postgres",
+            )],
+            "JWT_SECRET",
+        ),
     ];
     for (env, variable) in cases {
         let mut process = Process::start(&chat_core, &[], dir.path(), env);
         let status = process.wait(Duration::from_secs(30));
         assert!(!status.success(), "{env:?} must stop start-up");
-        assert!(process.log().contains(variable), "{env:?}: {}", process.log());
+        assert!(
+            process.log().contains(variable),
+            "{env:?}: {}",
+            process.log()
+        );
     }
     let (ok, _, stderr) = run(&chat_core, &["token"], dir.path(), &[]);
     assert!(!ok);
@@ -235,23 +283,36 @@ fn bad_configuration_stops_start_up_naming_the_variable() {
     assert!(!ok, "an invalid subject is refused: {stderr}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_then_serve_on_postgresql() {
     let chat_core = binary("chat-core");
     let dir = tempfile::tempdir().expect("temp dir");
     let admin = std::env::var("TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
     let name = format!("chat_test_{}", std::process::id());
-    let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).expect("url");
+    let base = admin
+        .rsplit_once('/')
+        .map(|(b, _)| b.to_owned())
+        .expect("url");
     let (ok, _, stderr) = run(
         std::path::Path::new("psql"),
-        &[&admin, "-qc", &format!("DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}")],
+        &[
+            &admin,
+            "-q",
+            "-c",
+            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            "-c",
+            &format!("CREATE DATABASE {name}"),
+        ],
         dir.path(),
         &[],
     );
     assert!(ok, "PostgreSQL is required for this test: {stderr}");
     let url = format!("{base}/{name}");
-    let env = [("DATABASE_URL", url.as_str()), ("JWT_SECRET", "pg-process-secret")];
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("JWT_SECRET", "pg-process-secret"),
+    ];
 
     let (ok, _, stderr) = run(&chat_core, &["migrate"], dir.path(), &env);
     assert!(ok, "migrate: {stderr}");
@@ -274,9 +335,17 @@ async fn migrate_then_serve_on_postgresql() {
     );
     let line = server.wait_for_line("chat-core listening", START);
     let parsed: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
-    let grpc: std::net::SocketAddr = parsed["grpc"].as_str().expect("grpc field").parse().expect("addr");
-    assert!(!dir.path().join("data").exists(), "nothing embedded when DATABASE_URL is set");
-    let mut alice = ChatServiceClient::with_interceptor(channel(grpc).await, Bearer(token.trim().to_owned()));
+    let grpc: std::net::SocketAddr = parsed["grpc"]
+        .as_str()
+        .expect("grpc field")
+        .parse()
+        .expect("addr");
+    assert!(
+        !dir.path().join("data").exists(),
+        "nothing embedded when DATABASE_URL is set"
+    );
+    let mut alice =
+        ChatServiceClient::with_interceptor(channel(grpc).await, Bearer(token.trim().to_owned()));
     let created = alice
         .create_thread(pb::CreateThreadRequest {
             participants: vec!["bob".into()],
@@ -290,7 +359,11 @@ async fn migrate_then_serve_on_postgresql() {
     assert!(server.terminate(Duration::from_secs(30)).success());
     let _ = run(
         std::path::Path::new("psql"),
-        &[&admin, "-qc", &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")],
+        &[
+            &admin,
+            "-qc",
+            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        ],
         dir.path(),
         &[],
     );

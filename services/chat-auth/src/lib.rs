@@ -8,9 +8,7 @@
 use std::{collections::HashSet, fmt, str::FromStr, sync::Arc, time::Duration};
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
-use jsonwebtoken::{
-    Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind,
-};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
 
 /// Whether `id` is a valid user id: 1–128 characters of `[A-Za-z0-9_.:@-]`.
@@ -178,9 +176,8 @@ impl JwtSettings {
                         "HS256 uses JWT_SECRET, not a public key",
                     ));
                 }
-                let secret = secret.ok_or_else(|| {
-                    JwtConfigError::new("JWT_SECRET", "required for HS256")
-                })?;
+                let secret = secret
+                    .ok_or_else(|| JwtConfigError::new("JWT_SECRET", "required for HS256"))?;
                 JwtKey::Secret(secret.into_bytes())
             }
             JwtAlgorithm::Rs256 | JwtAlgorithm::Es256 => {
@@ -318,7 +315,10 @@ impl TokenVerifier {
             // is configured.
             None => validation.validate_aud = false,
         }
-        validation.required_spec_claims = required.into_iter().map(str::to_owned).collect::<HashSet<_>>();
+        validation.required_spec_claims = required
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<HashSet<_>>();
         Ok(TokenVerifier {
             inner: Arc::new(VerifierInner {
                 algorithm: settings.algorithm,

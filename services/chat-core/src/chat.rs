@@ -217,7 +217,8 @@ impl Chat {
         cursor: Option<&str>,
         job_id: Option<&str>,
     ) -> Result<ThreadPage, ChatError> {
-        let limit = domain::page_limit(limit, limits::DEFAULT_THREAD_PAGE, limits::MAX_THREAD_PAGE)?;
+        let limit =
+            domain::page_limit(limit, limits::DEFAULT_THREAD_PAGE, limits::MAX_THREAD_PAGE)?;
         let after = cursor.map(decode_cursor).transpose()?;
         if let Some(job_id) = job_id {
             validate_job_id(job_id)?;
@@ -258,7 +259,9 @@ impl Chat {
             validate_job_id(job_id)?;
         }
         if let Some(user) = caller.user_id()
-            && participants.binary_search_by(|p| p.as_str().cmp(user)).is_err()
+            && participants
+                .binary_search_by(|p| p.as_str().cmp(user))
+                .is_err()
         {
             return Err(ChatError::NotFound(THREAD));
         }

@@ -108,7 +108,10 @@ impl Settings {
                 .ok()
                 .filter(|n| (1..=1000).contains(n))
                 .ok_or_else(|| {
-                    config_error("DATABASE_MAX_CONNECTIONS", "expected a number from 1 to 1000")
+                    config_error(
+                        "DATABASE_MAX_CONNECTIONS",
+                        "expected a number from 1 to 1000",
+                    )
                 })?,
         };
 
@@ -118,7 +121,7 @@ impl Settings {
             Some(_) => return Err(config_error("REDIS_URL", "expected a redis://… URL")),
         };
 
-        let jwt = match JwtSettings::from_env(&get)
+        let jwt = match JwtSettings::from_env(get)
             .map_err(|err| config_error(err.variable(), err.to_string()))?
         {
             Some(settings) => JwtSource::Configured(settings),
@@ -183,8 +186,9 @@ impl JwtSource {
         match self {
             JwtSource::Configured(settings) => Ok((settings.clone(), false)),
             JwtSource::DevelopmentSecret(path) => {
-                let (secret, created) = load_or_create_secret(path)
-                    .map_err(|err| config_error("JWT_SECRET", format!("{}: {err}", path.display())))?;
+                let (secret, created) = load_or_create_secret(path).map_err(|err| {
+                    config_error("JWT_SECRET", format!("{}: {err}", path.display()))
+                })?;
                 Ok((
                     JwtSettings {
                         algorithm: JwtAlgorithm::Hs256,
@@ -228,9 +232,10 @@ fn load_or_create_secret(path: &Path) -> std::io::Result<(Vec<u8>, bool)> {
             Ok((secret.into_bytes(), true))
         }
         // Another process (a concurrent `chat-core token`) won the race.
-        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
-            Ok((std::fs::read_to_string(path)?.trim().as_bytes().to_vec(), false))
-        }
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok((
+            std::fs::read_to_string(path)?.trim().as_bytes().to_vec(),
+            false,
+        )),
         Err(err) => Err(err),
     }
 }

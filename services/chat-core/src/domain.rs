@@ -304,8 +304,8 @@ pub fn normalize_metadata(metadata: Option<&str>) -> Result<String, Invalid> {
     if text.len() > 4 * limits::MAX_METADATA_BYTES {
         return Err(metadata_too_large());
     }
-    let value: serde_json::Value = serde_json::from_str(text)
-        .map_err(|_| invalid("metadata: must be valid JSON"))?;
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|_| invalid("metadata: must be valid JSON"))?;
     if !value.is_object() {
         return Err(invalid("metadata: must be a JSON object"));
     }
@@ -386,7 +386,10 @@ mod tests {
     #[test]
     fn metadata_rules() {
         assert_eq!(normalize_metadata(None).unwrap(), "{}");
-        assert_eq!(normalize_metadata(Some(r#"{ "a" : 1 }"#)).unwrap(), r#"{"a":1}"#);
+        assert_eq!(
+            normalize_metadata(Some(r#"{ "a" : 1 }"#)).unwrap(),
+            r#"{"a":1}"#
+        );
         assert!(normalize_metadata(Some("[1]")).is_err());
         assert!(normalize_metadata(Some("nope")).is_err());
         let big = format!(r#"{{"a":"{}"}}"#, "x".repeat(16 * 1024));

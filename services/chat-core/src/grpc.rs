@@ -6,7 +6,10 @@ use std::pin::Pin;
 use chat_auth::{Role, TokenVerifier};
 use chat_proto::{
     Timestamp,
-    v1::{self as pb, chat_service_server::ChatService, integration_service_server::IntegrationService},
+    v1::{
+        self as pb, chat_service_server::ChatService,
+        integration_service_server::IntegrationService,
+    },
 };
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, service::Interceptor};
@@ -164,7 +167,8 @@ impl ChatGrpc {
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
-type IntegrationEventStream = Pin<Box<dyn Stream<Item = Result<pb::IntegrationEvent, Status>> + Send>>;
+type IntegrationEventStream =
+    Pin<Box<dyn Stream<Item = Result<pb::IntegrationEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl ChatService for ChatGrpc {
@@ -211,7 +215,12 @@ impl ChatService for ChatGrpc {
         let req = request.get_ref();
         let page = self
             .chat
-            .list_threads(&caller, req.limit, req.cursor.as_deref(), req.job_id.as_deref())
+            .list_threads(
+                &caller,
+                req.limit,
+                req.cursor.as_deref(),
+                req.job_id.as_deref(),
+            )
             .await?;
         Ok(Response::new(pb::ListThreadsResponse {
             threads: page.threads.into_iter().map(thread_to_proto).collect(),
@@ -294,7 +303,13 @@ impl ChatService for ChatGrpc {
         let req = request.get_ref();
         let page = self
             .chat
-            .list_messages(&caller, &req.thread_id, req.before_seq, req.after_seq, req.limit)
+            .list_messages(
+                &caller,
+                &req.thread_id,
+                req.before_seq,
+                req.after_seq,
+                req.limit,
+            )
             .await?;
         Ok(Response::new(pb::ListMessagesResponse {
             messages: page.messages.into_iter().map(message_to_proto).collect(),

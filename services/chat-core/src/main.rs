@@ -102,7 +102,10 @@ async fn run() -> anyhow::Result<()> {
             let store = Store::connect(&settings.database, 1)
                 .await
                 .context("connecting to the database (DATABASE_URL)")?;
-            store.migrate().await.context("applying database migrations")?;
+            store
+                .migrate()
+                .await
+                .context("applying database migrations")?;
             store.close().await;
             tracing::info!("migrations applied");
             Ok(())
@@ -110,7 +113,9 @@ async fn run() -> anyhow::Result<()> {
         Command::Token { subject, role, ttl } => {
             let (jwt, _) = settings.jwt.resolve()?;
             let JwtKey::Secret(secret) = &jwt.key else {
-                bail!("chat-core token signs HS256 tokens with JWT_SECRET; with a public key configured, tokens come from your identity provider");
+                bail!(
+                    "chat-core token signs HS256 tokens with JWT_SECRET; with a public key configured, tokens come from your identity provider"
+                );
             };
             if jwt.algorithm != JwtAlgorithm::Hs256 {
                 bail!("chat-core token signs HS256 tokens only");

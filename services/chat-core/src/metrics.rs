@@ -105,12 +105,19 @@ impl RpcMetrics {
         let snapshot: Vec<(String, Vec<(&'static str, Series)>)> = match self.series.lock() {
             Ok(series) => series
                 .iter()
-                .map(|(m, codes)| (m.clone(), codes.iter().map(|(c, s)| (*c, s.clone())).collect()))
+                .map(|(m, codes)| {
+                    (
+                        m.clone(),
+                        codes.iter().map(|(c, s)| (*c, s.clone())).collect(),
+                    )
+                })
                 .collect(),
             Err(_) => Vec::new(),
         };
         let mut out = String::with_capacity(4096);
-        out.push_str("# HELP chat_core_grpc_requests_total gRPC calls by method and status code.\n");
+        out.push_str(
+            "# HELP chat_core_grpc_requests_total gRPC calls by method and status code.\n",
+        );
         out.push_str("# TYPE chat_core_grpc_requests_total counter\n");
         for (method, codes) in &snapshot {
             for (code, s) in codes {
@@ -284,6 +291,9 @@ mod tests {
         }
         let series = metrics.series.lock().unwrap();
         assert!(series.len() <= MAX_METHODS + 1);
-        assert_eq!(series["other"]["UNIMPLEMENTED"].count, 1000 - MAX_METHODS as u64);
+        assert_eq!(
+            series["other"]["UNIMPLEMENTED"].count,
+            1000 - MAX_METHODS as u64
+        );
     }
 }

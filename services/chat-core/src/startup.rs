@@ -48,7 +48,10 @@ impl Application {
         let store = Store::connect(&settings.database, settings.database_max_connections)
             .await
             .context("connecting to the database (DATABASE_URL)")?;
-        store.migrate().await.context("applying database migrations")?;
+        store
+            .migrate()
+            .await
+            .context("applying database migrations")?;
         match sqlite_file(&settings.database) {
             Some(file) => tracing::info!(file, "storage: embedded SQLite"),
             None => tracing::info!("storage: PostgreSQL"),
@@ -106,18 +109,18 @@ impl Application {
         let auth = Authenticator::new(self.verifier);
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_serving::<ChatServiceServer<ChatGrpc>>()
-            .await;
+        health.set_serving::<ChatServiceServer<ChatGrpc>>().await;
         health
             .set_serving::<IntegrationServiceServer<IntegrationGrpc>>()
             .await;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(chat_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .context("building gRPC reflection")?;
         let reflection_v1alpha = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(chat_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()
             .context("building gRPC reflection")?;
 
@@ -162,6 +165,16 @@ impl Application {
             let _ = stop_tx.send(true);
         });
 
+        let grpc = async {
+            let result = grpc.await;
+            tracing::info!("gRPC server stopped");
+            result
+        };
+        let http = async {
+            let result = http.await;
+            tracing::info!("HTTP server stopped");
+            result
+        };
         let servers = async {
             let (grpc, http) = tokio::join!(grpc, http);
             grpc.context("gRPC server")?;

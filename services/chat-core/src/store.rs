@@ -15,7 +15,9 @@ use sqlx::{
     error::BoxDynError,
     migrate::{Migration, MigrationSource, MigrationType, Migrator},
     postgres::{PgPool, PgPoolOptions},
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous},
+    sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    },
 };
 use uuid::Uuid;
 
@@ -227,7 +229,12 @@ macro_rules! with_pools {
 macro_rules! duplicate_of {
     ($executor:expr, $new:expr) => {{
         let new: &NewMessage = $new;
-        let row = match (&new.sender_id, &new.client_msg_id, &new.posted_by, &new.idempotency_key) {
+        let row = match (
+            &new.sender_id,
+            &new.client_msg_id,
+            &new.posted_by,
+            &new.idempotency_key,
+        ) {
             (Some(sender), Some(client_msg_id), _, _) => {
                 sqlx::query(&format!(
                     "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.thread_id = $1 \
@@ -501,7 +508,9 @@ impl Store {
         let existing = self
             .find_thread(&new.participants, new.job_id.as_deref(), None)
             .await?
-            .ok_or(StoreError::Corrupt("thread vanished after a conflicting insert"))?;
+            .ok_or(StoreError::Corrupt(
+                "thread vanished after a conflicting insert",
+            ))?;
         Ok((existing.thread, false))
     }
 
@@ -513,27 +522,26 @@ impl Store {
         user: Option<&str>,
     ) -> Result<Option<ThreadView>, StoreError> {
         with_pools!(self, |reader, writer, Db| {
-            let row = match user {
-                Some(user) => {
-                    sqlx::query(&format!(
-                        "SELECT {THREAD_COLUMNS}, tp.last_read_seq FROM threads t \
+            let row =
+                match user {
+                    Some(user) => {
+                        sqlx::query(&format!(
+                            "SELECT {THREAD_COLUMNS}, tp.last_read_seq FROM threads t \
                          JOIN thread_participants tp ON tp.thread_id = t.id AND tp.user_id = $2 \
                          WHERE t.id = $1"
-                    ))
-                    .bind(thread_id)
-                    .bind(user)
-                    .fetch_optional(reader)
-                    .await?
-                }
-                None => {
-                    sqlx::query(&format!(
+                        ))
+                        .bind(thread_id)
+                        .bind(user)
+                        .fetch_optional(reader)
+                        .await?
+                    }
+                    None => sqlx::query(&format!(
                         "SELECT {THREAD_COLUMNS}, CAST(0 AS BIGINT) FROM threads t WHERE t.id = $1"
                     ))
                     .bind(thread_id)
                     .fetch_optional(reader)
-                    .await?
-                }
-            };
+                    .await?,
+                };
             let Some(row) = row else { return Ok(None) };
             let mut thread = thread_at(&row, 0)?;
             let last_read_seq: i64 = row.try_get(THREAD_COLUMN_COUNT)?;

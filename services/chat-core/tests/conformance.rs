@@ -125,7 +125,11 @@ async fn messages(
     (page.messages.iter().map(|m| m.seq).collect(), page.has_more)
 }
 
-async fn list_threads(client: &mut Client, limit: i32, cursor: Option<String>) -> pb::ListThreadsResponse {
+async fn list_threads(
+    client: &mut Client,
+    limit: i32,
+    cursor: Option<String>,
+) -> pb::ListThreadsResponse {
     client
         .list_threads(pb::ListThreadsRequest {
             limit,
@@ -418,14 +422,38 @@ async fn messages_get_consecutive_seqs_and_page_both_ways(app: TestApp) {
     assert_eq!(send(&mut alice, &t.id, "three").await.seq, 3);
     assert_eq!(send(&mut bob, &t.id, "four").await.seq, 4);
 
-    assert_eq!(messages(&mut bob, &t.id, None, None, 0).await, (vec![1, 2, 3, 4], false));
-    assert_eq!(messages(&mut bob, &t.id, None, None, 2).await, (vec![3, 4], true));
-    assert_eq!(messages(&mut bob, &t.id, Some(3), None, 2).await, (vec![1, 2], false));
-    assert_eq!(messages(&mut bob, &t.id, Some(4), None, 2).await, (vec![2, 3], true));
-    assert_eq!(messages(&mut bob, &t.id, None, Some(1), 2).await, (vec![2, 3], true));
-    assert_eq!(messages(&mut bob, &t.id, None, Some(2), 2).await, (vec![3, 4], false));
-    assert_eq!(messages(&mut bob, &t.id, None, Some(4), 0).await, (vec![], false));
-    assert_eq!(messages(&mut bob, &t.id, Some(1), None, 0).await, (vec![], false));
+    assert_eq!(
+        messages(&mut bob, &t.id, None, None, 0).await,
+        (vec![1, 2, 3, 4], false)
+    );
+    assert_eq!(
+        messages(&mut bob, &t.id, None, None, 2).await,
+        (vec![3, 4], true)
+    );
+    assert_eq!(
+        messages(&mut bob, &t.id, Some(3), None, 2).await,
+        (vec![1, 2], false)
+    );
+    assert_eq!(
+        messages(&mut bob, &t.id, Some(4), None, 2).await,
+        (vec![2, 3], true)
+    );
+    assert_eq!(
+        messages(&mut bob, &t.id, None, Some(1), 2).await,
+        (vec![2, 3], true)
+    );
+    assert_eq!(
+        messages(&mut bob, &t.id, None, Some(2), 2).await,
+        (vec![3, 4], false)
+    );
+    assert_eq!(
+        messages(&mut bob, &t.id, None, Some(4), 0).await,
+        (vec![], false)
+    );
+    assert_eq!(
+        messages(&mut bob, &t.id, Some(1), None, 0).await,
+        (vec![], false)
+    );
 
     let page = bob
         .list_messages(pb::ListMessagesRequest {
@@ -456,7 +484,11 @@ async fn messages_get_consecutive_seqs_and_page_both_ways(app: TestApp) {
             })
             .await
             .expect_err("must be refused");
-        assert_eq!(status.code(), Code::InvalidArgument, "{before:?} {after:?} {limit}");
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{before:?} {after:?} {limit}"
+        );
     }
     assert_eq!(messages(&mut bob, &t.id, None, None, 200).await.0.len(), 4);
     let t = thread(&mut bob, &t.id).await;
@@ -470,22 +502,70 @@ async fn bad_messages_are_refused_and_change_nothing(app: TestApp) {
     let big_metadata = format!(r#"{{"blob":"{}"}}"#, "x".repeat(16 * 1024));
     let base = text_request(&t.id, "hello");
     let cases: Vec<pb::SendMessageRequest> = vec![
-        pb::SendMessageRequest { content: String::new(), ..base.clone() },
-        pb::SendMessageRequest { content: "x".repeat(4001), ..base.clone() },
-        pb::SendMessageRequest { content: "nul\u{0}byte".into(), ..base.clone() },
-        pb::SendMessageRequest { content: "escape\u{1b}[31m".into(), ..base.clone() },
-        pb::SendMessageRequest { content: "del\u{7f}".into(), ..base.clone() },
-        pb::SendMessageRequest { content: "c1\u{85}".into(), ..base.clone() },
-        pb::SendMessageRequest { metadata_json: Some("not json".into()), ..base.clone() },
-        pb::SendMessageRequest { metadata_json: Some("[1,2]".into()), ..base.clone() },
-        pb::SendMessageRequest { metadata_json: Some("\"text\"".into()), ..base.clone() },
-        pb::SendMessageRequest { metadata_json: Some(big_metadata), ..base.clone() },
-        pb::SendMessageRequest { client_msg_id: Some(String::new()), ..base.clone() },
-        pb::SendMessageRequest { client_msg_id: Some("c".repeat(129)), ..base.clone() },
-        pb::SendMessageRequest { client_msg_id: Some("tab\there".into()), ..base.clone() },
-        pb::SendMessageRequest { message_type: MessageType::System.into(), ..base.clone() },
-        pb::SendMessageRequest { message_type: MessageType::Payment.into(), ..base.clone() },
-        pb::SendMessageRequest { message_type: 99, ..base.clone() },
+        pb::SendMessageRequest {
+            content: String::new(),
+            ..base.clone()
+        },
+        pb::SendMessageRequest {
+            content: "x".repeat(4001),
+            ..base.clone()
+        },
+        pb::SendMessageRequest {
+            content: "nul\u{0}byte".into(),
+            ..base.clone()
+        },
+        pb::SendMessageRequest {
+            content: "escape\u{1b}[31m".into(),
+            ..base.clone()
+        },
+        pb::SendMessageRequest {
+            content: "del\u{7f}".into(),
+            ..base.clone()
+        },
+        pb::SendMessageRequest {
+            content: "c1\u{85}".into(),
+            ..base.clone()
+        },
+        pb::SendMessageRequest {
+            metadata_json: Some("not json".into()),
+            ..base.clone()
+        },
+        pb::SendMessageRequest {
+            metadata_json: Some("[1,2]".into()),
+            ..base.clone()
+        },
+        pb::SendMessageRequest {
+            metadata_json: Some("\"text\"".into()),
+            ..base.clone()
+        },
+        pb::SendMessageRequest {
+            metadata_json: Some(big_metadata),
+            ..base.clone()
+        },
+        pb::SendMessageRequest {
+            client_msg_id: Some(String::new()),
+            ..base.clone()
+        },
+        pb::SendMessageRequest {
+            client_msg_id: Some("c".repeat(129)),
+            ..base.clone()
+        },
+        pb::SendMessageRequest {
+            client_msg_id: Some("tab\there".into()),
+            ..base.clone()
+        },
+        pb::SendMessageRequest {
+            message_type: MessageType::System.into(),
+            ..base.clone()
+        },
+        pb::SendMessageRequest {
+            message_type: MessageType::Payment.into(),
+            ..base.clone()
+        },
+        pb::SendMessageRequest {
+            message_type: 99,
+            ..base.clone()
+        },
     ];
     for request in cases {
         let status = alice
@@ -512,7 +592,10 @@ async fn bad_messages_are_refused_and_change_nothing(app: TestApp) {
         .unwrap();
     assert_eq!(stored.content, edge);
     let metadata: serde_json::Value = serde_json::from_str(&stored.metadata_json).unwrap();
-    assert_eq!(metadata, serde_json::json!({"job": {"id": 7}, "tags": ["a"]}));
+    assert_eq!(
+        metadata,
+        serde_json::json!({"job": {"id": 7}, "tags": ["a"]})
+    );
     let markup = send(&mut alice, &t.id, "<b>not html</b>\n\ttabbed\r\n").await;
     assert_eq!(markup.content, "<b>not html</b>\n\ttabbed\r\n");
     assert_eq!(thread(&mut alice, &t.id).await.last_seq, 2);
@@ -535,7 +618,10 @@ async fn a_repeated_client_msg_id_returns_the_original(app: TestApp) {
     assert!(created);
     assert_eq!(bobs.seq, 2);
     assert_eq!(thread(&mut alice, &t.id).await.last_seq, 2);
-    assert_eq!(messages(&mut alice, &t.id, None, None, 0).await.0, vec![1, 2]);
+    assert_eq!(
+        messages(&mut alice, &t.id, None, None, 0).await.0,
+        vec![1, 2]
+    );
 }
 
 async fn fifty_concurrent_sends_get_seq_1_to_50(app: TestApp) {
@@ -742,9 +828,15 @@ async fn read_cursors_only_move_forward(app: TestApp) {
     }
     // Sending moved alice's own cursor.
     let seen_by_alice = thread(&mut alice, &t.id).await;
-    assert_eq!((seen_by_alice.last_read_seq, seen_by_alice.unread_count), (3, 0));
+    assert_eq!(
+        (seen_by_alice.last_read_seq, seen_by_alice.unread_count),
+        (3, 0)
+    );
     let seen_by_bob = thread(&mut bob, &t.id).await;
-    assert_eq!((seen_by_bob.last_read_seq, seen_by_bob.unread_count), (0, 3));
+    assert_eq!(
+        (seen_by_bob.last_read_seq, seen_by_bob.unread_count),
+        (0, 3)
+    );
 
     let mark = async |client: &mut Client, up_to: Option<i64>| {
         let r = client
@@ -761,7 +853,11 @@ async fn read_cursors_only_move_forward(app: TestApp) {
     assert_eq!(mark(&mut bob, Some(2)).await, (2, 1));
     assert_eq!(mark(&mut bob, Some(1)).await, (2, 1), "never backwards");
     assert_eq!(mark(&mut bob, Some(0)).await, (2, 1));
-    assert_eq!(mark(&mut bob, Some(99)).await, (3, 0), "clamped to last_seq");
+    assert_eq!(
+        mark(&mut bob, Some(99)).await,
+        (3, 0),
+        "clamped to last_seq"
+    );
     send(&mut alice, &t.id, "d").await;
     assert_eq!(thread(&mut bob, &t.id).await.unread_count, 1);
     assert_eq!(mark(&mut bob, None).await, (4, 0), "default: the latest");
@@ -830,7 +926,11 @@ async fn thread_list_is_ordered_paged_and_filtered(app: TestApp) {
     let mut bob = app.user("bob").await;
     let mut ids = Vec::new();
     for i in 0..5 {
-        ids.push(create(&mut alice, &["bob"], Some(&format!("job-{i}"))).await.id);
+        ids.push(
+            create(&mut alice, &["bob"], Some(&format!("job-{i}")))
+                .await
+                .id,
+        );
     }
     // Activity order, most recent first: job-2 (message), then job-4 ... job-0
     // by creation, except job-2 moved to the top.
@@ -851,7 +951,10 @@ async fn thread_list_is_ordered_paged_and_filtered(app: TestApp) {
     assert_eq!(top.unread_count, 1);
     assert_eq!(top.participants, vec!["alice", "bob"]);
     let last = top.last_message.as_ref().expect("last message");
-    assert_eq!((last.seq, last.content.as_str(), last.sender_id.as_deref()), (1, "bump", Some("bob")));
+    assert_eq!(
+        (last.seq, last.content.as_str(), last.sender_id.as_deref()),
+        (1, "bump", Some("bob"))
+    );
     assert!(all.threads[1].last_message.is_none());
 
     let mut paged = Vec::new();
@@ -917,7 +1020,11 @@ async fn archived_threads_return_with_a_new_message(app: TestApp) {
         .map(|t| t.id)
         .collect();
     assert_eq!(listed, vec![other.id.clone()]);
-    assert_eq!(unread(&mut alice).await.total, 0, "archived threads do not count");
+    assert_eq!(
+        unread(&mut alice).await.total,
+        0,
+        "archived threads do not count"
+    );
     // Only for alice.
     assert_eq!(list_threads(&mut bob, 0, None).await.threads.len(), 1);
     // Still readable directly.
@@ -960,7 +1067,10 @@ async fn titles_can_change_and_are_checked(app: TestApp) {
         .thread
         .unwrap();
     assert_eq!(updated.title.as_deref(), Some("Kitchen remodel"));
-    assert_eq!(thread(&mut alice, &t.id).await.title.as_deref(), Some("Kitchen remodel"));
+    assert_eq!(
+        thread(&mut alice, &t.id).await.title.as_deref(),
+        Some("Kitchen remodel")
+    );
     for bad in ["t".repeat(201), "tab\tin title".to_owned()] {
         let status = alice
             .update_thread(pb::UpdateThreadRequest {
@@ -971,7 +1081,10 @@ async fn titles_can_change_and_are_checked(app: TestApp) {
             .expect_err("bad title");
         assert_eq!(status.code(), Code::InvalidArgument);
     }
-    assert_eq!(thread(&mut alice, &t.id).await.title.as_deref(), Some("Kitchen remodel"));
+    assert_eq!(
+        thread(&mut alice, &t.id).await.title.as_deref(),
+        Some("Kitchen remodel")
+    );
     let cleared = alice
         .update_thread(pb::UpdateThreadRequest {
             thread_id: t.id.clone(),
@@ -1003,15 +1116,39 @@ async fn find_by_participants_needs_the_exact_set(app: TestApp) {
             .map(|r| r.into_inner().thread.unwrap().id)
             .map_err(|s| s.code())
     };
-    assert_eq!(find(&mut bob, &["alice", "bob"], None).await, Ok(pair.id.clone()));
-    assert_eq!(find(&mut bob, &["bob", "alice"], Some("job-7")).await, Ok(pair_job.id));
-    assert_eq!(find(&mut alice, &["carol", "alice", "bob"], None).await, Ok(trio.id));
-    assert_eq!(find(&mut alice, &["alice", "bob"], Some("job-8")).await, Err(Code::NotFound));
-    assert_eq!(find(&mut alice, &["alice", "dave"], None).await, Err(Code::NotFound));
+    assert_eq!(
+        find(&mut bob, &["alice", "bob"], None).await,
+        Ok(pair.id.clone())
+    );
+    assert_eq!(
+        find(&mut bob, &["bob", "alice"], Some("job-7")).await,
+        Ok(pair_job.id)
+    );
+    assert_eq!(
+        find(&mut alice, &["carol", "alice", "bob"], None).await,
+        Ok(trio.id)
+    );
+    assert_eq!(
+        find(&mut alice, &["alice", "bob"], Some("job-8")).await,
+        Err(Code::NotFound)
+    );
+    assert_eq!(
+        find(&mut alice, &["alice", "dave"], None).await,
+        Err(Code::NotFound)
+    );
     // The caller must be among the participants.
-    assert_eq!(find(&mut alice, &["bob", "carol"], None).await, Err(Code::NotFound));
-    assert_eq!(find(&mut alice, &["alice"], None).await, Err(Code::InvalidArgument));
-    assert_eq!(find(&mut alice, &["alice", "bad id"], None).await, Err(Code::InvalidArgument));
+    assert_eq!(
+        find(&mut alice, &["bob", "carol"], None).await,
+        Err(Code::NotFound)
+    );
+    assert_eq!(
+        find(&mut alice, &["alice"], None).await,
+        Err(Code::InvalidArgument)
+    );
+    assert_eq!(
+        find(&mut alice, &["alice", "bad id"], None).await,
+        Err(Code::InvalidArgument)
+    );
     // A service may look up any thread.
     let mut jobs = app.service("job-service").await;
     assert_eq!(find(&mut jobs, &["alice", "bob"], None).await, Ok(pair.id));
@@ -1025,13 +1162,22 @@ async fn service_tokens_read_everything_but_never_act_as_users(app: TestApp) {
 
     let seen = thread(&mut service, &t.id).await;
     assert_eq!(seen.participants, vec!["alice", "bob"]);
-    assert_eq!((seen.last_seq, seen.last_read_seq, seen.unread_count), (1, 0, 0));
-    assert_eq!(messages(&mut service, &t.id, None, None, 0).await.0, vec![1]);
+    assert_eq!(
+        (seen.last_seq, seen.last_read_seq, seen.unread_count),
+        (1, 0, 0)
+    );
+    assert_eq!(
+        messages(&mut service, &t.id, None, None, 0).await.0,
+        vec![1]
+    );
     let listed = list_threads(&mut service, 0, None).await;
     assert_eq!(listed.threads.len(), 1);
     assert_eq!(listed.threads[0].id, t.id);
 
-    assert_eq!(code(service.send_message(text_request(&t.id, "as alice?")).await), Code::PermissionDenied);
+    assert_eq!(
+        code(service.send_message(text_request(&t.id, "as alice?")).await),
+        Code::PermissionDenied
+    );
     assert_eq!(
         code(
             service
@@ -1053,7 +1199,14 @@ async fn service_tokens_read_everything_but_never_act_as_users(app: TestApp) {
         ),
         Code::PermissionDenied
     );
-    assert_eq!(code(service.get_unread_counts(pb::GetUnreadCountsRequest {}).await), Code::PermissionDenied);
+    assert_eq!(
+        code(
+            service
+                .get_unread_counts(pb::GetUnreadCountsRequest {})
+                .await
+        ),
+        Code::PermissionDenied
+    );
     assert_eq!(thread(&mut alice, &t.id).await.last_seq, 1);
 
     // A service creating a thread is not added to it.
@@ -1075,7 +1228,13 @@ async fn tokens_are_checked_on_every_call(app: TestApp) {
     let expired = sign(&app.secret, "alice", None, now() - 3600);
     let forged = sign("another-secret", "alice", None, now() + 3600);
     let bad_sub = sign(&app.secret, "alice smith", None, now() + 3600);
-    for token in [None, Some("garbage".to_owned()), Some(expired), Some(forged), Some(bad_sub)] {
+    for token in [
+        None,
+        Some("garbage".to_owned()),
+        Some(expired),
+        Some(forged),
+        Some(bad_sub),
+    ] {
         let mut client = app.with_token(token.clone()).await;
         let status = client
             .list_threads(pb::ListThreadsRequest::default())
@@ -1118,10 +1277,11 @@ async fn live_and_integration_rpcs_are_not_implemented_yet(app: TestApp) {
 
     let channel = app.channel().await;
     let token = sign(&app.secret, "alice", None, now() + 3600);
-    let mut integrations = chat_proto::v1::integration_service_client::IntegrationServiceClient::with_interceptor(
-        channel,
-        support::Bearer(Some(token)),
-    );
+    let mut integrations =
+        chat_proto::v1::integration_service_client::IntegrationServiceClient::with_interceptor(
+            channel,
+            support::Bearer(Some(token)),
+        );
     let status = integrations
         .request_dispute(pb::RequestDisputeRequest {
             thread_id: t.id.clone(),
@@ -1132,10 +1292,11 @@ async fn live_and_integration_rpcs_are_not_implemented_yet(app: TestApp) {
         .expect_err("not yet");
     assert_eq!(status.code(), Code::Unimplemented);
     let channel = app.channel().await;
-    let mut anonymous = chat_proto::v1::integration_service_client::IntegrationServiceClient::with_interceptor(
-        channel,
-        support::Bearer(None),
-    );
+    let mut anonymous =
+        chat_proto::v1::integration_service_client::IntegrationServiceClient::with_interceptor(
+            channel,
+            support::Bearer(None),
+        );
     let status = anonymous
         .post_system_event(pb::PostSystemEventRequest::default())
         .await

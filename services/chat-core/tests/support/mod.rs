@@ -106,7 +106,9 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
             .map(|(_, v)| v.clone())
     })
     .expect("test settings");
-    let app = Application::build(&settings).await.expect("build chat-core");
+    let app = Application::build(&settings)
+        .await
+        .expect("build chat-core");
     let grpc_addr = app.grpc_addr();
     let http_addr = app.http_addr();
     let (stop, stopped) = oneshot::channel::<()>();
