@@ -11,6 +11,8 @@ use crate::{
         normalize_title, now_micros, parse_id, validate_client_msg_id, validate_content,
         validate_job_id, validate_seq,
     },
+    events::{ChatEvent, EventKind},
+    live::{EventStream, LiveEvents, SubscribeRequest},
     store::{Appended, MessagePage, NewMessage, NewThread, Store, StoreError, ThreadCursor},
     writer::MessageWriter,
 };
@@ -38,6 +40,12 @@ pub enum ChatError {
     /// Anything else; details stay in the logs.
     #[error("internal error")]
     Internal(#[source] StoreError),
+    /// A live subscriber fell too far behind and was cut off.
+    #[error("subscriber too slow: events were dropped; subscribe again with since_seq")]
+    Lagging,
+    /// The server is stopping; live subscribers should reconnect elsewhere.
+    #[error("server shutting down; subscribe again with since_seq")]
+    ShuttingDown,
 }
 
 impl From<Invalid> for ChatError {
@@ -103,6 +111,7 @@ pub struct UnreadCounts {
 pub struct Chat {
     store: Store,
     writer: MessageWriter,
+    live: LiveEvents,
 }
 
 fn thread_id(id: &str) -> Result<Uuid, ChatError> {
@@ -149,10 +158,14 @@ fn decode_cursor(text: &str) -> Result<ThreadCursor, ChatError> {
 }
 
 impl Chat {
-    /// Chat over `store`.
-    pub fn new(store: Store) -> Self {
-        let writer = MessageWriter::new(store.clone());
-        Chat { store, writer }
+    /// Chat over `store`, publishing live events through `live`.
+    pub fn new(store: Store, live: LiveEvents) -> Self {
+        let writer = MessageWriter::new(store.clone(), live.clone());
+        Chat {
+            store,
+            writer,
+            live,
+        }
     }
 
     /// Creates the thread of these participants (the caller added when a
@@ -180,6 +193,7 @@ impl Chat {
         };
         let (thread, created) = self.store.create_thread(&new).await?;
         if created {
+            self.live.publish_thread_created(thread.clone());
             let view = ThreadView {
                 thread,
                 last_read_seq: 0,
@@ -288,6 +302,10 @@ impl Chat {
             return Err(ChatError::NotFound(THREAD));
         }
         view.thread.title = title;
+        self.live.publish(ChatEvent {
+            thread_id: view.thread.id,
+            kind: EventKind::ThreadUpdated(view.thread.clone()),
+        });
         Ok(view)
     }
 
@@ -430,12 +448,18 @@ impl Chat {
                 "only text messages can be edited",
             ));
         }
-        self.store
+        let edited = self
+            .store
             .edit_message(message.id, content, now_micros())
             .await?
             .ok_or(ChatError::FailedPrecondition(
                 "a deleted message cannot be edited",
-            ))
+            ))?;
+        self.live.publish(ChatEvent {
+            thread_id: edited.thread_id,
+            kind: EventKind::MessageUpdated(edited.clone()),
+        });
+        Ok(edited)
     }
 
     /// The sender deletes a message: hidden from users, kept for services.
@@ -447,6 +471,15 @@ impl Chat {
             .delete_message(message.id, now_micros())
             .await?
             .ok_or(ChatError::NotFound(MESSAGE))?;
+        if message.deleted_at.is_none() {
+            self.live.publish(ChatEvent {
+                thread_id: deleted.thread_id,
+                kind: EventKind::MessageDeleted {
+                    message_id: deleted.id,
+                    seq: deleted.seq,
+                },
+            });
+        }
         Ok(deleted.as_seen_by(caller))
     }
 
@@ -468,11 +501,45 @@ impl Chat {
             .mark_read(id, user, up_to_seq)
             .await?
             .ok_or(ChatError::NotFound(THREAD))?;
+        self.live.publish(ChatEvent {
+            thread_id: id,
+            kind: EventKind::MessagesRead {
+                user_id: user.to_owned(),
+                up_to_seq: last_read_seq,
+            },
+        });
         Ok(ReadState {
             thread_id: id,
             last_read_seq,
             unread_count: (last_seq - last_read_seq).max(0),
         })
+    }
+
+    /// Live events for the caller: one thread (optionally resuming after a
+    /// seq) or all of the caller's threads.
+    pub async fn subscribe(
+        &self,
+        caller: &Caller,
+        request: SubscribeRequest,
+    ) -> Result<EventStream, ChatError> {
+        self.live.subscribe(caller, request).await
+    }
+
+    /// Tells the thread's other participants the caller is (or stopped)
+    /// typing. Never stored.
+    pub async fn set_typing(
+        &self,
+        caller: &Caller,
+        id: &str,
+        is_typing: bool,
+    ) -> Result<(), ChatError> {
+        let user = acting_user(caller)?;
+        let id = thread_id(id)?;
+        if !self.store.can_see(id, Some(user)).await? {
+            return Err(ChatError::NotFound(THREAD));
+        }
+        self.live.set_typing(id, user, is_typing);
+        Ok(())
     }
 
     /// The caller's unread counts.

@@ -16,7 +16,9 @@ use tonic::{Request, Response, Status, service::Interceptor};
 
 use crate::{
     chat::{Chat, ChatError, SendRequest},
-    domain::{Caller, Message, MessageKind, ThreadView, UnixMicros},
+    domain::{Caller, Message, MessageKind, Thread, ThreadView, UnixMicros},
+    events::{ChatEvent, EventKind},
+    live::SubscribeRequest,
 };
 
 /// Checks the `authorization` metadata of every call (SPEC §2) and hands
@@ -80,6 +82,8 @@ impl From<ChatError> for Status {
                 tracing::warn!(error = %source, cause = ?std::error::Error::source(source), "storage unavailable");
                 Status::unavailable("storage unavailable, try again")
             }
+            ChatError::Lagging => Status::resource_exhausted(err.to_string()),
+            ChatError::ShuttingDown => Status::unavailable(err.to_string()),
             ChatError::Internal(source) => {
                 tracing::error!(error = %source, cause = ?std::error::Error::source(source), "internal error");
                 Status::internal("internal error")
@@ -150,6 +154,51 @@ pub fn thread_to_proto(view: ThreadView) -> pb::Thread {
         last_read_seq: view.last_read_seq,
         unread_count,
         last_message: view.last_message.map(message_to_proto),
+    }
+}
+
+/// A thread in `chat.v1` form, without per-caller read state (events).
+fn plain_thread_to_proto(thread: Thread) -> pb::Thread {
+    thread_to_proto(ThreadView {
+        thread,
+        last_read_seq: 0,
+        as_participant: false,
+        last_message: None,
+    })
+}
+
+/// A live event in `chat.v1` form, as `caller` may see it.
+pub fn event_to_proto(event: &ChatEvent, caller: &Caller) -> pb::Event {
+    use pb::event::Kind;
+    let kind = match &event.kind {
+        EventKind::MessageCreated(message) => Kind::MessageCreated(pb::MessageCreated {
+            message: Some(message_to_proto(message.clone().as_seen_by(caller))),
+        }),
+        EventKind::MessageUpdated(message) => Kind::MessageUpdated(pb::MessageUpdated {
+            message: Some(message_to_proto(message.clone().as_seen_by(caller))),
+        }),
+        EventKind::MessageDeleted { message_id, .. } => Kind::MessageDeleted(pb::MessageDeleted {
+            message_id: message_id.to_string(),
+        }),
+        EventKind::MessagesRead { user_id, up_to_seq } => Kind::MessagesRead(pb::MessagesRead {
+            user_id: user_id.clone(),
+            up_to_seq: *up_to_seq,
+        }),
+        EventKind::Typing { user_id, is_typing } => Kind::Typing(pb::Typing {
+            user_id: user_id.clone(),
+            is_typing: *is_typing,
+        }),
+        EventKind::ThreadCreated(thread) => Kind::ThreadCreated(pb::ThreadCreated {
+            thread: Some(plain_thread_to_proto(thread.clone())),
+        }),
+        EventKind::ThreadUpdated(thread) => Kind::ThreadUpdated(pb::ThreadUpdated {
+            thread: Some(plain_thread_to_proto(thread.clone())),
+        }),
+    };
+    pb::Event {
+        thread_id: event.thread_id.to_string(),
+        seq: event.seq(),
+        kind: Some(kind),
     }
 }
 
@@ -394,10 +443,12 @@ impl ChatService for ChatGrpc {
         &self,
         request: Request<pb::SetTypingRequest>,
     ) -> Result<Response<pb::SetTypingResponse>, Status> {
-        caller(&request)?;
-        Err(Status::unimplemented(
-            "SetTyping arrives with live events (Subscribe)",
-        ))
+        let caller = caller(&request)?;
+        let req = request.get_ref();
+        self.chat
+            .set_typing(&caller, &req.thread_id, req.is_typing)
+            .await?;
+        Ok(Response::new(pb::SetTypingResponse {}))
     }
 
     type SubscribeStream = EventStream;
@@ -406,8 +457,24 @@ impl ChatService for ChatGrpc {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        caller(&request)?;
-        Err(Status::unimplemented("Subscribe is not implemented yet"))
+        use tokio_stream::StreamExt as _;
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let events = self
+            .chat
+            .subscribe(
+                &caller,
+                SubscribeRequest {
+                    thread_id: req.thread_id,
+                    since_seq: req.since_seq,
+                },
+            )
+            .await?;
+        let stream = events.map(move |item| match item {
+            Ok(event) => Ok(event_to_proto(&event, &caller)),
+            Err(err) => Err(Status::from(err)),
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 

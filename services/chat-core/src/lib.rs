@@ -4,11 +4,15 @@
 //! servers; [`grpc`] and [`http`] are the transports; [`chat`] holds the
 //! rules; [`store`] is the only code that speaks SQL.
 
+pub mod bus;
 pub mod chat;
 pub mod config;
 pub mod domain;
+pub mod events;
 pub mod grpc;
 pub mod http;
+pub mod hub;
+pub mod live;
 pub mod metrics;
 pub mod startup;
 pub mod store;

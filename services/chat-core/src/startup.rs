@@ -13,10 +13,12 @@ use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::{
+    bus::EventBus,
     chat::Chat,
     config::{JwtSource, Settings},
     grpc::{Authenticator, ChatGrpc, IntegrationGrpc},
     http,
+    live::LiveEvents,
     metrics::{RpcMetrics, RpcObserverLayer},
     store::{Store, sqlite_file},
 };
@@ -105,7 +107,8 @@ impl Application {
         };
 
         let metrics = Arc::new(RpcMetrics::default());
-        let chat = Chat::new(self.store.clone());
+        let live = LiveEvents::new(self.store.clone(), EventBus::in_process(), stop_rx.clone());
+        let chat = Chat::new(self.store.clone(), live);
         let auth = Authenticator::new(self.verifier);
 
         let (health, health_service) = tonic_health::server::health_reporter();

@@ -583,6 +583,45 @@ impl Store {
         })
     }
 
+    /// The thread's last seq, if `user` (or a service, with `None`) may
+    /// see it: the starting point of a live subscription.
+    pub async fn visible_last_seq(
+        &self,
+        thread_id: Uuid,
+        user: Option<&str>,
+    ) -> Result<Option<i64>, StoreError> {
+        with_pools!(self, |reader, writer, Db| {
+            let seq: Option<i64> = match user {
+                Some(user) => sqlx::query_scalar(
+                    "SELECT last_seq FROM thread_participants WHERE thread_id = $1 AND user_id = $2",
+                )
+                .bind(thread_id)
+                .bind(user)
+                .fetch_optional(reader)
+                .await?,
+                None => sqlx::query_scalar("SELECT last_seq FROM threads WHERE id = $1")
+                    .bind(thread_id)
+                    .fetch_optional(reader)
+                    .await?,
+            };
+            Ok(seq)
+        })
+    }
+
+    /// Every thread of `user` with its last seq, in one query: where a
+    /// user-wide subscription starts.
+    pub async fn user_thread_seqs(&self, user: &str) -> Result<Vec<(Uuid, i64)>, StoreError> {
+        with_pools!(self, |reader, writer, Db| {
+            let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+                "SELECT thread_id, last_seq FROM thread_participants WHERE user_id = $1",
+            )
+            .bind(user)
+            .fetch_all(reader)
+            .await?;
+            Ok(rows)
+        })
+    }
+
     /// The thread with exactly these participants (sorted) and job.
     pub async fn find_thread(
         &self,

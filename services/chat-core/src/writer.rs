@@ -8,23 +8,36 @@
 //! Callers already await a per-message outcome, so both can land here
 //! without touching them.
 
-use crate::store::{Appended, NewMessage, Store, StoreError};
+use crate::{
+    events::{ChatEvent, EventKind},
+    live::LiveEvents,
+    store::{Appended, NewMessage, Store, StoreError},
+};
 
 /// Appends messages to the store; the one place where seq is assigned.
 #[derive(Debug, Clone)]
 pub struct MessageWriter {
     store: Store,
+    live: LiveEvents,
 }
 
 impl MessageWriter {
-    /// A writer over `store`.
-    pub fn new(store: Store) -> Self {
-        MessageWriter { store }
+    /// A writer over `store`, announcing new messages through `live`.
+    pub fn new(store: Store, live: LiveEvents) -> Self {
+        MessageWriter { store, live }
     }
 
-    /// Appends one message and returns it with its seq once committed.
-    /// `None` when the thread does not exist or the sender is not in it.
+    /// Appends one message and returns it with its seq once committed,
+    /// after announcing it to live subscribers. `None` when the thread does
+    /// not exist or the sender is not in it.
     pub async fn append(&self, message: NewMessage) -> Result<Option<Appended>, StoreError> {
-        self.store.append_message(&message).await
+        let appended = self.store.append_message(&message).await?;
+        if let Some(Appended::Created(message)) = &appended {
+            self.live.publish(ChatEvent {
+                thread_id: message.thread_id,
+                kind: EventKind::MessageCreated(message.clone()),
+            });
+        }
+        Ok(appended)
     }
 }

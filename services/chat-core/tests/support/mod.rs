@@ -167,7 +167,37 @@ impl Interceptor for Bearer {
 
 pub type Client = ChatServiceClient<InterceptedService<Channel, Bearer>>;
 
+/// Runs each listed test once per backend, each against its own database.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::support::spawn_app(super::support::Backend::Sqlite).await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::support::spawn_app(super::support::Backend::Postgres).await).await;
+                }
+            )*
+        }
+    };
+}
+
 impl TestApp {
+    /// Sends the shutdown signal, as SIGTERM would.
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
     pub async fn channel(&self) -> Channel {
         Channel::from_shared(format!("http://{}", self.grpc_addr))
             .expect("uri")
@@ -181,6 +211,21 @@ impl TestApp {
     pub async fn user(&self, sub: &str) -> Client {
         let token = sign(&self.secret, sub, None, now() + 3600);
         ChatServiceClient::with_interceptor(self.channel().await, Bearer(Some(token)))
+    }
+
+    /// A client calling as user `sub` over a connection with small HTTP/2
+    /// windows (64 KiB), like a slow mobile reader: the server can park
+    /// little data in flight for it.
+    pub async fn user_with_small_window(&self, sub: &str) -> Client {
+        let token = sign(&self.secret, sub, None, now() + 3600);
+        let channel = Channel::from_shared(format!("http://{}", self.grpc_addr))
+            .expect("uri")
+            .initial_stream_window_size(Some(65_535))
+            .initial_connection_window_size(Some(65_535))
+            .connect()
+            .await
+            .expect("connect to chat-core");
+        ChatServiceClient::with_interceptor(channel, Bearer(Some(token)))
     }
 
     /// A client calling with a service token.

@@ -1,0 +1,276 @@
+//! The replica-local registry of live subscribers: who listens to which
+//! [`Topic`]. Delivery never waits: each subscriber has a bounded queue, and
+//! one that is full is cut off (it resumes with `since_seq`) instead of
+//! growing memory or slowing the publisher and everyone else.
+
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+};
+
+use tokio::sync::mpsc;
+
+use crate::events::{SharedEvent, Topic};
+
+/// How many events may wait for one subscriber before it counts as too
+/// slow and is cut off.
+pub const SUBSCRIBER_QUEUE: usize = 256;
+
+struct Registration {
+    id: u64,
+    tx: mpsc::Sender<SharedEvent>,
+    lagged: Arc<AtomicBool>,
+}
+
+#[derive(Default)]
+struct Registry {
+    topics: HashMap<Topic, Vec<Registration>>,
+}
+
+/// Called when a topic gains its first local subscriber or loses its last,
+/// so a cross-replica bus can follow local interest.
+pub trait InterestListener: Send + Sync {
+    fn interest_changed(&self, topic: &Topic, interested: bool);
+}
+
+/// Local subscribers by topic. Cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    registry: Arc<Mutex<Registry>>,
+    next_id: Arc<AtomicU64>,
+    listener: Option<Arc<dyn InterestListener>>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").finish_non_exhaustive()
+    }
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub::new(None)
+    }
+}
+
+impl Hub {
+    /// A hub reporting interest changes to `listener`.
+    pub fn new(listener: Option<Arc<dyn InterestListener>>) -> Self {
+        Hub {
+            registry: Arc::default(),
+            next_id: Arc::new(AtomicU64::new(1)),
+            listener,
+        }
+    }
+
+    /// Registers a subscriber on `topics`. Events published from now on
+    /// reach it.
+    pub fn subscribe(&self, topics: impl IntoIterator<Item = Topic>) -> Subscription {
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
+        let subscription = Subscription {
+            hub: self.clone(),
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            tx,
+            rx,
+            lagged: Arc::new(AtomicBool::new(false)),
+            topics: Vec::new(),
+        };
+        let mut subscription = subscription;
+        for topic in topics {
+            subscription.add_topic(topic);
+        }
+        subscription
+    }
+
+    /// Hands `event` to every local subscriber of `topic`, without waiting.
+    /// A subscriber whose queue is full is cut off.
+    pub fn deliver(&self, topic: &Topic, event: &SharedEvent) {
+        let mut emptied = false;
+        {
+            let Ok(mut registry) = self.registry.lock() else {
+                return;
+            };
+            let Some(entries) = registry.topics.get_mut(topic) else {
+                return;
+            };
+            entries.retain(|entry| match entry.tx.try_send(event.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    entry.lagged.store(true, Ordering::Release);
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
+            if entries.is_empty() {
+                registry.topics.remove(topic);
+                emptied = true;
+            }
+        }
+        if emptied && let Some(listener) = &self.listener {
+            listener.interest_changed(topic, false);
+        }
+    }
+
+    /// The topics with at least one local subscriber.
+    pub fn topics(&self) -> Vec<Topic> {
+        self.registry
+            .lock()
+            .map(|r| r.topics.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// How many subscriptions listen to `topic` here.
+    pub fn subscriber_count(&self, topic: &Topic) -> usize {
+        self.registry
+            .lock()
+            .map(|r| r.topics.get(topic).map_or(0, Vec::len))
+            .unwrap_or(0)
+    }
+
+    fn add(
+        &self,
+        topic: &Topic,
+        id: u64,
+        tx: &mpsc::Sender<SharedEvent>,
+        lagged: &Arc<AtomicBool>,
+    ) {
+        let first = {
+            let Ok(mut registry) = self.registry.lock() else {
+                return;
+            };
+            let entry = Registration {
+                id,
+                tx: tx.clone(),
+                lagged: lagged.clone(),
+            };
+            match registry.topics.entry(topic.clone()) {
+                Entry::Occupied(mut entries) => {
+                    entries.get_mut().push(entry);
+                    false
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(vec![entry]);
+                    true
+                }
+            }
+        };
+        if first && let Some(listener) = &self.listener {
+            listener.interest_changed(topic, true);
+        }
+    }
+
+    fn remove(&self, topic: &Topic, id: u64) {
+        let emptied = {
+            let Ok(mut registry) = self.registry.lock() else {
+                return;
+            };
+            let Some(entries) = registry.topics.get_mut(topic) else {
+                return;
+            };
+            entries.retain(|e| e.id != id);
+            if entries.is_empty() {
+                registry.topics.remove(topic);
+                true
+            } else {
+                false
+            }
+        };
+        if emptied && let Some(listener) = &self.listener {
+            listener.interest_changed(topic, false);
+        }
+    }
+}
+
+/// One subscriber's registration and queue; unregistered when dropped.
+pub struct Subscription {
+    hub: Hub,
+    id: u64,
+    tx: mpsc::Sender<SharedEvent>,
+    rx: mpsc::Receiver<SharedEvent>,
+    lagged: Arc<AtomicBool>,
+    topics: Vec<Topic>,
+}
+
+impl Subscription {
+    /// Starts listening to one more topic (a thread the user just joined).
+    pub fn add_topic(&mut self, topic: Topic) {
+        if self.topics.contains(&topic) {
+            return;
+        }
+        self.hub.add(&topic, self.id, &self.tx, &self.lagged);
+        self.topics.push(topic);
+    }
+
+    /// The next event; `None` once the subscriber was cut off for lagging.
+    pub async fn recv(&mut self) -> Option<SharedEvent> {
+        if self.lagged() {
+            return None;
+        }
+        self.rx.recv().await
+    }
+
+    /// Whether the hub cut this subscriber off because its queue was full.
+    pub fn lagged(&self) -> bool {
+        self.lagged.load(Ordering::Acquire)
+    }
+
+    /// Takes a queued event without waiting.
+    pub fn try_recv(&mut self) -> Option<SharedEvent> {
+        self.rx.try_recv().ok()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        for topic in &self.topics {
+            self.hub.remove(topic, self.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{ChatEvent, EventKind};
+
+    fn typing(thread: uuid::Uuid) -> SharedEvent {
+        Arc::new(ChatEvent {
+            thread_id: thread,
+            kind: EventKind::Typing {
+                user_id: "a".into(),
+                is_typing: true,
+            },
+        })
+    }
+
+    #[tokio::test]
+    async fn delivers_to_subscribers_of_the_topic_only() {
+        let hub = Hub::default();
+        let t1 = uuid::Uuid::now_v7();
+        let t2 = uuid::Uuid::now_v7();
+        let mut one = hub.subscribe([Topic::Thread(t1)]);
+        let mut two = hub.subscribe([Topic::Thread(t2)]);
+        hub.deliver(&Topic::Thread(t1), &typing(t1));
+        assert_eq!(one.recv().await.unwrap().thread_id, t1);
+        assert!(two.try_recv().is_none());
+        drop(one);
+        assert_eq!(hub.subscriber_count(&Topic::Thread(t1)), 0);
+        assert_eq!(hub.topics(), vec![Topic::Thread(t2)]);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_cuts_the_subscriber_off() {
+        let hub = Hub::default();
+        let t = uuid::Uuid::now_v7();
+        let mut slow = hub.subscribe([Topic::Thread(t)]);
+        for _ in 0..SUBSCRIBER_QUEUE + 10 {
+            hub.deliver(&Topic::Thread(t), &typing(t));
+        }
+        assert!(slow.lagged());
+        assert!(slow.recv().await.is_none());
+        assert_eq!(hub.subscriber_count(&Topic::Thread(t)), 0);
+    }
+}
