@@ -1,18 +1,52 @@
 //! How events get from the replica that committed them to every replica's
-//! [`Hub`]. Embedded default: in-process, one replica. Cross-replica fan-out
-//! over Redis plugs in here as another variant; the hub and the streams
-//! above it do not change.
+//! [`Hub`]: in-process on the embedded default (one replica), or over Redis
+//! pub/sub when `REDIS_URL` is set.
+//!
+//! Over Redis, each replica keeps one subscriber connection and subscribes
+//! exactly the channels its local subscribers need, following the hub's
+//! interest. Publishing never waits on Redis: events go to local
+//! subscribers at once and to Redis through a bounded outbox, pipelined.
+//! Redis pub/sub is at most once, so whenever notifications may have been
+//! lost (a failed publish, a full outbox, a reconnect) every replica is told
+//! to resync, and each stream catches up from the database.
+
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use futures_util::StreamExt as _;
+use prost::Message as _;
+use tokio::sync::{Notify, mpsc, watch};
+use uuid::Uuid;
 
 use crate::{
+    domain::Caller,
     events::{SharedEvent, Topic},
-    hub::Hub,
+    hub::{Hub, InterestListener},
+    wire::{event_from_proto, event_to_proto},
 };
+
+/// Events waiting to be published to Redis; beyond this, events are
+/// dropped and every replica resyncs from the database instead.
+const OUTBOX: usize = 16 * 1024;
+/// Publishes pipelined in one round trip.
+const PIPELINE: usize = 512;
+/// How long a new subscription waits for Redis to confirm its channels.
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
 
 /// Publishes live events.
 #[derive(Debug, Clone)]
 pub enum EventBus {
     /// Events go straight to this process's hub.
     InProcess(Hub),
+    /// Events go to this process's hub and, through Redis, to every other
+    /// replica's.
+    Redis(RedisBus),
 }
 
 impl EventBus {
@@ -25,16 +59,381 @@ impl EventBus {
     pub fn hub(&self) -> &Hub {
         match self {
             EventBus::InProcess(hub) => hub,
+            EventBus::Redis(bus) => &bus.hub,
         }
     }
 
-    /// Publishes `event` to the subscribers of `topic`. Never waits on a
-    /// subscriber. Delivery is at most once: streams repair gaps in message
-    /// seqs from the database, so a lost notification delays a message but
-    /// never loses it.
+    /// Publishes `event` to the subscribers of `topic` on every replica.
+    /// Never waits.
     pub fn publish(&self, topic: &Topic, event: SharedEvent) {
         match self {
             EventBus::InProcess(hub) => hub.deliver(topic, &event),
+            EventBus::Redis(bus) => bus.publish(topic, event),
+        }
+    }
+
+    /// Waits (briefly) until the topics registered so far are subscribed
+    /// across replicas, so that a subscription reads the database only once
+    /// nothing committed elsewhere can pass it by.
+    pub async fn ready(&self) {
+        if let EventBus::Redis(bus) = self {
+            bus.ready().await;
+        }
+    }
+}
+
+/// Tells the subscriber task that local interest changed.
+struct InterestSignal {
+    requested: Arc<AtomicU64>,
+    notify: Arc<Notify>,
+}
+
+impl InterestListener for InterestSignal {
+    fn interest_changed(&self, _topic: &Topic, _interested: bool) {
+        self.requested.fetch_add(1, Ordering::AcqRel);
+        self.notify.notify_one();
+    }
+}
+
+/// The Redis side of the bus.
+#[derive(Clone)]
+pub struct RedisBus {
+    hub: Hub,
+    outbox: mpsc::Sender<(Topic, SharedEvent)>,
+    needs_resync: Arc<AtomicBool>,
+    /// Interest changes requested / applied on Redis.
+    requested: Arc<AtomicU64>,
+    applied: watch::Receiver<u64>,
+}
+
+impl std::fmt::Debug for RedisBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBus").finish_non_exhaustive()
+    }
+}
+
+/// Channel names under one prefix, so that deployments (or test runs)
+/// sharing a Redis do not hear each other.
+#[derive(Debug, Clone)]
+struct Channels {
+    prefix: String,
+}
+
+impl Channels {
+    fn topic(&self, topic: &Topic) -> String {
+        match topic {
+            Topic::Thread(id) => format!("{}t:{}", self.prefix, id.simple()),
+            Topic::User(user) => format!("{}u:{}", self.prefix, user),
+        }
+    }
+
+    fn control(&self) -> String {
+        format!("{}control", self.prefix)
+    }
+
+    fn parse(&self, channel: &str) -> Option<Topic> {
+        let rest = channel.strip_prefix(&self.prefix)?;
+        if let Some(id) = rest.strip_prefix("t:") {
+            Uuid::try_parse(id).ok().map(Topic::Thread)
+        } else {
+            rest.strip_prefix("u:").map(|u| Topic::User(u.to_owned()))
+        }
+    }
+}
+
+const RESYNC: &[u8] = b"resync";
+
+impl RedisBus {
+    /// Connects to Redis (failing when it cannot be reached at start) and
+    /// starts the publisher and subscriber tasks, which reconnect with
+    /// backoff until `shutdown`.
+    pub async fn start(
+        url: &str,
+        prefix: &str,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<EventBus, redis::RedisError> {
+        let client = redis::Client::open(url)?;
+        let publisher = connect_publisher(&client).await?;
+        let requested = Arc::new(AtomicU64::new(0));
+        let notify = Arc::new(Notify::new());
+        let hub = Hub::new(Some(Arc::new(InterestSignal {
+            requested: requested.clone(),
+            notify: notify.clone(),
+        })));
+        let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
+        let (applied_tx, applied) = watch::channel(0);
+        let needs_resync = Arc::new(AtomicBool::new(false));
+        let channels = Channels {
+            prefix: prefix.to_owned(),
+        };
+        let origin = Uuid::new_v4();
+        tokio::spawn(
+            Publisher {
+                client: client.clone(),
+                channels: channels.clone(),
+                origin,
+                needs_resync: needs_resync.clone(),
+                shutdown: shutdown.clone(),
+            }
+            .run(publisher, outbox_rx),
+        );
+        tokio::spawn(
+            Subscriber {
+                client,
+                channels,
+                origin,
+                hub: hub.clone(),
+                notify,
+                requested: requested.clone(),
+                applied: applied_tx,
+                shutdown,
+            }
+            .run(),
+        );
+        Ok(EventBus::Redis(RedisBus {
+            hub,
+            outbox,
+            needs_resync,
+            requested,
+            applied,
+        }))
+    }
+
+    fn publish(&self, topic: &Topic, event: SharedEvent) {
+        self.hub.deliver(topic, &event);
+        if self.outbox.try_send((topic.clone(), event)).is_err()
+            && !self.needs_resync.swap(true, Ordering::AcqRel)
+        {
+            tracing::warn!("redis outbox full: other replicas will resync from the database");
+        }
+    }
+
+    async fn ready(&self) {
+        let target = self.requested.load(Ordering::Acquire);
+        let mut applied = self.applied.clone();
+        let _ =
+            tokio::time::timeout(SUBSCRIBE_WAIT, applied.wait_for(|done| *done >= target)).await;
+    }
+}
+
+async fn connect_publisher(
+    client: &redis::Client,
+) -> Result<redis::aio::MultiplexedConnection, redis::RedisError> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(2)));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+}
+
+/// Completes once the shutdown signal is set (never holding its guard
+/// across an await).
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Waits out a reconnect delay (doubling up to 5 s); false on shutdown.
+async fn backoff(delay: &mut Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    let wait = *delay;
+    *delay = (*delay * 2).min(Duration::from_secs(5));
+    tokio::select! {
+        () = stopped(shutdown) => false,
+        () = tokio::time::sleep(wait) => true,
+    }
+}
+
+struct Publisher {
+    client: redis::Client,
+    channels: Channels,
+    origin: Uuid,
+    needs_resync: Arc<AtomicBool>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Publisher {
+    fn payload(&self, event: &SharedEvent) -> Option<Vec<u8>> {
+        let wire = event_to_proto(event, &Caller::Service(String::new()))?;
+        let mut payload = Vec::with_capacity(16 + wire.encoded_len());
+        payload.extend_from_slice(self.origin.as_bytes());
+        wire.encode(&mut payload).ok()?;
+        Some(payload)
+    }
+
+    async fn run(
+        mut self,
+        mut connection: redis::aio::MultiplexedConnection,
+        mut outbox: mpsc::Receiver<(Topic, SharedEvent)>,
+    ) {
+        let mut batch = Vec::with_capacity(PIPELINE);
+        loop {
+            if self.needs_resync.load(Ordering::Acquire) {
+                let sent: Result<(), _> = redis::cmd("PUBLISH")
+                    .arg(self.channels.control())
+                    .arg(RESYNC)
+                    .query_async(&mut connection)
+                    .await;
+                if sent.is_ok() {
+                    self.needs_resync.store(false, Ordering::Release);
+                    tracing::info!("asked every replica to resync from the database");
+                }
+            }
+            batch.clear();
+            tokio::select! {
+                () = stopped(&mut self.shutdown) => return,
+                received = outbox.recv_many(&mut batch, PIPELINE) => {
+                    if received == 0 {
+                        return;
+                    }
+                }
+            }
+            let mut pipe = redis::pipe();
+            for (topic, event) in &batch {
+                if let Some(payload) = self.payload(event) {
+                    pipe.cmd("PUBLISH")
+                        .arg(self.channels.topic(topic))
+                        .arg(payload)
+                        .ignore();
+                }
+            }
+            let published: Result<(), _> = pipe.query_async(&mut connection).await;
+            if let Err(err) = published {
+                tracing::warn!(error = %err, lost = batch.len(), "redis publish failed; reconnecting");
+                self.needs_resync.store(true, Ordering::Release);
+                let mut delay = Duration::from_millis(100);
+                connection = loop {
+                    if !backoff(&mut delay, &mut self.shutdown).await {
+                        return;
+                    }
+                    match connect_publisher(&self.client).await {
+                        Ok(connection) => break connection,
+                        Err(err) => {
+                            tracing::warn!(error = %err, "redis publisher reconnect failed")
+                        }
+                    }
+                };
+                tracing::info!("redis publisher reconnected");
+            }
+        }
+    }
+}
+
+struct Subscriber {
+    client: redis::Client,
+    channels: Channels,
+    origin: Uuid,
+    hub: Hub,
+    notify: Arc<Notify>,
+    requested: Arc<AtomicU64>,
+    applied: watch::Sender<u64>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Subscriber {
+    async fn run(mut self) {
+        let mut delay = Duration::from_millis(100);
+        let mut connected_before = false;
+        loop {
+            let pubsub = match self.client.get_async_pubsub().await {
+                Ok(pubsub) => pubsub,
+                Err(err) => {
+                    tracing::warn!(error = %err, "redis subscriber cannot connect");
+                    if !backoff(&mut delay, &mut self.shutdown).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            delay = Duration::from_millis(100);
+            let (mut sink, mut stream) = pubsub.split();
+            let mut subscribed = HashSet::new();
+            if let Err(err) = sink.subscribe(self.channels.control()).await {
+                tracing::warn!(error = %err, "redis subscribe failed");
+                continue;
+            }
+            if let Err(err) = self.sync(&mut sink, &mut subscribed).await {
+                tracing::warn!(error = %err, "redis subscribe failed");
+                continue;
+            }
+            if connected_before {
+                tracing::info!("redis subscriber reconnected; resyncing live subscribers");
+                self.hub.resync_all();
+            }
+            connected_before = true;
+            let mut shutdown = self.shutdown.clone();
+            loop {
+                tokio::select! {
+                    () = stopped(&mut shutdown) => return,
+                    () = self.notify.notified() => {
+                        if let Err(err) = self.sync(&mut sink, &mut subscribed).await {
+                            tracing::warn!(error = %err, "redis subscribe failed");
+                            break;
+                        }
+                    }
+                    message = stream.next() => match message {
+                        Some(message) => self.receive(message.get_channel_name(), message.get_payload_bytes()),
+                        None => break,
+                    },
+                }
+            }
+            tracing::warn!("redis subscriber disconnected; reconnecting");
+            if !backoff(&mut delay, &mut self.shutdown).await {
+                return;
+            }
+        }
+    }
+
+    /// Subscribes and unsubscribes so that Redis sends exactly what local
+    /// subscribers listen to.
+    async fn sync(
+        &self,
+        sink: &mut redis::aio::PubSubSink,
+        subscribed: &mut HashSet<String>,
+    ) -> Result<(), redis::RedisError> {
+        let target = self.requested.load(Ordering::Acquire);
+        let wanted: HashSet<String> = self
+            .hub
+            .topics()
+            .iter()
+            .map(|topic| self.channels.topic(topic))
+            .collect();
+        let add: Vec<&String> = wanted.difference(subscribed).collect();
+        for chunk in add.chunks(256) {
+            sink.subscribe(chunk).await?;
+        }
+        let remove: Vec<&String> = subscribed.difference(&wanted).collect();
+        for chunk in remove.chunks(256) {
+            sink.unsubscribe(chunk).await?;
+        }
+        *subscribed = wanted;
+        self.applied.send_if_modified(|applied| {
+            let moved = target > *applied;
+            *applied = (*applied).max(target);
+            moved
+        });
+        Ok(())
+    }
+
+    fn receive(&self, channel: &str, payload: &[u8]) {
+        if channel == self.channels.control() {
+            if payload == RESYNC {
+                tracing::info!("resync requested by a replica");
+                self.hub.resync_all();
+            }
+            return;
+        }
+        let Some(topic) = self.channels.parse(channel) else {
+            return;
+        };
+        if payload.len() < 16 || payload[..16] == *self.origin.as_bytes() {
+            return;
+        }
+        let event = chat_proto::v1::Event::decode(&payload[16..])
+            .ok()
+            .and_then(event_from_proto);
+        match event {
+            Some(event) => self.hub.deliver(&topic, &Arc::new(event)),
+            None => tracing::warn!(channel, "undecodable event on the bus"),
         }
     }
 }

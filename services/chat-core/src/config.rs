@@ -58,8 +58,11 @@ pub struct Settings {
     pub database: DatabaseLocation,
     /// `DATABASE_MAX_CONNECTIONS`: pool size (readers, for SQLite).
     pub database_max_connections: u32,
-    /// `REDIS_URL`: cross-replica fan-out (used by live events).
+    /// `REDIS_URL`: cross-replica fan-out of live events.
     pub redis_url: Option<String>,
+    /// `REDIS_CHANNEL_PREFIX`: namespaces the pub/sub channels, so that
+    /// several deployments (or test runs) can share one Redis.
+    pub redis_channel_prefix: String,
     /// `JWT_*`.
     pub jwt: JwtSource,
     /// `LOG_FORMAT`.
@@ -121,6 +124,19 @@ impl Settings {
             Some(_) => return Err(config_error("REDIS_URL", "expected a redis://… URL")),
         };
 
+        let redis_channel_prefix = match get("REDIS_CHANNEL_PREFIX") {
+            None => "chat:".to_owned(),
+            Some(prefix) if prefix.len() <= 64 && !prefix.chars().any(char::is_whitespace) => {
+                prefix
+            }
+            Some(_) => {
+                return Err(config_error(
+                    "REDIS_CHANNEL_PREFIX",
+                    "at most 64 characters, no whitespace",
+                ));
+            }
+        };
+
         let jwt = match JwtSettings::from_env(get)
             .map_err(|err| config_error(err.variable(), err.to_string()))?
         {
@@ -161,6 +177,7 @@ impl Settings {
             database,
             database_max_connections,
             redis_url,
+            redis_channel_prefix,
             jwt,
             log_format,
             shutdown_grace,

@@ -42,6 +42,9 @@ pub enum EventKind {
     ThreadCreated(Thread),
     /// A thread's title changed.
     ThreadUpdated(Thread),
+    /// Internal: notifications may have been lost (the cross-replica bus
+    /// reconnected); subscribers catch up from the database. Never sent.
+    Resync { generation: u64 },
 }
 
 impl ChatEvent {

@@ -4,21 +4,17 @@
 use std::pin::Pin;
 
 use chat_auth::{Role, TokenVerifier};
-use chat_proto::{
-    Timestamp,
-    v1::{
-        self as pb, chat_service_server::ChatService,
-        integration_service_server::IntegrationService,
-    },
+use chat_proto::v1::{
+    self as pb, chat_service_server::ChatService, integration_service_server::IntegrationService,
 };
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, service::Interceptor};
 
 use crate::{
     chat::{Chat, ChatError, SendRequest},
-    domain::{Caller, Message, MessageKind, Thread, ThreadView, UnixMicros},
-    events::{ChatEvent, EventKind},
+    domain::{Caller, MessageKind},
     live::SubscribeRequest,
+    wire::{event_to_proto, message_to_proto, thread_to_proto},
 };
 
 /// Checks the `authorization` metadata of every call (SPEC §2) and hands
@@ -92,23 +88,6 @@ impl From<ChatError> for Status {
     }
 }
 
-fn timestamp(micros: UnixMicros) -> Timestamp {
-    Timestamp {
-        seconds: micros.div_euclid(1_000_000),
-        nanos: (micros.rem_euclid(1_000_000) * 1_000) as i32,
-    }
-}
-
-fn message_type(kind: MessageKind) -> pb::MessageType {
-    match kind {
-        MessageKind::Text => pb::MessageType::Text,
-        MessageKind::System => pb::MessageType::System,
-        MessageKind::Payment => pb::MessageType::Payment,
-        MessageKind::Dispute => pb::MessageType::Dispute,
-        MessageKind::JobUpdate => pb::MessageType::JobUpdate,
-    }
-}
-
 fn message_kind(value: i32) -> Result<Option<MessageKind>, Status> {
     match pb::MessageType::try_from(value) {
         Ok(pb::MessageType::Unspecified) => Ok(None),
@@ -118,87 +97,6 @@ fn message_kind(value: i32) -> Result<Option<MessageKind>, Status> {
         Ok(pb::MessageType::Dispute) => Ok(Some(MessageKind::Dispute)),
         Ok(pb::MessageType::JobUpdate) => Ok(Some(MessageKind::JobUpdate)),
         Err(_) => Err(Status::invalid_argument("message_type: unknown value")),
-    }
-}
-
-/// A stored message in `chat.v1` form.
-pub fn message_to_proto(message: Message) -> pb::Message {
-    pb::Message {
-        id: message.id.to_string(),
-        thread_id: message.thread_id.to_string(),
-        seq: message.seq,
-        sender_id: message.sender_id,
-        message_type: message_type(message.kind).into(),
-        content: message.content,
-        metadata_json: message.metadata,
-        client_msg_id: message.client_msg_id,
-        created_at: Some(timestamp(message.created_at)),
-        edited_at: message.edited_at.map(timestamp),
-        deleted_at: message.deleted_at.map(timestamp),
-    }
-}
-
-/// A thread, as one caller sees it, in `chat.v1` form.
-pub fn thread_to_proto(view: ThreadView) -> pb::Thread {
-    let unread_count = view.unread_count();
-    let thread = view.thread;
-    pb::Thread {
-        id: thread.id.to_string(),
-        participants: thread.participants,
-        job_id: thread.job_id,
-        title: thread.title,
-        created_by: thread.created_by,
-        created_at: Some(timestamp(thread.created_at)),
-        last_message_at: thread.last_message_at.map(timestamp),
-        last_seq: thread.last_seq,
-        last_read_seq: view.last_read_seq,
-        unread_count,
-        last_message: view.last_message.map(message_to_proto),
-    }
-}
-
-/// A thread in `chat.v1` form, without per-caller read state (events).
-fn plain_thread_to_proto(thread: Thread) -> pb::Thread {
-    thread_to_proto(ThreadView {
-        thread,
-        last_read_seq: 0,
-        as_participant: false,
-        last_message: None,
-    })
-}
-
-/// A live event in `chat.v1` form, as `caller` may see it.
-pub fn event_to_proto(event: &ChatEvent, caller: &Caller) -> pb::Event {
-    use pb::event::Kind;
-    let kind = match &event.kind {
-        EventKind::MessageCreated(message) => Kind::MessageCreated(pb::MessageCreated {
-            message: Some(message_to_proto(message.clone().as_seen_by(caller))),
-        }),
-        EventKind::MessageUpdated(message) => Kind::MessageUpdated(pb::MessageUpdated {
-            message: Some(message_to_proto(message.clone().as_seen_by(caller))),
-        }),
-        EventKind::MessageDeleted { message_id, .. } => Kind::MessageDeleted(pb::MessageDeleted {
-            message_id: message_id.to_string(),
-        }),
-        EventKind::MessagesRead { user_id, up_to_seq } => Kind::MessagesRead(pb::MessagesRead {
-            user_id: user_id.clone(),
-            up_to_seq: *up_to_seq,
-        }),
-        EventKind::Typing { user_id, is_typing } => Kind::Typing(pb::Typing {
-            user_id: user_id.clone(),
-            is_typing: *is_typing,
-        }),
-        EventKind::ThreadCreated(thread) => Kind::ThreadCreated(pb::ThreadCreated {
-            thread: Some(plain_thread_to_proto(thread.clone())),
-        }),
-        EventKind::ThreadUpdated(thread) => Kind::ThreadUpdated(pb::ThreadUpdated {
-            thread: Some(plain_thread_to_proto(thread.clone())),
-        }),
-    };
-    pb::Event {
-        thread_id: event.thread_id.to_string(),
-        seq: event.seq(),
-        kind: Some(kind),
     }
 }
 
@@ -470,9 +368,9 @@ impl ChatService for ChatGrpc {
                 },
             )
             .await?;
-        let stream = events.map(move |item| match item {
-            Ok(event) => Ok(event_to_proto(&event, &caller)),
-            Err(err) => Err(Status::from(err)),
+        let stream = events.filter_map(move |item| match item {
+            Ok(event) => event_to_proto(&event, &caller).map(Ok),
+            Err(err) => Some(Err(Status::from(err))),
         });
         Ok(Response::new(Box::pin(stream)))
     }

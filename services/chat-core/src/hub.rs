@@ -13,7 +13,7 @@ use std::{
 
 use tokio::sync::mpsc;
 
-use crate::events::{SharedEvent, Topic};
+use crate::events::{ChatEvent, EventKind, SharedEvent, Topic};
 
 /// How many events may wait for one subscriber before it counts as too
 /// slow and is cut off.
@@ -41,6 +41,7 @@ pub trait InterestListener: Send + Sync {
 pub struct Hub {
     registry: Arc<Mutex<Registry>>,
     next_id: Arc<AtomicU64>,
+    resyncs: Arc<AtomicU64>,
     listener: Option<Arc<dyn InterestListener>>,
 }
 
@@ -62,6 +63,7 @@ impl Hub {
         Hub {
             registry: Arc::default(),
             next_id: Arc::new(AtomicU64::new(1)),
+            resyncs: Arc::new(AtomicU64::new(0)),
             listener,
         }
     }
@@ -111,6 +113,28 @@ impl Hub {
         }
         if emptied && let Some(listener) = &self.listener {
             listener.interest_changed(topic, false);
+        }
+    }
+
+    /// Tells every local subscriber, once each, that notifications may have
+    /// been lost, so it catches up from the database. One that cannot take
+    /// the signal is cut off (it resumes with `since_seq`).
+    pub fn resync_all(&self) {
+        let generation = self.resyncs.fetch_add(1, Ordering::AcqRel) + 1;
+        let event: SharedEvent = Arc::new(ChatEvent {
+            thread_id: uuid::Uuid::nil(),
+            kind: EventKind::Resync { generation },
+        });
+        let Ok(registry) = self.registry.lock() else {
+            return;
+        };
+        let mut told = std::collections::HashSet::new();
+        for entries in registry.topics.values() {
+            for entry in entries {
+                if told.insert(entry.id) && entry.tx.try_send(event.clone()).is_err() {
+                    entry.lagged.store(true, Ordering::Release);
+                }
+            }
         }
     }
 
@@ -234,7 +258,6 @@ impl Drop for Subscription {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{ChatEvent, EventKind};
 
     fn typing(thread: uuid::Uuid) -> SharedEvent {
         Arc::new(ChatEvent {

@@ -17,4 +17,5 @@ pub mod metrics;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod wire;
 pub mod writer;

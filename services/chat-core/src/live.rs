@@ -25,7 +25,7 @@ use tokio::{sync::watch, time::Instant};
 use uuid::Uuid;
 
 use crate::{
-    bus::EventBus,
+    bus::{EventBus, stopped},
     chat::ChatError,
     domain::{Caller, limits},
     events::{ChatEvent, EventKind, SharedEvent, Topic},
@@ -60,6 +60,8 @@ struct StreamState {
     backlog: VecDeque<(Uuid, i64)>,
     pending: VecDeque<SharedEvent>,
     shutdown: watch::Receiver<bool>,
+    /// The last resync handled.
+    resync: u64,
     finished: bool,
 }
 
@@ -134,7 +136,44 @@ impl StreamState {
                 }
                 self.pending.push_back(event);
             }
+            EventKind::Resync { generation } => {
+                if *generation <= self.resync {
+                    return Ok(());
+                }
+                self.resync = *generation;
+                self.catch_up().await?;
+            }
             _ => self.pending.push_back(event),
+        }
+        Ok(())
+    }
+
+    /// After notifications may have been lost: queue whatever the database
+    /// holds beyond what was delivered, and (user-wide) join threads whose
+    /// announcement was lost.
+    async fn catch_up(&mut self) -> Result<(), ChatError> {
+        match (&self.user, self.user_wide) {
+            (Some(user), true) => {
+                let current = self.store.user_thread_seqs(user).await?;
+                for (thread, seq) in current {
+                    match self.delivered.get(&thread) {
+                        Some(delivered) if seq > *delivered => {
+                            self.backlog.push_back((thread, *delivered));
+                        }
+                        Some(_) => {}
+                        None => {
+                            self.subscription.add_topic(Topic::Thread(thread));
+                            self.delivered.insert(thread, 0);
+                            self.backlog.push_back((thread, 0));
+                        }
+                    }
+                }
+            }
+            _ => {
+                for (thread, delivered) in &self.delivered {
+                    self.backlog.push_back((*thread, *delivered));
+                }
+            }
         }
         Ok(())
     }
@@ -167,7 +206,7 @@ impl StreamState {
             }
             let event = tokio::select! {
                 biased;
-                _ = self.shutdown.wait_for(|stop| *stop) => {
+                () = stopped(&mut self.shutdown) => {
                     self.finished = true;
                     return Some(Err(ChatError::ShuttingDown));
                 }
@@ -246,6 +285,7 @@ impl LiveEvents {
             Some(id) => {
                 let id = crate::domain::parse_id(&id).ok_or(ChatError::NotFound("thread"))?;
                 let subscription = hub.subscribe([Topic::Thread(id)]);
+                self.bus.ready().await;
                 let last_seq = self
                     .store
                     .visible_last_seq(id, user.as_deref())
@@ -273,10 +313,12 @@ impl LiveEvents {
                     ));
                 }
                 let mut subscription = hub.subscribe([Topic::User(user_id.clone())]);
+                self.bus.ready().await;
                 let first = self.store.user_thread_seqs(&user_id).await?;
                 for (thread, _) in &first {
                     subscription.add_topic(Topic::Thread(*thread));
                 }
+                self.bus.ready().await;
                 // Messages committed between the read and the registration
                 // of their thread's topic come from the second read.
                 let second: HashMap<Uuid, i64> = self
@@ -321,6 +363,7 @@ impl LiveEvents {
             backlog: VecDeque::new(),
             pending: VecDeque::new(),
             shutdown: self.shutdown.clone(),
+            resync: 0,
             finished: false,
         }
     }
@@ -350,7 +393,7 @@ impl LiveEvents {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {
-                _ = shutdown.wait_for(|stop| *stop) => return,
+                () = stopped(&mut shutdown) => return,
                 _ = tick.tick() => {}
             }
             let now = Instant::now();

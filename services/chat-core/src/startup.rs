@@ -13,7 +13,7 @@ use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::{
-    bus::EventBus,
+    bus::{EventBus, RedisBus},
     chat::Chat,
     config::{JwtSource, Settings},
     grpc::{Authenticator, ChatGrpc, IntegrationGrpc},
@@ -28,6 +28,8 @@ pub struct Application {
     grpc_listener: TcpListener,
     http_listener: TcpListener,
     store: Store,
+    bus: EventBus,
+    stop: (watch::Sender<bool>, watch::Receiver<bool>),
     verifier: TokenVerifier,
     shutdown_grace: Duration,
 }
@@ -58,9 +60,21 @@ impl Application {
             Some(file) => tracing::info!(file, "storage: embedded SQLite"),
             None => tracing::info!("storage: PostgreSQL"),
         }
-        if settings.redis_url.is_some() {
-            tracing::info!("REDIS_URL is set; cross-replica fan-out starts with live events");
-        }
+
+        let stop = watch::channel(false);
+        let bus = match &settings.redis_url {
+            Some(url) => {
+                let bus = RedisBus::start(url, &settings.redis_channel_prefix, stop.1.clone())
+                    .await
+                    .context("connecting to Redis (REDIS_URL)")?;
+                tracing::info!(prefix = %settings.redis_channel_prefix, "live events: Redis pub/sub across replicas");
+                bus
+            }
+            None => {
+                tracing::info!("live events: in-process (one replica)");
+                EventBus::in_process()
+            }
+        };
 
         let grpc_listener = TcpListener::bind(settings.grpc_addr)
             .await
@@ -73,6 +87,8 @@ impl Application {
             grpc_listener,
             http_listener,
             store,
+            bus,
+            stop,
             verifier,
             shutdown_grace: settings.shutdown_grace,
         })
@@ -101,13 +117,13 @@ impl Application {
     ) -> anyhow::Result<()> {
         let grpc_addr = self.grpc_addr();
         let http_addr = self.http_addr();
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let (stop_tx, stop_rx) = self.stop;
         let stopped = move |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
 
         let metrics = Arc::new(RpcMetrics::default());
-        let live = LiveEvents::new(self.store.clone(), EventBus::in_process(), stop_rx.clone());
+        let live = LiveEvents::new(self.store.clone(), self.bus, stop_rx.clone());
         let chat = Chat::new(self.store.clone(), live);
         let auth = Authenticator::new(self.verifier);
 
