@@ -52,6 +52,7 @@ pub struct SubscribeRequest {
 struct StreamState {
     subscription: Subscription,
     store: Store,
+    bus: EventBus,
     user: Option<String>,
     user_wide: bool,
     /// The last seq delivered per thread.
@@ -188,6 +189,9 @@ impl StreamState {
                 return Some(Ok(event));
             }
             if let Some((thread, after)) = self.backlog.pop_front() {
+                // A topic added on the way (a thread just joined) must be
+                // live across replicas before its backlog is read.
+                self.bus.ready().await;
                 let after = self
                     .delivered
                     .get(&thread)
@@ -357,6 +361,7 @@ impl LiveEvents {
         StreamState {
             subscription,
             store: self.store.clone(),
+            bus: self.bus.clone(),
             user,
             user_wide,
             delivered: HashMap::new(),
