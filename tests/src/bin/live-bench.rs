@@ -21,7 +21,6 @@ use std::{
 use anyhow::{Context as _, bail};
 use chat_auth::{Role, TokenIssuer};
 use chat_proto::v1::{self as pb, chat_service_client::ChatServiceClient, event::Kind};
-use tokio::sync::Mutex;
 use tonic::{
     Request, Status,
     service::{Interceptor, interceptor::InterceptedService},
@@ -117,7 +116,7 @@ async fn main() -> anyhow::Result<()> {
     let mut threads = Vec::with_capacity(options.threads);
     let mut receivers = Vec::with_capacity(options.threads);
     let start = Instant::now();
-    let latencies = Arc::new(Mutex::new(Vec::with_capacity(options.messages)));
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(options.messages)));
     let sender = format!("bench-{run}-a");
     let mut creator = client(&options.addr, token(&sender)?).await?;
     for i in 0..options.threads {
@@ -143,7 +142,6 @@ async fn main() -> anyhow::Result<()> {
         let latencies = latencies.clone();
         receivers.push(tokio::spawn(async move {
             let _keep = subscriber;
-            let mut local = Vec::new();
             while let Ok(Some(event)) = stream.message().await {
                 if let Some(Kind::MessageCreated(created)) = event.kind {
                     let sent_nanos: u64 = created
@@ -151,13 +149,12 @@ async fn main() -> anyhow::Result<()> {
                         .and_then(|m| m.content.parse().ok())
                         .unwrap_or(0);
                     let sent = start + Duration::from_nanos(sent_nanos);
-                    local.push(Instant::now().saturating_duration_since(sent));
-                    if local.len() >= 64 {
-                        latencies.lock().await.append(&mut local);
+                    let latency = Instant::now().saturating_duration_since(sent);
+                    if let Ok(mut all) = latencies.lock() {
+                        all.push(latency);
                     }
                 }
             }
-            latencies.lock().await.append(&mut local);
         }));
         threads.push(thread_id);
     }
@@ -203,7 +200,7 @@ async fn main() -> anyhow::Result<()> {
     let expected = per_sender * options.senders;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let delivered = latencies.lock().await.len();
+        let delivered = latencies.lock().map(|l| l.len()).unwrap_or(0);
         if delivered >= expected || Instant::now() > deadline {
             break;
         }
@@ -213,7 +210,7 @@ async fn main() -> anyhow::Result<()> {
     for receiver in receivers {
         receiver.abort();
     }
-    let mut latencies = latencies.lock().await.clone();
+    let mut latencies = latencies.lock().map(|l| l.clone()).unwrap_or_default();
     latencies.sort_unstable();
     println!(
         "threads={} senders={} messages={} rate_target={}",
