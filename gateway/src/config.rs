@@ -1,0 +1,139 @@
+//! Typed configuration from the environment (SPEC §7). A bad value stops
+//! start-up with a message naming the variable.
+
+use std::{net::SocketAddr, time::Duration};
+
+use chat_auth::JwtSettings;
+
+/// A variable that holds a value the gateway cannot use.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: {message}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub message: String,
+}
+
+fn config_error(variable: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        variable,
+        message: message.into(),
+    }
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Everything the gateway reads from its environment.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `GATEWAY_ADDR`: the HTTP/WebSocket listener.
+    pub addr: SocketAddr,
+    /// `CHAT_CORE_URL`: chat-core replicas, balanced per call.
+    pub chat_core_urls: Vec<String>,
+    /// `ALLOWED_ORIGINS`: browser origins for CORS and WebSockets.
+    pub allowed_origins: Vec<String>,
+    /// `JWT_*`: the same token checks as chat-core.
+    pub jwt: JwtSettings,
+    /// `GATEWAY_UPSTREAM_TIMEOUT_MS`: deadline of each chat-core call.
+    pub upstream_timeout: Duration,
+    /// `LOG_FORMAT`.
+    pub log_format: LogFormat,
+    /// `SHUTDOWN_GRACE_SECONDS`: how long in-flight requests may finish.
+    pub shutdown_grace: Duration,
+}
+
+impl Settings {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup`; empty values count as unset.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let addr = get("GATEWAY_ADDR")
+            .unwrap_or_else(|| "0.0.0.0:8000".to_owned())
+            .parse()
+            .map_err(|_| config_error("GATEWAY_ADDR", "expected host:port, e.g. 0.0.0.0:8000"))?;
+        let chat_core_urls: Vec<String> = get("CHAT_CORE_URL")
+            .unwrap_or_else(|| "http://127.0.0.1:50051".to_owned())
+            .split(',')
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .collect();
+        for url in &chat_core_urls {
+            let parsed: Result<http::Uri, _> = url.parse();
+            match parsed {
+                Ok(uri)
+                    if matches!(uri.scheme_str(), Some("http" | "https"))
+                        && uri.host().is_some() => {}
+                _ => {
+                    return Err(config_error(
+                        "CHAT_CORE_URL",
+                        format!("expected http://host:port addresses, got {url:?}"),
+                    ));
+                }
+            }
+        }
+        let allowed_origins = get("ALLOWED_ORIGINS")
+            .map(|v| {
+                v.split(',')
+                    .map(|o| o.trim().trim_end_matches('/').to_owned())
+                    .filter(|o| !o.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let jwt = JwtSettings::from_env(get)
+            .map_err(|err| config_error(err.variable(), err.to_string()))?
+            .ok_or_else(|| {
+                config_error(
+                    "JWT_SECRET",
+                    "token checks must be configured: JWT_SECRET (HS256) or JWT_PUBLIC_KEY_FILE \
+                     and JWT_ALGORITHM (RS256/ES256), the same as chat-core's",
+                )
+            })?;
+        let upstream_timeout = match get("GATEWAY_UPSTREAM_TIMEOUT_MS") {
+            None => Duration::from_secs(5),
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|ms| (1..=600_000).contains(ms))
+                .map(Duration::from_millis)
+                .ok_or_else(|| {
+                    config_error(
+                        "GATEWAY_UPSTREAM_TIMEOUT_MS",
+                        "expected milliseconds, 1-600000",
+                    )
+                })?,
+        };
+        let log_format = match get("LOG_FORMAT").as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(_) => return Err(config_error("LOG_FORMAT", "expected text or json")),
+        };
+        let shutdown_grace = match get("SHUTDOWN_GRACE_SECONDS") {
+            None => Duration::from_secs(20),
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n <= 3600)
+                .map(Duration::from_secs)
+                .ok_or_else(|| {
+                    config_error("SHUTDOWN_GRACE_SECONDS", "expected whole seconds, 0-3600")
+                })?,
+        };
+        Ok(Settings {
+            addr,
+            chat_core_urls,
+            allowed_origins,
+            jwt,
+            upstream_timeout,
+            log_format,
+            shutdown_grace,
+        })
+    }
+}

@@ -1,0 +1,28 @@
+//! `chat-gateway`: configuration → `Application::build` → run until
+//! SIGTERM or Ctrl-C.
+
+use std::process::ExitCode;
+
+use chat_gateway::{
+    config::Settings,
+    init_tracing,
+    startup::{Application, shutdown_signal},
+};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("chat-gateway: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    let settings = Settings::from_env()?;
+    init_tracing(settings.log_format);
+    let app = Application::build(&settings).await?;
+    app.run_until_stopped(shutdown_signal()).await
+}

@@ -1,0 +1,628 @@
+//! The REST API of SPEC §4 under `/api/chat/`: each route checks what it
+//! can judge itself (token, JSON types, query parameters), then makes one
+//! chat-core call and shapes the answer.
+
+use std::collections::HashMap;
+
+use axum::{
+    Json, Router,
+    extract::{FromRequestParts, Path, RawQuery, State},
+    http::{StatusCode, request::Parts},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use chat_auth::TokenVerifier;
+use chat_proto::v1 as pb;
+use serde::{Deserialize, de::DeserializeOwned};
+use serde_json::{Value, json};
+
+use crate::{error::ApiError, json, upstream::Upstream};
+
+/// Larger bodies are refused with 413 before parsing: no valid request
+/// comes near it (content ≤ 4000 characters, metadata ≤ 16 KiB).
+const MAX_BODY: usize = 64 * 1024;
+
+/// What every handler needs.
+#[derive(Clone)]
+pub struct AppState {
+    pub upstream: Upstream,
+    pub verifier: TokenVerifier,
+}
+
+/// The request id of the current request (set by the access-log layer).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// The authenticated caller: the verified token, forwarded to chat-core,
+/// which checks it again.
+pub struct Caller {
+    token: String,
+    request_id: String,
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .map(|v| {
+                v.to_str()
+                    .map_err(|_| ApiError::unauthenticated("malformed token"))
+            })
+            .transpose()?;
+        state
+            .verifier
+            .verify_bearer(header)
+            .map_err(|err| ApiError::unauthenticated(err.to_string()))?;
+        let token = header
+            .and_then(|h| h.split_once(' '))
+            .map(|(_, token)| token.to_owned())
+            .unwrap_or_default();
+        let request_id = parts
+            .extensions
+            .get::<RequestId>()
+            .map(|id| id.0.clone())
+            .unwrap_or_default();
+        Ok(Caller { token, request_id })
+    }
+}
+
+impl Caller {
+    fn request<T>(&self, state: &AppState, body: T) -> tonic::Request<T> {
+        state.upstream.request(body, &self.token, &self.request_id)
+    }
+}
+
+/// A JSON body of type `T`: strict types, 400 on anything else, 413 when
+/// too large. An empty body reads as `{}` when `T` allows it.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> axum::extract::FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(
+        request: axum::extract::Request,
+        _state: &AppState,
+    ) -> Result<Self, ApiError> {
+        let bytes = axum::body::to_bytes(request.into_body(), MAX_BODY)
+            .await
+            .map_err(|_| ApiError::too_large())?;
+        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
+        let value: Value = serde_json::from_slice(bytes)
+            .map_err(|_| ApiError::invalid("the body must be valid JSON"))?;
+        if !value.is_object() {
+            return Err(ApiError::invalid("the body must be a JSON object"));
+        }
+        serde_json::from_value(value)
+            .map(JsonBody)
+            .map_err(|err| ApiError::invalid(field_error(&err.to_string())))
+    }
+}
+
+/// serde's message, without the position noise.
+fn field_error(message: &str) -> String {
+    message
+        .split(" at line ")
+        .next()
+        .unwrap_or(message)
+        .replace("invalid type: ", "wrong type: ")
+}
+
+/// Query parameters, checked rather than clamped.
+struct QueryParams(HashMap<String, String>);
+
+impl QueryParams {
+    fn parse(raw: Option<String>) -> Self {
+        QueryParams(
+            form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
+                .into_owned()
+                .collect(),
+        )
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    fn integer(
+        &self,
+        name: &str,
+        range: std::ops::RangeInclusive<i64>,
+    ) -> Result<Option<i64>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(text) => match text.parse::<i64>() {
+                Ok(n) if range.contains(&n) => Ok(Some(n)),
+                _ => Err(ApiError::invalid(format!(
+                    "{name}: must be an integer from {} to {}",
+                    range.start(),
+                    range.end()
+                ))),
+            },
+        }
+    }
+}
+
+/// The REST routes; paths are matched without their trailing slash.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/chat/threads", get(list_threads).post(create_thread))
+        .route("/api/chat/threads/by-participants", get(find_thread))
+        .route(
+            "/api/chat/threads/{id}",
+            get(get_thread)
+                .put(update_thread)
+                .patch(update_thread)
+                .delete(archive_thread),
+        )
+        .route(
+            "/api/chat/threads/{id}/messages",
+            get(list_messages).post(send_message),
+        )
+        .route("/api/chat/threads/{id}/mark-read", post(mark_read))
+        .route(
+            "/api/chat/threads/{id}/create-dispute",
+            post(create_dispute),
+        )
+        .route(
+            "/api/chat/threads/{id}/initiate-payment",
+            post(initiate_payment),
+        )
+        .route("/api/chat/threads/{id}/job-update", post(job_update))
+        .route(
+            "/api/chat/messages/{id}",
+            get(get_message)
+                .put(edit_message)
+                .patch(edit_message)
+                .delete(delete_message),
+        )
+        .route("/api/chat/unread-count", get(unread_count))
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .with_state(state)
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn ok(value: Value) -> ApiResult {
+    Ok(Json(value).into_response())
+}
+
+fn created_or_ok(created: bool, value: Value) -> ApiResult {
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(value)).into_response())
+}
+
+fn missing<T>(value: Option<T>) -> Result<T, ApiError> {
+    value
+        .ok_or_else(|| ApiError::from(tonic::Status::internal("chat-core answered without a body")))
+}
+
+async fn list_threads(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> ApiResult {
+    let query = QueryParams::parse(query);
+    let limit = query.integer("limit", 1..=100)?.unwrap_or(0) as i32;
+    let page = state
+        .upstream
+        .chat()
+        .list_threads(caller.request(
+            &state,
+            pb::ListThreadsRequest {
+                limit,
+                cursor: query.get("cursor").map(str::to_owned),
+                job_id: query.get("job_id").map(str::to_owned),
+            },
+        ))
+        .await?
+        .into_inner();
+    ok(json!({
+        "results": page.threads.iter().map(json::thread).collect::<Vec<_>>(),
+        "next_cursor": page.next_cursor,
+    }))
+}
+
+#[derive(Deserialize)]
+struct CreateThreadBody {
+    participants: Vec<String>,
+    #[serde(default)]
+    job_id: Option<String>,
+    #[serde(default)]
+    title: Option<String>,
+}
+
+async fn create_thread(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody<CreateThreadBody>,
+) -> ApiResult {
+    let response = state
+        .upstream
+        .chat()
+        .create_thread(caller.request(
+            &state,
+            pb::CreateThreadRequest {
+                participants: body.participants,
+                job_id: body.job_id,
+                title: body.title,
+            },
+        ))
+        .await?
+        .into_inner();
+    created_or_ok(response.created, json::thread(&missing(response.thread)?))
+}
+
+async fn find_thread(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> ApiResult {
+    let query = QueryParams::parse(query);
+    let participants: Vec<String> = query
+        .get("participants")
+        .ok_or_else(|| ApiError::invalid("participants: required, comma-separated"))?
+        .split(',')
+        .map(|p| p.trim().to_owned())
+        .collect();
+    let response = state
+        .upstream
+        .chat()
+        .find_thread_by_participants(caller.request(
+            &state,
+            pb::FindThreadByParticipantsRequest {
+                participants,
+                job_id: query.get("job_id").map(str::to_owned),
+            },
+        ))
+        .await?
+        .into_inner();
+    ok(json::thread(&missing(response.thread)?))
+}
+
+async fn get_thread(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let response = state
+        .upstream
+        .chat()
+        .get_thread(caller.request(&state, pb::GetThreadRequest { thread_id: id }))
+        .await?
+        .into_inner();
+    ok(json::thread(&missing(response.thread)?))
+}
+
+#[derive(Deserialize)]
+struct UpdateThreadBody {
+    #[serde(default, deserialize_with = "present")]
+    title: Option<Option<String>>,
+}
+
+/// Tells `"title": null` (clear it) from no `title` at all.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+async fn update_thread(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<UpdateThreadBody>,
+) -> ApiResult {
+    let title = body
+        .title
+        .ok_or_else(|| ApiError::invalid("title: required (null clears it)"))?;
+    let response = state
+        .upstream
+        .chat()
+        .update_thread(caller.request(
+            &state,
+            pb::UpdateThreadRequest {
+                thread_id: id,
+                title,
+            },
+        ))
+        .await?
+        .into_inner();
+    ok(json::thread(&missing(response.thread)?))
+}
+
+async fn archive_thread(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult {
+    state
+        .upstream
+        .chat()
+        .archive_thread(caller.request(&state, pb::ArchiveThreadRequest { thread_id: id }))
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn list_messages(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> ApiResult {
+    let query = QueryParams::parse(query);
+    let before_seq = query.integer("before_seq", 0..=i64::MAX)?;
+    let after_seq = query.integer("after_seq", 0..=i64::MAX)?;
+    let limit = query.integer("limit", 1..=200)?.unwrap_or(0) as i32;
+    if before_seq.is_some() && after_seq.is_some() {
+        return Err(ApiError::invalid(
+            "before_seq and after_seq cannot be combined",
+        ));
+    }
+    let page = state
+        .upstream
+        .chat()
+        .list_messages(caller.request(
+            &state,
+            pb::ListMessagesRequest {
+                thread_id: id,
+                before_seq,
+                after_seq,
+                limit,
+            },
+        ))
+        .await?
+        .into_inner();
+    ok(json!({
+        "results": page.messages.iter().map(json::message).collect::<Vec<_>>(),
+        "has_more": page.has_more,
+    }))
+}
+
+#[derive(Deserialize)]
+struct SendMessageBody {
+    content: String,
+    #[serde(default)]
+    client_msg_id: Option<String>,
+    #[serde(default)]
+    metadata: Option<Value>,
+    #[serde(default)]
+    message_type: Option<String>,
+}
+
+async fn send_message(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<SendMessageBody>,
+) -> ApiResult {
+    if let Some(kind) = body.message_type.as_deref()
+        && kind != "text"
+    {
+        return Err(ApiError::invalid(
+            "message_type: users post text messages only",
+        ));
+    }
+    let metadata_json = match body.metadata {
+        None | Some(Value::Null) => None,
+        Some(value @ Value::Object(_)) => Some(value.to_string()),
+        Some(_) => return Err(ApiError::invalid("metadata: must be a JSON object")),
+    };
+    let response = state
+        .upstream
+        .chat()
+        .send_message(caller.request(
+            &state,
+            pb::SendMessageRequest {
+                thread_id: id,
+                content: body.content,
+                client_msg_id: body.client_msg_id,
+                metadata_json,
+                message_type: pb::MessageType::Text.into(),
+            },
+        ))
+        .await?
+        .into_inner();
+    created_or_ok(response.created, json::message(&missing(response.message)?))
+}
+
+async fn get_message(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let response = state
+        .upstream
+        .chat()
+        .get_message(caller.request(&state, pb::GetMessageRequest { message_id: id }))
+        .await?
+        .into_inner();
+    ok(json::message(&missing(response.message)?))
+}
+
+#[derive(Deserialize)]
+struct EditMessageBody {
+    content: String,
+}
+
+async fn edit_message(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<EditMessageBody>,
+) -> ApiResult {
+    let response = state
+        .upstream
+        .chat()
+        .edit_message(caller.request(
+            &state,
+            pb::EditMessageRequest {
+                message_id: id,
+                content: body.content,
+            },
+        ))
+        .await?
+        .into_inner();
+    ok(json::message(&missing(response.message)?))
+}
+
+async fn delete_message(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult {
+    state
+        .upstream
+        .chat()
+        .delete_message(caller.request(&state, pb::DeleteMessageRequest { message_id: id }))
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+struct MarkReadBody {
+    #[serde(default)]
+    up_to_seq: Option<i64>,
+}
+
+async fn mark_read(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<MarkReadBody>,
+) -> ApiResult {
+    if body.up_to_seq.is_some_and(|seq| seq < 0) {
+        return Err(ApiError::invalid("up_to_seq: must not be negative"));
+    }
+    let response = state
+        .upstream
+        .chat()
+        .mark_read(caller.request(
+            &state,
+            pb::MarkReadRequest {
+                thread_id: id,
+                up_to_seq: body.up_to_seq,
+            },
+        ))
+        .await?
+        .into_inner();
+    ok(json!({
+        "thread_id": response.thread_id,
+        "last_read_seq": response.last_read_seq,
+        "unread_count": response.unread_count,
+    }))
+}
+
+#[derive(Deserialize)]
+struct DisputeBody {
+    reason: String,
+    #[serde(default)]
+    details: Option<String>,
+}
+
+async fn create_dispute(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<DisputeBody>,
+) -> ApiResult {
+    let response = state
+        .upstream
+        .integrations()
+        .request_dispute(caller.request(
+            &state,
+            pb::RequestDisputeRequest {
+                thread_id: id,
+                reason: body.reason,
+                details: body.details,
+            },
+        ))
+        .await?
+        .into_inner();
+    created_or_ok(true, json::message(&missing(response.message)?))
+}
+
+#[derive(Deserialize)]
+struct PaymentBody {
+    amount: String,
+    currency: String,
+    #[serde(default)]
+    job_id: Option<String>,
+}
+
+async fn initiate_payment(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<PaymentBody>,
+) -> ApiResult {
+    let response = state
+        .upstream
+        .integrations()
+        .initiate_payment(caller.request(
+            &state,
+            pb::InitiatePaymentRequest {
+                thread_id: id,
+                amount: body.amount,
+                currency: body.currency,
+                job_id: body.job_id,
+            },
+        ))
+        .await?
+        .into_inner();
+    created_or_ok(true, json::message(&missing(response.message)?))
+}
+
+#[derive(Deserialize)]
+struct JobUpdateBody {
+    job_id: String,
+    status: String,
+    #[serde(default)]
+    note: Option<String>,
+}
+
+async fn job_update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<JobUpdateBody>,
+) -> ApiResult {
+    let response = state
+        .upstream
+        .integrations()
+        .post_job_update(caller.request(
+            &state,
+            pb::PostJobUpdateRequest {
+                thread_id: id,
+                job_id: body.job_id,
+                status: body.status,
+                note: body.note,
+            },
+        ))
+        .await?
+        .into_inner();
+    created_or_ok(true, json::message(&missing(response.message)?))
+}
+
+async fn unread_count(State(state): State<AppState>, caller: Caller) -> ApiResult {
+    let counts = state
+        .upstream
+        .chat()
+        .get_unread_counts(caller.request(&state, pb::GetUnreadCountsRequest {}))
+        .await?
+        .into_inner();
+    ok(json!({"total": counts.total, "threads": counts.threads}))
+}

@@ -1,0 +1,178 @@
+//! Wiring: configuration → token checks and the chat-core upstream → one
+//! HTTP server. [`Application::build`] binds the listener so tests learn
+//! the real port.
+
+use std::{future::Future, net::SocketAddr, time::Instant};
+
+use anyhow::Context as _;
+use axum::{
+    Router, ServiceExt as _,
+    extract::{Request, State},
+    http::{HeaderValue, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use chat_auth::TokenVerifier;
+use tokio::net::TcpListener;
+use tower::Layer as _;
+
+use crate::{
+    config::Settings,
+    rest::{self, AppState, RequestId},
+    upstream::Upstream,
+};
+
+/// A built gateway: upstream prepared, listener bound.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    shutdown_grace: std::time::Duration,
+}
+
+impl Application {
+    /// Prepares token checks and the chat-core channel and binds
+    /// `GATEWAY_ADDR`.
+    pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
+        let verifier = TokenVerifier::new(&settings.jwt).context("loading the JWT key")?;
+        let upstream = Upstream::new(&settings.chat_core_urls, settings.upstream_timeout)
+            .context("CHAT_CORE_URL")?;
+        let listener = TcpListener::bind(settings.addr)
+            .await
+            .with_context(|| format!("binding GATEWAY_ADDR {}", settings.addr))?;
+        Ok(Application {
+            listener,
+            state: AppState { upstream, verifier },
+            shutdown_grace: settings.shutdown_grace,
+        })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting and lets
+    /// in-flight requests finish within the grace period.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let addr = self.addr();
+        let router = Router::new()
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz))
+            .with_state(self.state.clone())
+            .merge(rest::router(self.state))
+            .layer(middleware::from_fn(access_log));
+        // Trailing slashes are optional: strip one before routing.
+        let app = axum::middleware::map_request(strip_trailing_slash).layer(router);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections; finishing in-flight requests");
+            let _ = stop_tx.send(true);
+        });
+        let mut deadline_rx = stop_rx.clone();
+        let grace = self.shutdown_grace;
+        let mut serve_rx = stop_rx;
+        let server = axum::serve(self.listener, app.into_make_service()).with_graceful_shutdown(
+            async move {
+                let _ = serve_rx.wait_for(|stop| *stop).await;
+            },
+        );
+        tracing::info!(addr = %addr, "chat-gateway listening");
+        tokio::select! {
+            result = server => result.context("HTTP server")?,
+            () = async move {
+                let _ = deadline_rx.wait_for(|stop| *stop).await;
+                tokio::time::sleep(grace).await;
+            } => tracing::warn!("in-flight requests still running at the deadline; closing them"),
+        }
+        tracing::info!("chat-gateway stopped");
+        Ok(())
+    }
+}
+
+async fn strip_trailing_slash(mut request: Request) -> Request {
+    let path = request.uri().path();
+    if path.len() > 1 && path.ends_with('/') {
+        let trimmed = path.trim_end_matches('/');
+        let trimmed = if trimmed.is_empty() { "/" } else { trimmed };
+        let rebuilt = match request.uri().query() {
+            Some(query) => format!("{trimmed}?{query}"),
+            None => trimmed.to_owned(),
+        };
+        if let Ok(uri) = rebuilt.parse() {
+            *request.uri_mut() = uri;
+        }
+    }
+    request
+}
+
+/// Gives every request an id (the caller's `x-request-id`, or a new one),
+/// echoes it, and logs one line per request: method, path (never the query
+/// string, which may hold a token), status and duration.
+async fn access_log(mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    request
+        .extensions_mut()
+        .insert(RequestId(request_id.clone()));
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let mut response = next.run(request).await;
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    tracing::info!(
+        request_id,
+        method = %method,
+        path,
+        status = response.status().as_u16(),
+        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    response
+}
+
+/// Ready when chat-core answers its health check.
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.upstream.health().await {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(reason) => {
+            tracing::warn!(reason, "not ready");
+            (StatusCode::SERVICE_UNAVAILABLE, "chat-core unreachable\n").into_response()
+        }
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,213 @@
+//! A real chat-core and a real gateway on 127.0.0.1:0 over a fresh
+//! database, and a small HTTP client for them.
+#![allow(dead_code)]
+
+use std::{net::SocketAddr, time::Duration};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use serde_json::Value;
+use sqlx_free_db::TestDatabase;
+use tokio::sync::oneshot;
+
+/// Fresh databases without pulling sqlx into the gateway's tests: SQLite
+/// files in a temp dir, PostgreSQL databases made with `psql`.
+mod sqlx_free_db {
+    pub struct TestDatabase {
+        pub url: String,
+        _dir: tempfile::TempDir,
+    }
+
+    impl TestDatabase {
+        pub fn create(postgres: bool) -> TestDatabase {
+            let dir = tempfile::tempdir().expect("temp dir");
+            if !postgres {
+                let url = format!("sqlite://{}", dir.path().join("chat.db").display());
+                return TestDatabase { url, _dir: dir };
+            }
+            let admin = std::env::var("TEST_DATABASE_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+            let name = format!("chat_test_{}", uuid::Uuid::new_v4().simple());
+            let output = std::process::Command::new("psql")
+                .args([
+                    admin.as_str(),
+                    "-q",
+                    "-c",
+                    &format!("CREATE DATABASE {name}"),
+                ])
+                .output()
+                .expect("psql");
+            assert!(
+                output.status.success(),
+                "PostgreSQL is required for these tests: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            let base = admin
+                .rsplit_once('/')
+                .map(|(b, _)| b.to_owned())
+                .expect("url");
+            TestDatabase {
+                url: format!("{base}/{name}"),
+                _dir: dir,
+            }
+        }
+    }
+}
+
+pub struct TestStack {
+    pub gateway: SocketAddr,
+    pub core: SocketAddr,
+    pub secret: String,
+    stops: Vec<oneshot::Sender<()>>,
+    _db: TestDatabase,
+}
+
+impl Drop for TestStack {
+    fn drop(&mut self) {
+        for stop in self.stops.drain(..) {
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn lookup(vars: Vec<(&'static str, String)>) -> impl Fn(&str) -> Option<String> {
+    move |name| {
+        vars.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.clone())
+    }
+}
+
+/// chat-core (SQLite or PostgreSQL) and a gateway in front of it.
+pub async fn spawn_stack(postgres: bool) -> TestStack {
+    let db = TestDatabase::create(postgres);
+    let secret = format!("gateway-test-{}", uuid::Uuid::new_v4());
+    let core_settings = chat_core::config::Settings::from_lookup(lookup(vec![
+        ("CHAT_CORE_GRPC_ADDR", "127.0.0.1:0".into()),
+        ("CHAT_CORE_HTTP_ADDR", "127.0.0.1:0".into()),
+        ("DATABASE_URL", db.url.clone()),
+        ("JWT_SECRET", secret.clone()),
+        ("SHUTDOWN_GRACE_SECONDS", "1".into()),
+    ]))
+    .expect("core settings");
+    let core = chat_core::startup::Application::build(&core_settings)
+        .await
+        .expect("chat-core");
+    let core_addr = core.grpc_addr();
+    let (core_stop, core_stopped) = oneshot::channel::<()>();
+    tokio::spawn(core.run_until_stopped(async {
+        let _ = core_stopped.await;
+    }));
+    let (gateway, gateway_stop) = spawn_gateway(&format!("http://{core_addr}"), &secret).await;
+    TestStack {
+        gateway,
+        core: core_addr,
+        secret,
+        stops: vec![core_stop, gateway_stop],
+        _db: db,
+    }
+}
+
+/// A gateway in front of `chat_core_url`.
+pub async fn spawn_gateway(chat_core_url: &str, secret: &str) -> (SocketAddr, oneshot::Sender<()>) {
+    let settings = chat_gateway::config::Settings::from_lookup(lookup(vec![
+        ("GATEWAY_ADDR", "127.0.0.1:0".into()),
+        ("CHAT_CORE_URL", chat_core_url.to_owned()),
+        ("JWT_SECRET", secret.to_owned()),
+        ("GATEWAY_UPSTREAM_TIMEOUT_MS", "3000".into()),
+        ("SHUTDOWN_GRACE_SECONDS", "1".into()),
+    ]))
+    .expect("gateway settings");
+    let app = chat_gateway::startup::Application::build(&settings)
+        .await
+        .expect("gateway");
+    let addr = app.addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    (addr, stop)
+}
+
+#[derive(serde::Serialize)]
+struct Claims<'a> {
+    sub: &'a str,
+    exp: u64,
+}
+
+/// An HS256 token for `sub`, made independently of the code under test.
+pub fn token(secret: &str, sub: &str) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 3600;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &Claims { sub, exp },
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("token")
+}
+
+/// An HTTP answer: status, headers and the body parsed as JSON (Null when
+/// empty or not JSON).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub json: Value,
+}
+
+impl Answer {
+    /// Asserts SPEC §4's error shape with `code`, returning the message.
+    pub fn error(&self, status: u16) -> String {
+        assert_eq!(self.status, status, "{self:?}");
+        let code = self.json["error"]["code"].as_str().expect("error.code");
+        assert!(!code.is_empty());
+        self.json["error"]["message"]
+            .as_str()
+            .expect("error.message")
+            .to_owned()
+    }
+}
+
+/// One HTTP request; `token` goes in `Authorization: Bearer`.
+pub async fn call(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Answer {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header("content-type", "application/json");
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body.unwrap_or("").to_owned())))
+        .expect("request");
+    let response = tokio::time::timeout(Duration::from_secs(15), client.request(request))
+        .await
+        .expect("answer in time")
+        .expect("http");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Answer {
+        status,
+        headers,
+        json,
+    }
+}
