@@ -8,6 +8,7 @@ pub mod json;
 pub mod rest;
 pub mod startup;
 pub mod upstream;
+pub mod ws;
 
 /// Logging set-up: `RUST_LOG` (default `info`) and `LOG_FORMAT`.
 pub fn init_tracing(format: config::LogFormat) {

@@ -27,6 +27,12 @@ const MAX_BODY: usize = 64 * 1024;
 pub struct AppState {
     pub upstream: Upstream,
     pub verifier: TokenVerifier,
+    /// Browser origins allowed to open WebSockets.
+    pub allowed_origins: std::sync::Arc<Vec<String>>,
+    /// Turns true when the gateway stops: sockets close with 1012.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Open WebSockets, so shutdown can wait for their close frames.
+    pub open_sockets: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The request id of the current request (set by the access-log layer).

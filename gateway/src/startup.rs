@@ -2,7 +2,12 @@
 //! HTTP server. [`Application::build`] binds the listener so tests learn
 //! the real port.
 
-use std::{future::Future, net::SocketAddr, time::Instant};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+    time::Instant,
+};
 
 use anyhow::Context as _;
 use axum::{
@@ -21,12 +26,14 @@ use crate::{
     config::Settings,
     rest::{self, AppState, RequestId},
     upstream::Upstream,
+    ws,
 };
 
 /// A built gateway: upstream prepared, listener bound.
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    stop: tokio::sync::watch::Sender<bool>,
     shutdown_grace: std::time::Duration,
 }
 
@@ -40,9 +47,17 @@ impl Application {
         let listener = TcpListener::bind(settings.addr)
             .await
             .with_context(|| format!("binding GATEWAY_ADDR {}", settings.addr))?;
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
         Ok(Application {
             listener,
-            state: AppState { upstream, verifier },
+            state: AppState {
+                upstream,
+                verifier,
+                allowed_origins: Arc::new(settings.allowed_origins.clone()),
+                shutdown,
+                open_sockets: Arc::default(),
+            },
+            stop,
             shutdown_grace: settings.shutdown_grace,
         })
     }
@@ -64,12 +79,16 @@ impl Application {
         let router = Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
+            .route("/ws/chat", get(ws::user_socket))
+            .route("/ws/chat/{thread_id}", get(ws::thread_socket))
             .with_state(self.state.clone())
-            .merge(rest::router(self.state))
+            .merge(rest::router(self.state.clone()))
             .layer(middleware::from_fn(access_log));
         // Trailing slashes are optional: strip one before routing.
         let app = axum::middleware::map_request(strip_trailing_slash).layer(router);
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stop_tx = self.stop;
+        let stop_rx = stop_tx.subscribe();
+        let open_sockets = self.state.open_sockets.clone();
         tokio::spawn(async move {
             shutdown.await;
             tracing::info!("shutting down: no new connections; finishing in-flight requests");
@@ -90,6 +109,12 @@ impl Application {
                 let _ = deadline_rx.wait_for(|stop| *stop).await;
                 tokio::time::sleep(grace).await;
             } => tracing::warn!("in-flight requests still running at the deadline; closing them"),
+        }
+        // WebSockets were told to reconnect elsewhere (1012); let their
+        // close frames go out.
+        let deadline = Instant::now() + grace.min(std::time::Duration::from_secs(5));
+        while open_sockets.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         tracing::info!("chat-gateway stopped");
         Ok(())

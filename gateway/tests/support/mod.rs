@@ -60,7 +60,17 @@ pub struct TestStack {
     pub core: SocketAddr,
     pub secret: String,
     stops: Vec<oneshot::Sender<()>>,
+    gateway_stop: Option<oneshot::Sender<()>>,
     _db: TestDatabase,
+}
+
+impl TestStack {
+    /// Sends the gateway its shutdown signal, as SIGTERM would.
+    pub fn stop_gateway(&mut self) {
+        if let Some(stop) = self.gateway_stop.take() {
+            let _ = stop.send(());
+        }
+    }
 }
 
 impl Drop for TestStack {
@@ -68,6 +78,7 @@ impl Drop for TestStack {
         for stop in self.stops.drain(..) {
             let _ = stop.send(());
         }
+        self.stop_gateway();
     }
 }
 
@@ -104,7 +115,8 @@ pub async fn spawn_stack(postgres: bool) -> TestStack {
         gateway,
         core: core_addr,
         secret,
-        stops: vec![core_stop, gateway_stop],
+        stops: vec![core_stop],
+        gateway_stop: Some(gateway_stop),
         _db: db,
     }
 }

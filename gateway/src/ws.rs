@@ -1,0 +1,702 @@
+//! The WebSockets of SPEC §5: one thread (`/ws/chat/{thread_id}/`) or every
+//! thread of the user (`/ws/chat/`), each backed by a chat-core `Subscribe`
+//! stream.
+//!
+//! One task per socket runs a single loop over the browser's frames, the
+//! subscription's events, heartbeats, the token's expiry and shutdown. The
+//! socket is subscribed before any frame is answered, so everything after
+//! `auth_ok` (or a `pong`) reaches it. When the subscription breaks (a
+//! chat-core replica goes away, or it was cut off for lagging) the socket
+//! subscribes again from the last seq it delivered, so the browser sees no
+//! gap and no duplicate.
+
+use std::{collections::HashMap, time::Duration};
+
+use axum::{
+    extract::{
+        Path, RawQuery, State,
+        ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade},
+    },
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+};
+use chat_auth::Identity;
+use chat_proto::v1::{self as pb, event::Kind};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::time::{Instant, sleep_until, timeout};
+use tonic::{Code, Streaming};
+
+use crate::{error::ApiError, json, rest::AppState};
+
+/// Close codes of SPEC §5.
+pub mod close {
+    pub const RESTARTING: u16 = 1012;
+    pub const UNAUTHORIZED: u16 = 4401;
+    pub const NOT_FOUND: u16 = 4404;
+    pub const TOO_SLOW: u16 = 4008;
+    pub const POLICY: u16 = 1008;
+    pub const INTERNAL: u16 = 1011;
+}
+
+/// How long a socket may take to send its `auth` frame.
+const AUTH_WINDOW: Duration = Duration::from_secs(5);
+/// Server pings this often; a peer silent for two intervals is closed.
+const PING_EVERY: Duration = Duration::from_secs(25);
+/// A browser that cannot take a frame within this long is too slow.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Re-subscription attempts after the stream breaks, before giving up.
+const RESUBSCRIBE_ATTEMPTS: u32 = 8;
+
+/// `GET /ws/chat/{thread_id}/`.
+pub async fn thread_socket(
+    State(state): State<AppState>,
+    Path(thread_id): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    open(state, Some(thread_id), query, headers, upgrade)
+}
+
+/// `GET /ws/chat/`.
+pub async fn user_socket(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    open(state, None, query, headers, upgrade)
+}
+
+fn open(
+    state: AppState,
+    thread_id: Option<String>,
+    query: Option<String>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    if let Some(origin) = headers.get(http::header::ORIGIN) {
+        let allowed = origin.to_str().is_ok_and(|o| {
+            state
+                .allowed_origins
+                .iter()
+                .any(|a| a == o.trim_end_matches('/'))
+        });
+        if !allowed {
+            return ApiError {
+                status: StatusCode::FORBIDDEN,
+                code: "origin_not_allowed",
+                message: "this origin may not open WebSockets".into(),
+            }
+            .into_response();
+        }
+    }
+    let params: HashMap<String, String> =
+        form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
+    let since_seq = match params.get("since_seq").map(|s| s.parse::<i64>()) {
+        None => None,
+        Some(Ok(seq)) if seq >= 0 && thread_id.is_some() => Some(seq),
+        Some(_) => {
+            return ApiError::invalid("since_seq: a non-negative integer, on a thread socket")
+                .into_response();
+        }
+    };
+    let token = params.get("token").cloned().or_else(|| {
+        headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.to_owned())
+    });
+    let request_id = uuid::Uuid::new_v4().to_string();
+    upgrade
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(64 * 1024)
+        .on_upgrade(move |socket| {
+            let session = Session {
+                state,
+                thread_id,
+                since_seq,
+                request_id,
+                token: String::new(),
+                identity: None,
+                expires_at: None,
+                delivered: HashMap::new(),
+            };
+            session.run(socket, token)
+        })
+}
+
+/// One socket's state.
+struct Session {
+    state: AppState,
+    thread_id: Option<String>,
+    since_seq: Option<i64>,
+    request_id: String,
+    token: String,
+    identity: Option<Identity>,
+    expires_at: Option<Instant>,
+    /// The last message seq delivered per thread.
+    delivered: HashMap<String, i64>,
+}
+
+/// Why a socket ends.
+struct Closing(u16, &'static str);
+
+#[derive(Deserialize)]
+struct ClientFrame {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    thread_id: Option<String>,
+    #[serde(default)]
+    content: Option<Value>,
+    #[serde(default)]
+    client_msg_id: Option<Value>,
+    #[serde(default)]
+    metadata: Option<Value>,
+    #[serde(default)]
+    up_to_seq: Option<Value>,
+    #[serde(default)]
+    is_typing: Option<Value>,
+}
+
+fn text(value: Value) -> Message {
+    Message::Text(value.to_string().into())
+}
+
+fn error_frame(code: &str, message: &str, client_msg_id: Option<&str>) -> Message {
+    text(json!({"type": "error", "code": code, "message": message, "client_msg_id": client_msg_id}))
+}
+
+/// The `code` of an error frame for a chat-core status.
+fn status_code(status: &tonic::Status) -> &'static str {
+    match status.code() {
+        Code::InvalidArgument => "invalid_request",
+        Code::NotFound => "not_found",
+        Code::PermissionDenied => "forbidden",
+        Code::FailedPrecondition | Code::AlreadyExists => "conflict",
+        Code::ResourceExhausted => "rate_limited",
+        Code::Unauthenticated => "unauthenticated",
+        Code::Unavailable | Code::DeadlineExceeded => "unavailable",
+        _ => "internal",
+    }
+}
+
+fn safe_message(status: &tonic::Status) -> String {
+    match status.code() {
+        Code::InvalidArgument
+        | Code::NotFound
+        | Code::PermissionDenied
+        | Code::FailedPrecondition
+        | Code::ResourceExhausted
+        | Code::Unauthenticated => status.message().to_owned(),
+        Code::Unavailable | Code::DeadlineExceeded => "chat service unavailable, try again".into(),
+        _ => "internal error".into(),
+    }
+}
+
+/// A chat-core event as the browser's frame; `None` for events that have
+/// no frame in SPEC §5.
+fn event_frame(event: &pb::Event) -> Option<Value> {
+    let thread_id = &event.thread_id;
+    Some(match event.kind.as_ref()? {
+        Kind::MessageCreated(created) => json!({
+            "type": "chat_message", "thread_id": thread_id, "seq": event.seq,
+            "message": json::message(created.message.as_ref()?),
+        }),
+        Kind::MessageUpdated(updated) => json!({
+            "type": "message_updated", "thread_id": thread_id, "seq": event.seq,
+            "message": json::message(updated.message.as_ref()?),
+        }),
+        Kind::MessageDeleted(deleted) => json!({
+            "type": "message_deleted", "thread_id": thread_id, "seq": event.seq,
+            "message_id": deleted.message_id,
+        }),
+        Kind::MessagesRead(read) => json!({
+            "type": "messages_read", "thread_id": thread_id,
+            "user_id": read.user_id, "up_to_seq": read.up_to_seq,
+        }),
+        Kind::Typing(typing) => json!({
+            "type": "typing_indicator", "thread_id": thread_id,
+            "user_id": typing.user_id, "is_typing": typing.is_typing,
+        }),
+        Kind::ThreadCreated(_) | Kind::ThreadUpdated(_) => return None,
+    })
+}
+
+impl Session {
+    async fn run(mut self, mut socket: WebSocket, token: Option<String>) {
+        let open = self.state.open_sockets.clone();
+        open.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let closing = self.serve(&mut socket, token).await;
+        let Closing(code, reason) = closing;
+        let _ = timeout(
+            Duration::from_secs(2),
+            socket.send(Message::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            }))),
+        )
+        .await;
+        open.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    async fn send(&self, socket: &mut WebSocket, message: Message) -> Result<(), Closing> {
+        match timeout(SEND_TIMEOUT, socket.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Closing(close::POLICY, "connection lost")),
+            Err(_) => Err(Closing(
+                close::TOO_SLOW,
+                "too slow; reconnect with since_seq",
+            )),
+        }
+    }
+
+    /// Checks a token: sets who the socket belongs to and when it expires.
+    fn authenticate(&mut self, token: &str) -> Result<(), Closing> {
+        let identity = self
+            .state
+            .verifier
+            .verify(token)
+            .map_err(|_| Closing(close::UNAUTHORIZED, "invalid token"))?;
+        self.expires_at = token_expiry(token);
+        self.token = token.to_owned();
+        self.identity = Some(identity);
+        Ok(())
+    }
+
+    /// Opens (or re-opens) the chat-core subscription, resuming after what
+    /// was delivered.
+    async fn subscribe(&self) -> Result<Streaming<pb::Event>, tonic::Status> {
+        let since_seq = match &self.thread_id {
+            Some(thread) => self.delivered.get(thread).copied().or(self.since_seq),
+            None => None,
+        };
+        let mut request = self.state.upstream.request(
+            pb::SubscribeRequest {
+                thread_id: self.thread_id.clone(),
+                since_seq,
+            },
+            &self.token,
+            &self.request_id,
+        );
+        // A stream has no deadline; only opening it does.
+        request.set_timeout(Duration::from_secs(3600 * 24 * 365));
+        let stream = timeout(
+            Duration::from_secs(5),
+            self.state.upstream.chat().subscribe(request),
+        )
+        .await
+        .map_err(|_| tonic::Status::unavailable("subscribe timed out"))??;
+        Ok(stream.into_inner())
+    }
+
+    /// Re-subscribes after the stream broke; for a user-wide socket, the
+    /// messages of known threads missed meanwhile are fetched first.
+    async fn resubscribe(
+        &mut self,
+        socket: &mut WebSocket,
+    ) -> Result<Streaming<pb::Event>, Closing> {
+        let mut delay = Duration::from_millis(50);
+        for _ in 0..RESUBSCRIBE_ATTEMPTS {
+            match self.subscribe().await {
+                Ok(stream) => {
+                    if self.thread_id.is_none() {
+                        self.repair_known_threads(socket).await?;
+                    }
+                    return Ok(stream);
+                }
+                Err(status) if status.code() == Code::NotFound => {
+                    return Err(Closing(close::NOT_FOUND, "thread not found"));
+                }
+                Err(status) if status.code() == Code::Unauthenticated => {
+                    return Err(Closing(close::UNAUTHORIZED, "invalid token"));
+                }
+                Err(status) => {
+                    tracing::warn!(request_id = %self.request_id, code = ?status.code(), "re-subscribing");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        Err(Closing(
+            close::RESTARTING,
+            "chat service unavailable; reconnect",
+        ))
+    }
+
+    async fn repair_known_threads(&mut self, socket: &mut WebSocket) -> Result<(), Closing> {
+        let known: Vec<(String, i64)> = self
+            .delivered
+            .iter()
+            .map(|(t, s)| (t.clone(), *s))
+            .collect();
+        for (thread_id, after) in known {
+            let mut after = after;
+            loop {
+                let request = self.state.upstream.request(
+                    pb::ListMessagesRequest {
+                        thread_id: thread_id.clone(),
+                        before_seq: None,
+                        after_seq: Some(after),
+                        limit: 200,
+                    },
+                    &self.token,
+                    &self.request_id,
+                );
+                let Ok(page) = self.state.upstream.chat().list_messages(request).await else {
+                    break;
+                };
+                let page = page.into_inner();
+                for message in &page.messages {
+                    let event = pb::Event {
+                        thread_id: thread_id.clone(),
+                        seq: message.seq,
+                        kind: Some(Kind::MessageCreated(pb::MessageCreated {
+                            message: Some(message.clone()),
+                        })),
+                    };
+                    self.forward(socket, &event).await?;
+                    after = message.seq;
+                }
+                if !page.has_more {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends an event to the browser, dropping message events already
+    /// delivered.
+    async fn forward(&mut self, socket: &mut WebSocket, event: &pb::Event) -> Result<(), Closing> {
+        if let Some(Kind::MessageCreated(_)) = event.kind {
+            let last = self.delivered.entry(event.thread_id.clone()).or_insert(0);
+            if event.seq <= *last {
+                return Ok(());
+            }
+            *last = event.seq;
+        }
+        if let Some(frame) = event_frame(event) {
+            self.send(socket, text(frame)).await?;
+        }
+        Ok(())
+    }
+
+    async fn serve(&mut self, socket: &mut WebSocket, token: Option<String>) -> Closing {
+        match self.serve_inner(socket, token).await {
+            Ok(closing) | Err(closing) => closing,
+        }
+    }
+
+    async fn serve_inner(
+        &mut self,
+        socket: &mut WebSocket,
+        token: Option<String>,
+    ) -> Result<Closing, Closing> {
+        // Who is this? A token in the URL or header, or the first frame.
+        let via_frame = token.is_none();
+        let token = match token {
+            Some(token) => token,
+            None => match timeout(AUTH_WINDOW, socket.recv()).await {
+                Ok(Some(Ok(Message::Text(frame)))) => serde_json::from_str::<ClientFrame>(&frame)
+                    .ok()
+                    .filter(|f| f.kind == "auth")
+                    .and_then(|f| f.token)
+                    .ok_or(Closing(close::UNAUTHORIZED, "expected an auth frame"))?,
+                _ => return Err(Closing(close::UNAUTHORIZED, "no token")),
+            },
+        };
+        self.authenticate(&token)?;
+        let mut stream = match self.subscribe().await {
+            Ok(stream) => stream,
+            Err(status) => {
+                return Err(match status.code() {
+                    Code::NotFound | Code::InvalidArgument => {
+                        Closing(close::NOT_FOUND, "thread not found")
+                    }
+                    Code::Unauthenticated => Closing(close::UNAUTHORIZED, "invalid token"),
+                    _ => Closing(close::RESTARTING, "chat service unavailable; reconnect"),
+                });
+            }
+        };
+        if via_frame {
+            let user_id = self.identity.as_ref().map(|i| i.subject.clone());
+            self.send(socket, text(json!({"type": "auth_ok", "user_id": user_id})))
+                .await?;
+        }
+
+        let mut shutdown = self.state.shutdown.clone();
+        let mut last_heard = Instant::now();
+        let mut next_ping = Instant::now() + PING_EVERY;
+        let far = Instant::now() + Duration::from_secs(3600 * 24 * 365);
+        loop {
+            let expiry = self.expires_at.unwrap_or(far);
+            tokio::select! {
+                _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {
+                    return Ok(Closing(close::RESTARTING, "server restarting; reconnect"));
+                }
+                () = sleep_until(expiry) => {
+                    return Ok(Closing(close::UNAUTHORIZED, "token expired"));
+                }
+                () = sleep_until(next_ping) => {
+                    if last_heard.elapsed() > 2 * PING_EVERY {
+                        return Ok(Closing(close::POLICY, "no answer to pings"));
+                    }
+                    self.send(socket, Message::Ping(Default::default())).await?;
+                    next_ping = Instant::now() + PING_EVERY;
+                }
+                frame = socket.recv() => {
+                    last_heard = Instant::now();
+                    match frame {
+                        Some(Ok(Message::Text(frame))) => self.handle(socket, &frame).await?,
+                        Some(Ok(Message::Binary(_))) => {
+                            self.send(socket, error_frame("invalid_frame", "frames are JSON text", None)).await?;
+                        }
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                            return Ok(Closing(1000, "bye"));
+                        }
+                        Some(Ok(_)) => {}
+                    }
+                }
+                event = stream.message() => {
+                    match event {
+                        Ok(Some(event)) => self.forward(socket, &event).await?,
+                        Ok(None) | Err(_) => {
+                            if let Err(status) = &event {
+                                if status.code() == Code::Unauthenticated {
+                                    return Ok(Closing(close::UNAUTHORIZED, "token expired"));
+                                }
+                                if status.code() == Code::NotFound {
+                                    return Ok(Closing(close::NOT_FOUND, "thread not found"));
+                                }
+                            }
+                            stream = self.resubscribe(socket).await?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One frame from the browser. A bad frame gets an `error` frame and
+    /// the socket stays open.
+    async fn handle(&mut self, socket: &mut WebSocket, frame: &str) -> Result<(), Closing> {
+        let Ok(frame) = serde_json::from_str::<ClientFrame>(frame) else {
+            return self
+                .send(
+                    socket,
+                    error_frame("invalid_frame", "frames are JSON objects with a type", None),
+                )
+                .await;
+        };
+        let thread_id = match (&self.thread_id, &frame.thread_id) {
+            (Some(own), _) => Some(own.clone()),
+            (None, Some(id)) => Some(id.clone()),
+            (None, None) => None,
+        };
+        let needs_thread = matches!(
+            frame.kind.as_str(),
+            "chat_message" | "mark_messages_read" | "typing_indicator"
+        );
+        let client_msg_id = match &frame.client_msg_id {
+            None | Some(Value::Null) => None,
+            Some(Value::String(id)) => Some(id.clone()),
+            Some(_) => {
+                return self
+                    .send(
+                        socket,
+                        error_frame("invalid_request", "client_msg_id: must be a string", None),
+                    )
+                    .await;
+            }
+        };
+        if needs_thread && thread_id.is_none() {
+            return self
+                .send(
+                    socket,
+                    error_frame(
+                        "invalid_request",
+                        "thread_id: required on this socket",
+                        client_msg_id.as_deref(),
+                    ),
+                )
+                .await;
+        }
+        let thread_id = thread_id.unwrap_or_default();
+        let chat = self.state.upstream.chat();
+        match frame.kind.as_str() {
+            "ping" => self.send(socket, text(json!({"type": "pong"}))).await,
+            "chat_message" => {
+                let Some(Value::String(content)) = frame.content else {
+                    return self
+                        .send(
+                            socket,
+                            error_frame(
+                                "invalid_request",
+                                "content: must be a string",
+                                client_msg_id.as_deref(),
+                            ),
+                        )
+                        .await;
+                };
+                let metadata_json = match frame.metadata {
+                    None | Some(Value::Null) => None,
+                    Some(value @ Value::Object(_)) => Some(value.to_string()),
+                    Some(_) => {
+                        return self
+                            .send(
+                                socket,
+                                error_frame(
+                                    "invalid_request",
+                                    "metadata: must be a JSON object",
+                                    client_msg_id.as_deref(),
+                                ),
+                            )
+                            .await;
+                    }
+                };
+                let request = self.state.upstream.request(
+                    pb::SendMessageRequest {
+                        thread_id,
+                        content,
+                        client_msg_id: client_msg_id.clone(),
+                        metadata_json,
+                        message_type: pb::MessageType::Text.into(),
+                    },
+                    &self.token,
+                    &self.request_id,
+                );
+                let mut chat = chat;
+                match chat.send_message(request).await {
+                    Ok(response) => {
+                        let message = response.into_inner().message.map(|m| json::message(&m));
+                        self.send(socket, text(json!({"type": "ack", "client_msg_id": client_msg_id, "message": message})))
+                            .await
+                    }
+                    Err(status) => {
+                        self.send(
+                            socket,
+                            error_frame(
+                                status_code(&status),
+                                &safe_message(&status),
+                                client_msg_id.as_deref(),
+                            ),
+                        )
+                        .await
+                    }
+                }
+            }
+            "mark_messages_read" => {
+                let up_to_seq = match frame.up_to_seq {
+                    None | Some(Value::Null) => None,
+                    Some(Value::Number(n)) if n.as_i64().is_some_and(|n| n >= 0) => n.as_i64(),
+                    Some(_) => {
+                        return self
+                            .send(
+                                socket,
+                                error_frame(
+                                    "invalid_request",
+                                    "up_to_seq: must be a non-negative integer",
+                                    None,
+                                ),
+                            )
+                            .await;
+                    }
+                };
+                let request = self.state.upstream.request(
+                    pb::MarkReadRequest {
+                        thread_id,
+                        up_to_seq,
+                    },
+                    &self.token,
+                    &self.request_id,
+                );
+                let mut chat = chat;
+                match chat.mark_read(request).await {
+                    Ok(_) => Ok(()),
+                    Err(status) => {
+                        self.send(
+                            socket,
+                            error_frame(status_code(&status), &safe_message(&status), None),
+                        )
+                        .await
+                    }
+                }
+            }
+            "typing_indicator" => {
+                let Some(Value::Bool(is_typing)) = frame.is_typing else {
+                    return self
+                        .send(
+                            socket,
+                            error_frame(
+                                "invalid_request",
+                                "is_typing: must be true or false",
+                                None,
+                            ),
+                        )
+                        .await;
+                };
+                let request = self.state.upstream.request(
+                    pb::SetTypingRequest {
+                        thread_id,
+                        is_typing,
+                    },
+                    &self.token,
+                    &self.request_id,
+                );
+                let mut chat = chat;
+                match chat.set_typing(request).await {
+                    Ok(_) => Ok(()),
+                    Err(status) => {
+                        self.send(
+                            socket,
+                            error_frame(status_code(&status), &safe_message(&status), None),
+                        )
+                        .await
+                    }
+                }
+            }
+            "auth" => {
+                self.send(
+                    socket,
+                    error_frame("invalid_frame", "already authenticated", None),
+                )
+                .await
+            }
+            _ => {
+                self.send(
+                    socket,
+                    error_frame("invalid_frame", "unknown frame type", None),
+                )
+                .await
+            }
+        }
+    }
+}
+
+/// When a (verified) token expires, read from its `exp` claim.
+fn token_expiry(token: &str) -> Option<Instant> {
+    use base64::Engine as _;
+    let claims = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(claims.trim_end_matches('='))
+        .ok()?;
+    let exp = serde_json::from_slice::<Value>(&bytes)
+        .ok()?
+        .get("exp")?
+        .as_u64()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    Some(Instant::now() + Duration::from_secs(exp.saturating_sub(now)))
+}
