@@ -194,6 +194,39 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// One chat-core call with the caller's token and the call deadline. An
+/// idempotent call that finds its replica gone (UNAVAILABLE) is tried
+/// again, on another replica of the balanced channel; others are not, so
+/// nothing is done twice.
+async fn unary<Req, Resp, F, Fut>(
+    state: &AppState,
+    caller: &Caller,
+    idempotent: bool,
+    body: Req,
+    call: F,
+) -> Result<Resp, ApiError>
+where
+    Req: Clone,
+    F: Fn(tonic::Request<Req>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+{
+    let mut delay = std::time::Duration::from_millis(50);
+    let mut attempt = 0;
+    loop {
+        match call(caller.request(state, body.clone())).await {
+            Ok(response) => return Ok(response.into_inner()),
+            Err(status)
+                if idempotent && status.code() == tonic::Code::Unavailable && attempt < 3 =>
+            {
+                attempt += 1;
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(status) => return Err(status.into()),
+        }
+    }
+}
+
 type ApiResult = Result<Response, ApiError>;
 
 fn ok(value: Value) -> ApiResult {
@@ -221,19 +254,21 @@ async fn list_threads(
 ) -> ApiResult {
     let query = QueryParams::parse(query);
     let limit = query.integer("limit", 1..=100)?.unwrap_or(0) as i32;
-    let page = state
-        .upstream
-        .chat()
-        .list_threads(caller.request(
-            &state,
-            pb::ListThreadsRequest {
-                limit,
-                cursor: query.get("cursor").map(str::to_owned),
-                job_id: query.get("job_id").map(str::to_owned),
-            },
-        ))
-        .await?
-        .into_inner();
+    let page = unary(
+        &state,
+        &caller,
+        true,
+        pb::ListThreadsRequest {
+            limit,
+            cursor: query.get("cursor").map(str::to_owned),
+            job_id: query.get("job_id").map(str::to_owned),
+        },
+        |request| {
+            let mut client = state.upstream.chat();
+            async move { client.list_threads(request).await }
+        },
+    )
+    .await?;
     ok(json!({
         "results": page.threads.iter().map(json::thread).collect::<Vec<_>>(),
         "next_cursor": page.next_cursor,
@@ -254,19 +289,21 @@ async fn create_thread(
     caller: Caller,
     JsonBody(body): JsonBody<CreateThreadBody>,
 ) -> ApiResult {
-    let response = state
-        .upstream
-        .chat()
-        .create_thread(caller.request(
-            &state,
-            pb::CreateThreadRequest {
-                participants: body.participants,
-                job_id: body.job_id,
-                title: body.title,
-            },
-        ))
-        .await?
-        .into_inner();
+    let response = unary(
+        &state,
+        &caller,
+        true,
+        pb::CreateThreadRequest {
+            participants: body.participants,
+            job_id: body.job_id,
+            title: body.title,
+        },
+        |request| {
+            let mut client = state.upstream.chat();
+            async move { client.create_thread(request).await }
+        },
+    )
+    .await?;
     created_or_ok(response.created, json::thread(&missing(response.thread)?))
 }
 
@@ -282,18 +319,20 @@ async fn find_thread(
         .split(',')
         .map(|p| p.trim().to_owned())
         .collect();
-    let response = state
-        .upstream
-        .chat()
-        .find_thread_by_participants(caller.request(
-            &state,
-            pb::FindThreadByParticipantsRequest {
-                participants,
-                job_id: query.get("job_id").map(str::to_owned),
-            },
-        ))
-        .await?
-        .into_inner();
+    let response = unary(
+        &state,
+        &caller,
+        true,
+        pb::FindThreadByParticipantsRequest {
+            participants,
+            job_id: query.get("job_id").map(str::to_owned),
+        },
+        |request| {
+            let mut client = state.upstream.chat();
+            async move { client.find_thread_by_participants(request).await }
+        },
+    )
+    .await?;
     ok(json::thread(&missing(response.thread)?))
 }
 
@@ -302,12 +341,17 @@ async fn get_thread(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult {
-    let response = state
-        .upstream
-        .chat()
-        .get_thread(caller.request(&state, pb::GetThreadRequest { thread_id: id }))
-        .await?
-        .into_inner();
+    let response = unary(
+        &state,
+        &caller,
+        true,
+        pb::GetThreadRequest { thread_id: id },
+        |request| {
+            let mut client = state.upstream.chat();
+            async move { client.get_thread(request).await }
+        },
+    )
+    .await?;
     ok(json::thread(&missing(response.thread)?))
 }
 
@@ -335,18 +379,20 @@ async fn update_thread(
     let title = body
         .title
         .ok_or_else(|| ApiError::invalid("title: required (null clears it)"))?;
-    let response = state
-        .upstream
-        .chat()
-        .update_thread(caller.request(
-            &state,
-            pb::UpdateThreadRequest {
-                thread_id: id,
-                title,
-            },
-        ))
-        .await?
-        .into_inner();
+    let response = unary(
+        &state,
+        &caller,
+        true,
+        pb::UpdateThreadRequest {
+            thread_id: id,
+            title,
+        },
+        |request| {
+            let mut client = state.upstream.chat();
+            async move { client.update_thread(request).await }
+        },
+    )
+    .await?;
     ok(json::thread(&missing(response.thread)?))
 }
 
@@ -355,11 +401,17 @@ async fn archive_thread(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult {
-    state
-        .upstream
-        .chat()
-        .archive_thread(caller.request(&state, pb::ArchiveThreadRequest { thread_id: id }))
-        .await?;
+    unary(
+        &state,
+        &caller,
+        true,
+        pb::ArchiveThreadRequest { thread_id: id },
+        |request| {
+            let mut client = state.upstream.chat();
+            async move { client.archive_thread(request).await }
+        },
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -378,20 +430,22 @@ async fn list_messages(
             "before_seq and after_seq cannot be combined",
         ));
     }
-    let page = state
-        .upstream
-        .chat()
-        .list_messages(caller.request(
-            &state,
-            pb::ListMessagesRequest {
-                thread_id: id,
-                before_seq,
-                after_seq,
-                limit,
-            },
-        ))
-        .await?
-        .into_inner();
+    let page = unary(
+        &state,
+        &caller,
+        true,
+        pb::ListMessagesRequest {
+            thread_id: id,
+            before_seq,
+            after_seq,
+            limit,
+        },
+        |request| {
+            let mut client = state.upstream.chat();
+            async move { client.list_messages(request).await }
+        },
+    )
+    .await?;
     ok(json!({
         "results": page.messages.iter().map(json::message).collect::<Vec<_>>(),
         "has_more": page.has_more,
@@ -427,21 +481,24 @@ async fn send_message(
         Some(value @ Value::Object(_)) => Some(value.to_string()),
         Some(_) => return Err(ApiError::invalid("metadata: must be a JSON object")),
     };
-    let response = state
-        .upstream
-        .chat()
-        .send_message(caller.request(
-            &state,
-            pb::SendMessageRequest {
-                thread_id: id,
-                content: body.content,
-                client_msg_id: body.client_msg_id,
-                metadata_json,
-                message_type: pb::MessageType::Text.into(),
-            },
-        ))
-        .await?
-        .into_inner();
+    let send_idempotent = body.client_msg_id.is_some();
+    let response = unary(
+        &state,
+        &caller,
+        send_idempotent,
+        pb::SendMessageRequest {
+            thread_id: id,
+            content: body.content,
+            client_msg_id: body.client_msg_id,
+            metadata_json,
+            message_type: pb::MessageType::Text.into(),
+        },
+        |request| {
+            let mut client = state.upstream.chat();
+            async move { client.send_message(request).await }
+        },
+    )
+    .await?;
     created_or_ok(response.created, json::message(&missing(response.message)?))
 }
 
@@ -450,12 +507,17 @@ async fn get_message(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult {
-    let response = state
-        .upstream
-        .chat()
-        .get_message(caller.request(&state, pb::GetMessageRequest { message_id: id }))
-        .await?
-        .into_inner();
+    let response = unary(
+        &state,
+        &caller,
+        true,
+        pb::GetMessageRequest { message_id: id },
+        |request| {
+            let mut client = state.upstream.chat();
+            async move { client.get_message(request).await }
+        },
+    )
+    .await?;
     ok(json::message(&missing(response.message)?))
 }
 
@@ -470,18 +532,20 @@ async fn edit_message(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<EditMessageBody>,
 ) -> ApiResult {
-    let response = state
-        .upstream
-        .chat()
-        .edit_message(caller.request(
-            &state,
-            pb::EditMessageRequest {
-                message_id: id,
-                content: body.content,
-            },
-        ))
-        .await?
-        .into_inner();
+    let response = unary(
+        &state,
+        &caller,
+        true,
+        pb::EditMessageRequest {
+            message_id: id,
+            content: body.content,
+        },
+        |request| {
+            let mut client = state.upstream.chat();
+            async move { client.edit_message(request).await }
+        },
+    )
+    .await?;
     ok(json::message(&missing(response.message)?))
 }
 
@@ -490,11 +554,17 @@ async fn delete_message(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult {
-    state
-        .upstream
-        .chat()
-        .delete_message(caller.request(&state, pb::DeleteMessageRequest { message_id: id }))
-        .await?;
+    unary(
+        &state,
+        &caller,
+        true,
+        pb::DeleteMessageRequest { message_id: id },
+        |request| {
+            let mut client = state.upstream.chat();
+            async move { client.delete_message(request).await }
+        },
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -513,18 +583,20 @@ async fn mark_read(
     if body.up_to_seq.is_some_and(|seq| seq < 0) {
         return Err(ApiError::invalid("up_to_seq: must not be negative"));
     }
-    let response = state
-        .upstream
-        .chat()
-        .mark_read(caller.request(
-            &state,
-            pb::MarkReadRequest {
-                thread_id: id,
-                up_to_seq: body.up_to_seq,
-            },
-        ))
-        .await?
-        .into_inner();
+    let response = unary(
+        &state,
+        &caller,
+        true,
+        pb::MarkReadRequest {
+            thread_id: id,
+            up_to_seq: body.up_to_seq,
+        },
+        |request| {
+            let mut client = state.upstream.chat();
+            async move { client.mark_read(request).await }
+        },
+    )
+    .await?;
     ok(json!({
         "thread_id": response.thread_id,
         "last_read_seq": response.last_read_seq,
@@ -545,19 +617,21 @@ async fn create_dispute(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<DisputeBody>,
 ) -> ApiResult {
-    let response = state
-        .upstream
-        .integrations()
-        .request_dispute(caller.request(
-            &state,
-            pb::RequestDisputeRequest {
-                thread_id: id,
-                reason: body.reason,
-                details: body.details,
-            },
-        ))
-        .await?
-        .into_inner();
+    let response = unary(
+        &state,
+        &caller,
+        false,
+        pb::RequestDisputeRequest {
+            thread_id: id,
+            reason: body.reason,
+            details: body.details,
+        },
+        |request| {
+            let mut client = state.upstream.integrations();
+            async move { client.request_dispute(request).await }
+        },
+    )
+    .await?;
     created_or_ok(true, json::message(&missing(response.message)?))
 }
 
@@ -575,20 +649,22 @@ async fn initiate_payment(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<PaymentBody>,
 ) -> ApiResult {
-    let response = state
-        .upstream
-        .integrations()
-        .initiate_payment(caller.request(
-            &state,
-            pb::InitiatePaymentRequest {
-                thread_id: id,
-                amount: body.amount,
-                currency: body.currency,
-                job_id: body.job_id,
-            },
-        ))
-        .await?
-        .into_inner();
+    let response = unary(
+        &state,
+        &caller,
+        false,
+        pb::InitiatePaymentRequest {
+            thread_id: id,
+            amount: body.amount,
+            currency: body.currency,
+            job_id: body.job_id,
+        },
+        |request| {
+            let mut client = state.upstream.integrations();
+            async move { client.initiate_payment(request).await }
+        },
+    )
+    .await?;
     created_or_ok(true, json::message(&missing(response.message)?))
 }
 
@@ -606,29 +682,36 @@ async fn job_update(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<JobUpdateBody>,
 ) -> ApiResult {
-    let response = state
-        .upstream
-        .integrations()
-        .post_job_update(caller.request(
-            &state,
-            pb::PostJobUpdateRequest {
-                thread_id: id,
-                job_id: body.job_id,
-                status: body.status,
-                note: body.note,
-            },
-        ))
-        .await?
-        .into_inner();
+    let response = unary(
+        &state,
+        &caller,
+        false,
+        pb::PostJobUpdateRequest {
+            thread_id: id,
+            job_id: body.job_id,
+            status: body.status,
+            note: body.note,
+        },
+        |request| {
+            let mut client = state.upstream.integrations();
+            async move { client.post_job_update(request).await }
+        },
+    )
+    .await?;
     created_or_ok(true, json::message(&missing(response.message)?))
 }
 
 async fn unread_count(State(state): State<AppState>, caller: Caller) -> ApiResult {
-    let counts = state
-        .upstream
-        .chat()
-        .get_unread_counts(caller.request(&state, pb::GetUnreadCountsRequest {}))
-        .await?
-        .into_inner();
+    let counts = unary(
+        &state,
+        &caller,
+        true,
+        pb::GetUnreadCountsRequest {},
+        |request| {
+            let mut client = state.upstream.chat();
+            async move { client.get_unread_counts(request).await }
+        },
+    )
+    .await?;
     ok(json!({"total": counts.total, "threads": counts.threads}))
 }

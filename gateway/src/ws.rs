@@ -479,6 +479,7 @@ impl Session {
                                     return Ok(Closing(close::NOT_FOUND, "thread not found"));
                                 }
                             }
+                            tracing::info!(request_id = %self.request_id, "subscription broke; resubscribing from the last delivered seq");
                             stream = self.resubscribe(socket).await?;
                         }
                     }

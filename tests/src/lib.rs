@@ -111,6 +111,12 @@ impl Process {
         }
     }
 
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Waits for the process to exit by itself.
     pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + timeout;
@@ -145,6 +151,52 @@ pub fn addr_in(line: &str, key: &str) -> SocketAddr {
         .trim_matches(|c| c == ',' || c == '"')
         .parse()
         .unwrap_or_else(|_| panic!("bad {key} address in {line:?}"))
+}
+
+/// A minimal HTTP/1.1 request: status code and body.
+fn http_request(addr: SocketAddr, head: &str, body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "{head}\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("status line");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// POST a JSON body with a bearer token.
+pub fn http_post_json(addr: SocketAddr, path: &str, token: &str, body: &str) -> (u16, String) {
+    http_request(
+        addr,
+        &format!(
+            "POST {path} HTTP/1.1\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json"
+        ),
+        body,
+    )
+}
+
+/// GET with a bearer token.
+pub fn http_get_auth(addr: SocketAddr, path: &str, token: &str) -> (u16, String) {
+    http_request(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nAuthorization: Bearer {token}"),
+        "",
+    )
 }
 
 /// A minimal HTTP/1.1 GET: status code and body. Enough for `/healthz` and
