@@ -44,6 +44,23 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// `SHUTDOWN_GRACE_SECONDS`: how long in-flight requests may finish.
     pub shutdown_grace: Duration,
+    /// `GATEWAY_SEND_RATE` and `GATEWAY_SEND_BURST`: messages per second
+    /// per user, and the burst allowed.
+    pub send_rate: (f64, f64),
+    /// `GATEWAY_CONNECT_RATE` and `GATEWAY_CONNECT_BURST`: new WebSockets
+    /// per second per client address, and the burst allowed.
+    pub connect_rate: (f64, f64),
+}
+
+fn rate(value: Option<String>, variable: &'static str, default: f64) -> Result<f64, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<f64>()
+            .ok()
+            .filter(|r| r.is_finite() && *r > 0.0 && *r <= 1_000_000.0)
+            .ok_or_else(|| config_error(variable, "expected a positive number")),
+    }
 }
 
 impl Settings {
@@ -126,6 +143,14 @@ impl Settings {
                     config_error("SHUTDOWN_GRACE_SECONDS", "expected whole seconds, 0-3600")
                 })?,
         };
+        let send_rate = (
+            rate(get("GATEWAY_SEND_RATE"), "GATEWAY_SEND_RATE", 20.0)?,
+            rate(get("GATEWAY_SEND_BURST"), "GATEWAY_SEND_BURST", 40.0)?,
+        );
+        let connect_rate = (
+            rate(get("GATEWAY_CONNECT_RATE"), "GATEWAY_CONNECT_RATE", 20.0)?,
+            rate(get("GATEWAY_CONNECT_BURST"), "GATEWAY_CONNECT_BURST", 60.0)?,
+        );
         Ok(Settings {
             addr,
             chat_core_urls,
@@ -134,6 +159,8 @@ impl Settings {
             upstream_timeout,
             log_format,
             shutdown_grace,
+            send_rate,
+            connect_rate,
         })
     }
 }

@@ -3,6 +3,7 @@
 //! can run.
 
 pub mod config;
+pub mod edge;
 pub mod error;
 pub mod json;
 pub mod rest;

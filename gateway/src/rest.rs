@@ -33,6 +33,12 @@ pub struct AppState {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Open WebSockets, so shutdown can wait for their close frames.
     pub open_sockets: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Counters for `/metrics`.
+    pub metrics: std::sync::Arc<crate::edge::GatewayMetrics>,
+    /// Messages per user (REST and WebSocket together).
+    pub send_limit: std::sync::Arc<crate::edge::RateLimiter>,
+    /// New WebSockets per client address.
+    pub connect_limit: std::sync::Arc<crate::edge::RateLimiter>,
 }
 
 /// The request id of the current request (set by the access-log layer).
@@ -42,6 +48,7 @@ pub struct RequestId(pub String);
 /// The authenticated caller: the verified token, forwarded to chat-core,
 /// which checks it again.
 pub struct Caller {
+    subject: String,
     token: String,
     request_id: String,
 }
@@ -58,7 +65,7 @@ impl FromRequestParts<AppState> for Caller {
                     .map_err(|_| ApiError::unauthenticated("malformed token"))
             })
             .transpose()?;
-        state
+        let identity = state
             .verifier
             .verify_bearer(header)
             .map_err(|err| ApiError::unauthenticated(err.to_string()))?;
@@ -71,7 +78,11 @@ impl FromRequestParts<AppState> for Caller {
             .get::<RequestId>()
             .map(|id| id.0.clone())
             .unwrap_or_default();
-        Ok(Caller { token, request_id })
+        Ok(Caller {
+            subject: identity.subject,
+            token,
+            request_id,
+        })
     }
 }
 
@@ -481,6 +492,9 @@ async fn send_message(
         Some(value @ Value::Object(_)) => Some(value.to_string()),
         Some(_) => return Err(ApiError::invalid("metadata: must be a JSON object")),
     };
+    if let Err(wait) = state.send_limit.check(&caller.subject) {
+        return Ok(crate::edge::rate_limited(wait));
+    }
     let send_idempotent = body.client_msg_id.is_some();
     let response = unary(
         &state,

@@ -24,6 +24,7 @@ use tower::Layer as _;
 
 use crate::{
     config::Settings,
+    edge::{self, RateLimiter},
     rest::{self, AppState, RequestId},
     upstream::Upstream,
     ws,
@@ -56,6 +57,12 @@ impl Application {
                 allowed_origins: Arc::new(settings.allowed_origins.clone()),
                 shutdown,
                 open_sockets: Arc::default(),
+                metrics: Arc::default(),
+                send_limit: Arc::new(RateLimiter::new(settings.send_rate.0, settings.send_rate.1)),
+                connect_limit: Arc::new(RateLimiter::new(
+                    settings.connect_rate.0,
+                    settings.connect_rate.1,
+                )),
             },
             stop,
             shutdown_grace: settings.shutdown_grace,
@@ -79,11 +86,20 @@ impl Application {
         let router = Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
+            .route("/metrics", get(render_metrics))
             .route("/ws/chat", get(ws::user_socket))
             .route("/ws/chat/{thread_id}", get(ws::thread_socket))
             .with_state(self.state.clone())
             .merge(rest::router(self.state.clone()))
-            .layer(middleware::from_fn(access_log));
+            .layer(middleware::from_fn_with_state(
+                self.state.clone(),
+                edge::count_requests,
+            ))
+            .layer(middleware::from_fn(access_log))
+            .layer(middleware::from_fn_with_state(
+                self.state.clone(),
+                edge::cors,
+            ));
         // Trailing slashes are optional: strip one before routing.
         let app = axum::middleware::map_request(strip_trailing_slash).layer(router);
         let stop_tx = self.stop;
@@ -97,11 +113,13 @@ impl Application {
         let mut deadline_rx = stop_rx.clone();
         let grace = self.shutdown_grace;
         let mut serve_rx = stop_rx;
-        let server = axum::serve(self.listener, app.into_make_service()).with_graceful_shutdown(
-            async move {
-                let _ = serve_rx.wait_for(|stop| *stop).await;
-            },
-        );
+        let server = axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = serve_rx.wait_for(|stop| *stop).await;
+        });
         tracing::info!(addr = %addr, "chat-gateway listening");
         tokio::select! {
             result = server => result.context("HTTP server")?,
@@ -167,6 +185,19 @@ async fn access_log(mut request: Request, next: Next) -> Response {
         "request"
     );
     response
+}
+
+async fn render_metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state
+            .metrics
+            .render(state.open_sockets.load(Ordering::Acquire)),
+    )
+        .into_response()
 }
 
 /// Ready when chat-core answers its health check.

@@ -10,11 +10,11 @@
 //! subscribes again from the last seq it delivered, so the browser sees no
 //! gap and no duplicate.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, sync::atomic::Ordering, time::Duration};
 
 use axum::{
     extract::{
-        Path, RawQuery, State,
+        ConnectInfo, Path, RawQuery, State,
         ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade},
     },
     http::{HeaderMap, StatusCode},
@@ -53,29 +53,35 @@ pub async fn thread_socket(
     State(state): State<AppState>,
     Path(thread_id): Path<String>,
     RawQuery(query): RawQuery,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    open(state, Some(thread_id), query, headers, upgrade)
+    open(state, Some(thread_id), query, peer, headers, upgrade)
 }
 
 /// `GET /ws/chat/`.
 pub async fn user_socket(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    open(state, None, query, headers, upgrade)
+    open(state, None, query, peer, headers, upgrade)
 }
 
 fn open(
     state: AppState,
     thread_id: Option<String>,
     query: Option<String>,
+    peer: SocketAddr,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    if let Err(wait) = state.connect_limit.check(&peer.ip().to_string()) {
+        return crate::edge::rate_limited(wait);
+    }
     if let Some(origin) = headers.get(http::header::ORIGIN) {
         let allowed = origin.to_str().is_ok_and(|o| {
             state
@@ -250,6 +256,10 @@ impl Session {
     }
 
     async fn send(&self, socket: &mut WebSocket, message: Message) -> Result<(), Closing> {
+        self.state
+            .metrics
+            .frames_out
+            .fetch_add(1, Ordering::Relaxed);
         match timeout(SEND_TIMEOUT, socket.send(message)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Closing(close::POLICY, "connection lost")),
@@ -456,6 +466,7 @@ impl Session {
                 }
                 frame = socket.recv() => {
                     last_heard = Instant::now();
+                    self.state.metrics.frames_in.fetch_add(1, Ordering::Relaxed);
                     match frame {
                         Some(Ok(Message::Text(frame))) => self.handle(socket, &frame).await?,
                         Some(Ok(Message::Binary(_))) => {
@@ -537,6 +548,27 @@ impl Session {
         match frame.kind.as_str() {
             "ping" => self.send(socket, text(json!({"type": "pong"}))).await,
             "chat_message" => {
+                let subject = self
+                    .identity
+                    .as_ref()
+                    .map(|i| i.subject.as_str())
+                    .unwrap_or_default();
+                if self.state.send_limit.check(subject).is_err() {
+                    self.state
+                        .metrics
+                        .rate_limited
+                        .fetch_add(1, Ordering::Relaxed);
+                    return self
+                        .send(
+                            socket,
+                            error_frame(
+                                "rate_limited",
+                                "too many messages; slow down",
+                                client_msg_id.as_deref(),
+                            ),
+                        )
+                        .await;
+                }
                 let Some(Value::String(content)) = frame.content else {
                     return self
                         .send(

@@ -92,6 +92,11 @@ fn lookup(vars: Vec<(&'static str, String)>) -> impl Fn(&str) -> Option<String> 
 
 /// chat-core (SQLite or PostgreSQL) and a gateway in front of it.
 pub async fn spawn_stack(postgres: bool) -> TestStack {
+    spawn_stack_with(postgres, &[]).await
+}
+
+/// The same, with extra gateway settings.
+pub async fn spawn_stack_with(postgres: bool, extra: &[(&'static str, &str)]) -> TestStack {
     let db = TestDatabase::create(postgres);
     let secret = format!("gateway-test-{}", uuid::Uuid::new_v4());
     let core_settings = chat_core::config::Settings::from_lookup(lookup(vec![
@@ -110,7 +115,8 @@ pub async fn spawn_stack(postgres: bool) -> TestStack {
     tokio::spawn(core.run_until_stopped(async {
         let _ = core_stopped.await;
     }));
-    let (gateway, gateway_stop) = spawn_gateway(&format!("http://{core_addr}"), &secret).await;
+    let (gateway, gateway_stop) =
+        spawn_gateway_with(&format!("http://{core_addr}"), &secret, extra).await;
     TestStack {
         gateway,
         core: core_addr,
@@ -123,14 +129,25 @@ pub async fn spawn_stack(postgres: bool) -> TestStack {
 
 /// A gateway in front of `chat_core_url`.
 pub async fn spawn_gateway(chat_core_url: &str, secret: &str) -> (SocketAddr, oneshot::Sender<()>) {
-    let settings = chat_gateway::config::Settings::from_lookup(lookup(vec![
-        ("GATEWAY_ADDR", "127.0.0.1:0".into()),
+    spawn_gateway_with(chat_core_url, secret, &[]).await
+}
+
+/// A gateway in front of `chat_core_url` with extra settings.
+pub async fn spawn_gateway_with(
+    chat_core_url: &str,
+    secret: &str,
+    extra: &[(&'static str, &str)],
+) -> (SocketAddr, oneshot::Sender<()>) {
+    let mut vars = vec![
+        ("GATEWAY_ADDR", "127.0.0.1:0".to_owned()),
         ("CHAT_CORE_URL", chat_core_url.to_owned()),
         ("JWT_SECRET", secret.to_owned()),
         ("GATEWAY_UPSTREAM_TIMEOUT_MS", "3000".into()),
         ("SHUTDOWN_GRACE_SECONDS", "1".into()),
-    ]))
-    .expect("gateway settings");
+    ];
+    vars.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    let settings =
+        chat_gateway::config::Settings::from_lookup(lookup(vars)).expect("gateway settings");
     let app = chat_gateway::startup::Application::build(&settings)
         .await
         .expect("gateway");
@@ -193,11 +210,26 @@ pub async fn call(
     token: Option<&str>,
     body: Option<&str>,
 ) -> Answer {
+    call_with(addr, method, path, token, body, &[]).await
+}
+
+/// One HTTP request with extra headers.
+pub async fn call_with(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Answer {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let mut request = http::Request::builder()
         .method(method)
         .uri(format!("http://{addr}{path}"))
         .header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
     if let Some(token) = token {
         request = request.header("authorization", format!("Bearer {token}"));
     }
@@ -222,4 +254,21 @@ pub async fn call(
         headers,
         json,
     }
+}
+
+/// The raw body of a GET.
+pub async fn raw_get(addr: std::net::SocketAddr, path: &str) -> Vec<u8> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let request = http::Request::builder()
+        .uri(format!("http://{addr}{path}"))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let response = client.request(request).await.expect("http");
+    response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes()
+        .to_vec()
 }

@@ -1,0 +1,269 @@
+//! What the gateway does for every request before and after its route: CORS
+//! for allowed browser origins, per-user and per-address rate limits, and
+//! the counters behind `/metrics`.
+
+use std::{
+    collections::HashMap,
+    fmt::Write as _,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{
+    extract::{MatchedPath, Request, State},
+    http::{HeaderValue, Method, StatusCode, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+
+use crate::{error::ApiError, rest::AppState};
+
+/// A token bucket per key (a user, an address): `rate` per second, bursts
+/// up to `burst`. The map is bounded: idle full buckets are dropped when it
+/// grows, so a flood of new keys cannot grow memory without limit.
+#[derive(Debug)]
+pub struct RateLimiter {
+    rate: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+/// Beyond this many keys, idle buckets are swept.
+const MAX_KEYS: usize = 100_000;
+
+impl RateLimiter {
+    /// `rate` tokens per second, at most `burst` at once.
+    pub fn new(rate: f64, burst: f64) -> Self {
+        RateLimiter {
+            rate,
+            burst,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one token for `key`; on refusal, how long until one is free.
+    pub fn check(&self, key: &str) -> Result<(), Duration> {
+        let now = Instant::now();
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return Ok(());
+        };
+        if buckets.len() >= MAX_KEYS && !buckets.contains_key(key) {
+            let (rate, burst) = (self.rate, self.burst);
+            buckets.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * rate < burst
+            });
+            if buckets.len() >= MAX_KEYS {
+                return Err(Duration::from_secs(1));
+            }
+        }
+        let (tokens, at) = buckets.entry(key.to_owned()).or_insert((self.burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.rate).min(self.burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64(
+                ((1.0 - *tokens) / self.rate).max(0.001),
+            ))
+        }
+    }
+}
+
+/// The 429 answer for a refusal.
+pub fn rate_limited(retry_after: Duration) -> Response {
+    let mut response = ApiError {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        code: "rate_limited",
+        message: "too many requests; slow down".into(),
+    }
+    .into_response();
+    let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct GatewayMetrics {
+    requests: Mutex<HashMap<(String, String, u16), u64>>,
+    pub frames_in: AtomicU64,
+    pub frames_out: AtomicU64,
+    pub upstream_errors: AtomicU64,
+    pub rate_limited: AtomicU64,
+}
+
+impl GatewayMetrics {
+    fn observe(&self, method: &Method, route: &str, status: u16) {
+        if let Ok(mut requests) = self.requests.lock() {
+            *requests
+                .entry((method.to_string(), route.to_owned(), status))
+                .or_default() += 1;
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, open_sockets: usize) -> String {
+        let mut out = String::with_capacity(2048);
+        out.push_str(
+            "# HELP chat_gateway_http_requests_total HTTP requests by route and status.\n",
+        );
+        out.push_str("# TYPE chat_gateway_http_requests_total counter\n");
+        if let Ok(requests) = self.requests.lock() {
+            let mut rows: Vec<_> = requests.iter().collect();
+            rows.sort();
+            for ((method, route, status), count) in rows {
+                let _ = writeln!(
+                    out,
+                    "chat_gateway_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {count}"
+                );
+            }
+        }
+        let counters = [
+            (
+                "chat_gateway_open_websockets",
+                "gauge",
+                "Open WebSockets.",
+                open_sockets as u64,
+            ),
+            (
+                "chat_gateway_ws_frames_in_total",
+                "counter",
+                "WebSocket frames received.",
+                self.frames_in.load(Ordering::Relaxed),
+            ),
+            (
+                "chat_gateway_ws_frames_out_total",
+                "counter",
+                "WebSocket frames sent.",
+                self.frames_out.load(Ordering::Relaxed),
+            ),
+            (
+                "chat_gateway_upstream_errors_total",
+                "counter",
+                "chat-core calls that failed for want of chat-core.",
+                self.upstream_errors.load(Ordering::Relaxed),
+            ),
+            (
+                "chat_gateway_rate_limited_total",
+                "counter",
+                "Requests and frames refused by rate limits.",
+                self.rate_limited.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, kind, help, value) in counters {
+            let _ = write!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            );
+        }
+        out
+    }
+}
+
+/// Counts each request by its route template (never the raw path, which
+/// holds ids) and status.
+pub async fn count_requests(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    if status == 503 {
+        state
+            .metrics
+            .upstream_errors
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    if status == 429 {
+        state.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+    }
+    state.metrics.observe(&method, &route, status);
+    response
+}
+
+/// CORS for the browser origins in `ALLOWED_ORIGINS`: preflights are
+/// answered here, and allowed origins get the response headers. Other
+/// origins get no CORS headers, so browsers keep their pages out.
+pub async fn cors(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let origin = request
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .map(|o| o.trim_end_matches('/').to_owned());
+    let allowed = origin
+        .as_deref()
+        .filter(|o| state.allowed_origins.iter().any(|a| a == o))
+        .and_then(|o| HeaderValue::from_str(o).ok());
+    let preflight = request.method() == Method::OPTIONS
+        && request
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let mut response = if preflight {
+        match &allowed {
+            Some(_) => StatusCode::NO_CONTENT.into_response(),
+            None => ApiError {
+                status: StatusCode::FORBIDDEN,
+                code: "origin_not_allowed",
+                message: "this origin may not call the API".into(),
+            }
+            .into_response(),
+        }
+    } else {
+        next.run(request).await
+    };
+    if let Some(origin) = allowed {
+        let headers = response.headers_mut();
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        headers.insert(header::VARY, HeaderValue::from_static("origin"));
+        headers.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("x-request-id, retry-after"),
+        );
+        if preflight {
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE, OPTIONS"),
+            );
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static("authorization, content-type, x-request-id"),
+            );
+            headers.insert(
+                header::ACCESS_CONTROL_MAX_AGE,
+                HeaderValue::from_static("600"),
+            );
+        }
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_refill_and_refuse() {
+        let limiter = RateLimiter::new(1000.0, 3.0);
+        for _ in 0..3 {
+            assert!(limiter.check("u").is_ok());
+        }
+        let wait = limiter.check("u").unwrap_err();
+        assert!(wait <= Duration::from_millis(2));
+        assert!(limiter.check("other").is_ok());
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(limiter.check("u").is_ok());
+    }
+}
