@@ -33,6 +33,7 @@ pub fn binary(name: &str) -> PathBuf {
 pub struct Process {
     child: Child,
     log: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Process {
@@ -56,14 +57,18 @@ impl Process {
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().expect("stderr");
         let sink = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let mut log = sink.lock().expect("log lock");
                 log.push_str(&line);
                 log.push('\n');
             }
         });
-        Process { child, log }
+        Process {
+            child,
+            log,
+            reader: Some(reader),
+        }
     }
 
     /// Everything the process wrote to stderr so far.
@@ -79,6 +84,7 @@ impl Process {
                 return line.to_owned();
             }
             if let Ok(Some(status)) = self.child.try_wait() {
+                self.finish_log();
                 panic!(
                     "process exited ({status}) before logging {needle:?}:\n{}",
                     self.log()
@@ -93,6 +99,14 @@ impl Process {
         }
     }
 
+    /// Once the process has exited: waits until everything it wrote to
+    /// stderr is in the log.
+    fn finish_log(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
@@ -100,6 +114,7 @@ impl Process {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
+                self.finish_log();
                 return status;
             }
             assert!(
@@ -122,6 +137,7 @@ impl Process {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
+                self.finish_log();
                 return status;
             }
             assert!(
