@@ -87,6 +87,10 @@ impl Application {
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
             .route("/metrics", get(render_metrics))
+            .route(
+                "/api/openapi.json",
+                get(|| async { axum::Json(crate::openapi::document()) }),
+            )
             .route("/ws/chat", get(ws::user_socket))
             .route("/ws/chat/{thread_id}", get(ws::thread_socket))
             .with_state(self.state.clone())
