@@ -7,11 +7,69 @@ use std::time::Duration;
 use chat_proto::v1::{
     chat_service_client::ChatServiceClient, integration_service_client::IntegrationServiceClient,
 };
+use std::collections::HashSet;
+
+use tokio::sync::mpsc;
+use tonic::transport::channel::Change;
 use tonic::{
     Request,
     metadata::MetadataValue,
     transport::{Channel, Endpoint},
 };
+
+/// How often names in `CHAT_CORE_URL` are resolved again.
+const RESOLVE_EVERY: Duration = Duration::from_secs(5);
+
+fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10)))
+}
+
+/// Keeps the balanced channel's endpoints equal to what `host` resolves
+/// to, until the channel is dropped.
+async fn follow_dns(
+    host: String,
+    port: u16,
+    scheme: String,
+    changes: mpsc::Sender<Change<String, Endpoint>>,
+) {
+    let mut current: HashSet<String> = HashSet::new();
+    loop {
+        match tokio::net::lookup_host((host.as_str(), port)).await {
+            Ok(addrs) => {
+                let resolved: HashSet<String> =
+                    addrs.map(|addr| format!("{scheme}://{addr}")).collect();
+                for url in resolved.difference(&current) {
+                    if let Ok(endpoint) = endpoint(url) {
+                        tracing::info!(host, url, "chat-core address added");
+                        if changes
+                            .send(Change::Insert(url.clone(), endpoint))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+                for url in current.difference(&resolved) {
+                    tracing::info!(host, url, "chat-core address removed");
+                    if changes.send(Change::Remove(url.clone())).await.is_err() {
+                        return;
+                    }
+                }
+                current = resolved;
+            }
+            Err(err) => tracing::warn!(host, error = %err, "cannot resolve chat-core address"),
+        }
+        if changes.is_closed() {
+            return;
+        }
+        tokio::time::sleep(RESOLVE_EVERY).await;
+    }
+}
 
 /// chat-core, as the gateway calls it. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -21,24 +79,36 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Balances over `urls` (validated by the configuration). Connections
-    /// open lazily, so the gateway starts while chat-core is still coming
-    /// up; `/readyz` says when it is reachable.
+    /// Balances over `urls` (validated by the configuration). An address
+    /// given by name is resolved again every few seconds and every address
+    /// it yields is used (a Kubernetes headless service lists one per pod),
+    /// since HTTP/2 connections are long-lived and one address would pin
+    /// all calls to one replica. Connections open lazily, so the gateway
+    /// starts while chat-core is still coming up; `/readyz` says when it is
+    /// reachable.
     pub fn new(urls: &[String], timeout: Duration) -> Result<Self, tonic::transport::Error> {
-        let mut endpoints = Vec::with_capacity(urls.len());
+        let (channel, changes) = Channel::balance_channel::<String>(64);
         for url in urls {
-            endpoints.push(
-                Endpoint::from_shared(url.clone())?
-                    .connect_timeout(Duration::from_secs(2))
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(20))
-                    .keep_alive_timeout(Duration::from_secs(10)),
-            );
+            // Validated by the configuration; an endpoint error says why.
+            let Ok(uri) = url.parse::<http::Uri>() else {
+                endpoint(url)?;
+                continue;
+            };
+            let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
+            if host.parse::<std::net::IpAddr>().is_ok() {
+                let endpoint = endpoint(url)?;
+                let _ = changes.try_send(Change::Insert(url.clone(), endpoint));
+            } else {
+                let port = uri.port_u16().unwrap_or(80);
+                tokio::spawn(follow_dns(
+                    host.to_owned(),
+                    port,
+                    uri.scheme_str().unwrap_or("http").to_owned(),
+                    changes.clone(),
+                ));
+            }
         }
-        Ok(Upstream {
-            channel: Channel::balance_list(endpoints.into_iter()),
-            timeout,
-        })
+        Ok(Upstream { channel, timeout })
     }
 
     /// A `ChatService` client.

@@ -197,3 +197,14 @@ async fn cors_rate_limits_and_metrics() {
         "raw paths (with ids) never become labels"
     );
 }
+
+#[tokio::test]
+async fn chat_core_found_by_name_is_resolved_to_its_addresses() {
+    let stack = support::spawn_stack(false).await;
+    let by_name = format!("http://localhost:{}", stack.core.port());
+    let (gateway, _stop) = support::spawn_gateway(&by_name, &stack.secret).await;
+    let alice = token(&stack.secret, "alice");
+    let listed = call(gateway, "GET", "/api/chat/threads/", Some(&alice), None).await;
+    assert_eq!(listed.status, 200, "{listed:?}");
+    assert_eq!(listed.json["results"], json!([]));
+}
