@@ -50,6 +50,9 @@ pub struct Settings {
     /// `GATEWAY_CONNECT_RATE` and `GATEWAY_CONNECT_BURST`: new WebSockets
     /// per second per client address, and the burst allowed.
     pub connect_rate: (f64, f64),
+    /// `GATEWAY_WS_PING_SECONDS`: how often sockets are pinged; a peer
+    /// silent for two intervals is closed.
+    pub ws_ping: Duration,
 }
 
 fn rate(value: Option<String>, variable: &'static str, default: f64) -> Result<f64, ConfigError> {
@@ -151,6 +154,17 @@ impl Settings {
             rate(get("GATEWAY_CONNECT_RATE"), "GATEWAY_CONNECT_RATE", 20.0)?,
             rate(get("GATEWAY_CONNECT_BURST"), "GATEWAY_CONNECT_BURST", 60.0)?,
         );
+        let ws_ping = match get("GATEWAY_WS_PING_SECONDS") {
+            None => Duration::from_secs(25),
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|s| (1..=3600).contains(s))
+                .map(Duration::from_secs)
+                .ok_or_else(|| {
+                    config_error("GATEWAY_WS_PING_SECONDS", "expected seconds, 1-3600")
+                })?,
+        };
         Ok(Settings {
             addr,
             chat_core_urls,
@@ -161,6 +175,7 @@ impl Settings {
             shutdown_grace,
             send_rate,
             connect_rate,
+            ws_ping,
         })
     }
 }

@@ -39,6 +39,8 @@ pub struct AppState {
     pub send_limit: std::sync::Arc<crate::edge::RateLimiter>,
     /// New WebSockets per client address.
     pub connect_limit: std::sync::Arc<crate::edge::RateLimiter>,
+    /// How often sockets are pinged.
+    pub ws_ping: std::time::Duration,
 }
 
 /// The request id of the current request (set by the access-log layer).

@@ -63,6 +63,7 @@ impl Application {
                     settings.connect_rate.0,
                     settings.connect_rate.1,
                 )),
+                ws_ping: settings.ws_ping,
             },
             stop,
             shutdown_grace: settings.shutdown_grace,

@@ -41,8 +41,6 @@ pub mod close {
 
 /// How long a socket may take to send its `auth` frame.
 const AUTH_WINDOW: Duration = Duration::from_secs(5);
-/// Server pings this often; a peer silent for two intervals is closed.
-const PING_EVERY: Duration = Duration::from_secs(25);
 /// A browser that cannot take a frame within this long is too slow.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Re-subscription attempts after the stream breaks, before giving up.
@@ -446,7 +444,8 @@ impl Session {
 
         let mut shutdown = self.state.shutdown.clone();
         let mut last_heard = Instant::now();
-        let mut next_ping = Instant::now() + PING_EVERY;
+        let ping_every = self.state.ws_ping;
+        let mut next_ping = Instant::now() + ping_every;
         let far = Instant::now() + Duration::from_secs(3600 * 24 * 365);
         loop {
             let expiry = self.expires_at.unwrap_or(far);
@@ -458,11 +457,11 @@ impl Session {
                     return Ok(Closing(close::UNAUTHORIZED, "token expired"));
                 }
                 () = sleep_until(next_ping) => {
-                    if last_heard.elapsed() > 2 * PING_EVERY {
+                    if last_heard.elapsed() > 2 * ping_every {
                         return Ok(Closing(close::POLICY, "no answer to pings"));
                     }
                     self.send(socket, Message::Ping(Default::default())).await?;
-                    next_ping = Instant::now() + PING_EVERY;
+                    next_ping = Instant::now() + ping_every;
                 }
                 frame = socket.recv() => {
                     last_heard = Instant::now();

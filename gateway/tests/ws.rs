@@ -403,3 +403,30 @@ async fn gateway_shutdown_tells_sockets_to_reconnect() {
     stack.stop_gateway();
     assert_eq!(closed_with(&mut socket).await, 1012);
 }
+
+#[tokio::test]
+async fn silent_peers_are_closed_and_answering_ones_kept() {
+    let stack = support::spawn_stack_with(false, &[("GATEWAY_WS_PING_SECONDS", "1")]).await;
+    let thread = new_thread(&stack, "alice", &["bob"]).await;
+    let alice = token(&stack.secret, "alice");
+    // Reading answers the server's pings (the client library does).
+    let mut lively = connect(&stack, &format!("/ws/chat/{thread}/?token={alice}"), &[]).await;
+    let mut silent = connect(&stack, &format!("/ws/chat/{thread}/?token={alice}"), &[]).await;
+    let reader = tokio::spawn(async move {
+        let mut pings = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(3500);
+        while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, lively.next()).await {
+            if let Message::Ping(_) = message {
+                pings += 1;
+            }
+        }
+        (pings, lively)
+    });
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let (pings, mut lively) = reader.await.unwrap();
+    assert!(pings >= 2, "the server pings ({pings})");
+    send(&mut lively, json!({"type": "ping"})).await;
+    assert_eq!(next(&mut lively).await, json!({"type": "pong"}));
+    // The silent one never read, so never answered: closed.
+    assert_eq!(closed_with(&mut silent).await, 1008);
+}
