@@ -89,6 +89,10 @@ impl Application {
             .route("/readyz", get(readyz))
             .route("/metrics", get(render_metrics))
             .route(
+                "/",
+                get(|| async { axum::response::Html(include_str!("../static/index.html")) }),
+            )
+            .route(
                 "/api/openapi.json",
                 get(|| async { axum::Json(crate::openapi::document()) }),
             )

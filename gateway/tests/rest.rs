@@ -684,3 +684,17 @@ async fn lists_page_with_cursors_and_filters(stack: TestStack) {
     assert_eq!(results.len(), 1);
     assert_eq!(results[0]["job_id"], "job-3");
 }
+
+#[tokio::test]
+async fn the_web_client_is_served_at_the_root() {
+    let stack = support::spawn_stack(false).await;
+    let page = support::raw_get(stack.gateway, "/").await;
+    let page = String::from_utf8(page).unwrap();
+    assert!(page.starts_with("<!doctype html>"));
+    assert!(page.contains("<title>Marketplace chat</title>"));
+    assert!(page.contains("/ws/chat/"), "the client uses the WebSocket");
+    assert!(
+        !page.contains("innerHTML"),
+        "content is never inserted as HTML"
+    );
+}
