@@ -5,26 +5,10 @@ use std::{net::SocketAddr, time::Duration};
 
 use chat_auth::JwtSettings;
 
-/// A variable that holds a value the gateway cannot use.
-#[derive(Debug, thiserror::Error)]
-#[error("{variable}: {message}")]
-pub struct ConfigError {
-    pub variable: &'static str,
-    pub message: String,
-}
+pub use chat_runtime::{ConfigError, LogFormat};
 
 fn config_error(variable: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        variable,
-        message: message.into(),
-    }
-}
-
-/// How logs are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
+    ConfigError::new(variable, message)
 }
 
 /// Everything the gateway reads from its environment.
@@ -75,10 +59,11 @@ impl Settings {
     /// Reads settings through `lookup`; empty values count as unset.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        let addr = get("GATEWAY_ADDR")
-            .unwrap_or_else(|| "0.0.0.0:8000".to_owned())
-            .parse()
-            .map_err(|_| config_error("GATEWAY_ADDR", "expected host:port, e.g. 0.0.0.0:8000"))?;
+        let addr = chat_runtime::listen_addr(
+            "GATEWAY_ADDR",
+            get("GATEWAY_ADDR").as_deref(),
+            "0.0.0.0:8000",
+        )?;
         let chat_core_urls: Vec<String> = get("CHAT_CORE_URL")
             .unwrap_or_else(|| "http://127.0.0.1:50051".to_owned())
             .split(',')
@@ -130,22 +115,9 @@ impl Settings {
                     )
                 })?,
         };
-        let log_format = match get("LOG_FORMAT").as_deref() {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(_) => return Err(config_error("LOG_FORMAT", "expected text or json")),
-        };
-        let shutdown_grace = match get("SHUTDOWN_GRACE_SECONDS") {
-            None => Duration::from_secs(20),
-            Some(v) => v
-                .parse::<u64>()
-                .ok()
-                .filter(|n| *n <= 3600)
-                .map(Duration::from_secs)
-                .ok_or_else(|| {
-                    config_error("SHUTDOWN_GRACE_SECONDS", "expected whole seconds, 0-3600")
-                })?,
-        };
+        let log_format = chat_runtime::log_format(get("LOG_FORMAT").as_deref())?;
+        let shutdown_grace =
+            chat_runtime::shutdown_grace(get("SHUTDOWN_GRACE_SECONDS").as_deref())?;
         let send_rate = (
             rate(get("GATEWAY_SEND_RATE"), "GATEWAY_SEND_RATE", 20.0)?,
             rate(get("GATEWAY_SEND_BURST"), "GATEWAY_SEND_BURST", 40.0)?,

@@ -3,11 +3,8 @@
 
 use std::process::ExitCode;
 
-use chat_gateway::{
-    config::Settings,
-    init_tracing,
-    startup::{Application, shutdown_signal},
-};
+use chat_gateway::{config::Settings, startup::Application};
+use chat_runtime::{init_tracing, shutdown_signal};
 
 #[tokio::main]
 async fn main() -> ExitCode {

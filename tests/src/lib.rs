@@ -215,30 +215,10 @@ pub fn http_get_auth(addr: SocketAddr, path: &str, token: &str) -> (u16, String)
     )
 }
 
-/// A minimal HTTP/1.1 GET: status code and body. Enough for `/healthz` and
-/// `/metrics` without pulling an HTTP client into the build.
+/// A minimal HTTP/1.1 GET: status code and body. Enough for `/healthz`
+/// and `/metrics` without pulling an HTTP client into the build.
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read response");
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .expect("status line");
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    http_request(addr, &format!("GET {path} HTTP/1.1"), "")
 }
 
 /// Runs a command to completion: exit success, stdout, stderr.
@@ -263,4 +243,79 @@ pub fn run(
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// A fresh PostgreSQL database on the test server, dropped with this value.
+pub struct PgDatabase {
+    admin: String,
+    name: String,
+    /// Its URL.
+    pub url: String,
+}
+
+impl PgDatabase {
+    /// Creates `chat_test_<unique>`; fails the test when PostgreSQL is not
+    /// reachable (never a silent skip).
+    pub fn create(dir: &Path) -> PgDatabase {
+        let admin = std::env::var("TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos();
+        let name = format!("chat_test_{nanos:x}{:x}", std::process::id());
+        let (ok, _, stderr) = run(
+            Path::new("psql"),
+            &[&admin, "-q", "-c", &format!("CREATE DATABASE {name}")],
+            dir,
+            &[],
+        );
+        assert!(ok, "PostgreSQL is required for this test: {stderr}");
+        let base = admin
+            .rsplit_once('/')
+            .map(|(b, _)| b.to_owned())
+            .expect("url");
+        PgDatabase {
+            url: format!("{base}/{name}"),
+            admin,
+            name,
+        }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([
+                self.admin.as_str(),
+                "-q",
+                "-c",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
+            .output();
+    }
+}
+
+/// A port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A token from `chat-core token`, signed with `secret`.
+pub fn token(dir: &Path, secret: &str, sub: &str) -> String {
+    let (ok, token, stderr) = run(
+        &binary("chat-core"),
+        &["token", "--sub", sub],
+        dir,
+        &[
+            ("JWT_SECRET", secret),
+            ("DATABASE_URL", "postgres://unused/x"),
+        ],
+    );
+    assert!(ok, "token: {stderr}");
+    token.trim().to_owned()
 }

@@ -7,71 +7,13 @@ use std::{path::Path, time::Duration};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use system_tests::{Process, addr_in, binary, run};
+use system_tests::{PgDatabase, Process, addr_in, binary, free_port, token};
 use tokio::net::TcpStream;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async, tungstenite::Message};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 const SECRET: &str = "two-by-two-secret";
-
-struct Database {
-    admin: String,
-    name: String,
-    url: String,
-}
-
-impl Database {
-    fn create(dir: &Path) -> Database {
-        let admin = std::env::var("TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-        let name = format!("chat_test_gw_{}", std::process::id());
-        let (ok, _, stderr) = run(
-            Path::new("psql"),
-            &[
-                &admin,
-                "-q",
-                "-c",
-                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-                "-c",
-                &format!("CREATE DATABASE {name}"),
-            ],
-            dir,
-            &[],
-        );
-        assert!(ok, "PostgreSQL is required for this test: {stderr}");
-        let base = admin
-            .rsplit_once('/')
-            .map(|(b, _)| b.to_owned())
-            .expect("url");
-        Database {
-            url: format!("{base}/{name}"),
-            admin,
-            name,
-        }
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("psql")
-            .args([
-                &self.admin,
-                "-q",
-                "-c",
-                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-            ])
-            .output();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 fn start_core(dir: &Path, db: &str, prefix: &str, port: u16) -> (Process, String) {
     let grpc = format!("127.0.0.1:{port}");
@@ -108,20 +50,6 @@ fn start_gateway(dir: &Path, cores: &str) -> (Process, std::net::SocketAddr) {
     );
     let line = process.wait_for_line("chat-gateway listening", Duration::from_secs(60));
     (process, addr_in(&line, "addr"))
-}
-
-fn token(dir: &Path, sub: &str) -> String {
-    let (ok, token, stderr) = run(
-        &binary("chat-core"),
-        &["token", "--sub", sub],
-        dir,
-        &[
-            ("JWT_SECRET", SECRET),
-            ("DATABASE_URL", "postgres://unused/x"),
-        ],
-    );
-    assert!(ok, "token: {stderr}");
-    token.trim().to_owned()
 }
 
 async fn socket(gateway: std::net::SocketAddr, thread: &str, token: &str) -> Socket {
@@ -216,7 +144,7 @@ async fn drain_until(socket: &mut Socket, seen: &mut Seen, last: i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_two_replicas_and_a_replica_killed_mid_conversation() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let db = Database::create(dir.path());
+    let db = PgDatabase::create(dir.path());
     let prefix = format!("gw-{}:", std::process::id());
     let (port_a, port_b) = (free_port(), free_port());
     let (mut core_a, url_a) = start_core(dir.path(), &db.url, &prefix, port_a);
@@ -225,8 +153,8 @@ async fn two_gateways_two_replicas_and_a_replica_killed_mid_conversation() {
     let (g1, gateway_1) = start_gateway(dir.path(), &cores);
     let (g2, gateway_2) = start_gateway(dir.path(), &cores);
 
-    let alice_token = token(dir.path(), "alice");
-    let bob_token = token(dir.path(), "bob");
+    let alice_token = token(dir.path(), SECRET, "alice");
+    let bob_token = token(dir.path(), SECRET, "bob");
     let thread = {
         let (status, body) = system_tests::http_post_json(
             gateway_1,

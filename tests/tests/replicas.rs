@@ -2,14 +2,10 @@
 //! cross replicas in seq order, exactly once, even when Redis restarts in the
 //! middle of a conversation.
 
-use std::{
-    net::{SocketAddr, TcpListener},
-    path::Path,
-    time::Duration,
-};
+use std::{net::SocketAddr, path::Path, time::Duration};
 
 use chat_proto::v1::{self as pb, chat_service_client::ChatServiceClient, event::Kind};
-use system_tests::{Process, addr_in, binary, run};
+use system_tests::{PgDatabase, Process, addr_in, binary, free_port, token};
 use tonic::{
     Request, Status, Streaming,
     service::{Interceptor, interceptor::InterceptedService},
@@ -31,50 +27,6 @@ impl Interceptor for Bearer {
 
 type Client = ChatServiceClient<InterceptedService<Channel, Bearer>>;
 
-/// A fresh PostgreSQL database, dropped at the end.
-struct Database {
-    admin: String,
-    name: String,
-    url: String,
-}
-
-impl Database {
-    fn create(dir: &Path) -> Database {
-        let admin = std::env::var("TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-        let name = format!("chat_test_{}", uuid_like());
-        let (ok, _, stderr) = run(
-            Path::new("psql"),
-            &[&admin, "-q", "-c", &format!("CREATE DATABASE {name}")],
-            dir,
-            &[],
-        );
-        assert!(ok, "PostgreSQL is required for this test: {stderr}");
-        let base = admin
-            .rsplit_once('/')
-            .map(|(b, _)| b.to_owned())
-            .expect("url");
-        Database {
-            url: format!("{base}/{name}"),
-            admin,
-            name,
-        }
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("psql")
-            .args([
-                &self.admin,
-                "-q",
-                "-c",
-                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-            ])
-            .output();
-    }
-}
-
 fn uuid_like() -> String {
     use std::time::{SystemTime, UNIX_EPOCH};
     let nanos = SystemTime::now()
@@ -82,14 +34,6 @@ fn uuid_like() -> String {
         .expect("clock")
         .as_nanos();
     format!("{:x}{:x}", nanos, std::process::id())
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 fn wait_for_port(port: u16) {
@@ -127,20 +71,6 @@ fn start_replica(dir: &Path, database: &str, redis: &str, prefix: &str) -> Repli
         grpc: addr_in(&line, "grpc"),
         process,
     }
-}
-
-fn token(dir: &Path, sub: &str) -> String {
-    let (ok, token, stderr) = run(
-        &binary("chat-core"),
-        &["token", "--sub", sub],
-        dir,
-        &[
-            ("JWT_SECRET", SECRET),
-            ("DATABASE_URL", "postgres://unused/x"),
-        ],
-    );
-    assert!(ok, "token: {stderr}");
-    token.trim().to_owned()
 }
 
 async fn client(addr: SocketAddr, token: &str) -> Client {
@@ -209,13 +139,13 @@ async fn send_many(mut client: Client, thread_id: String, count: usize, pause: D
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_deliver_concurrent_sends_in_order_exactly_once() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let db = Database::create(dir.path());
+    let db = PgDatabase::create(dir.path());
     let prefix = format!("test-{}:", uuid_like());
     let redis = "redis://127.0.0.1:6379";
     let a = start_replica(dir.path(), &db.url, redis, &prefix);
     let b = start_replica(dir.path(), &db.url, redis, &prefix);
-    let alice = token(dir.path(), "alice");
-    let bob = token(dir.path(), "bob");
+    let alice = token(dir.path(), SECRET, "alice");
+    let bob = token(dir.path(), SECRET, "bob");
 
     // Bob follows all his threads on B before the thread exists.
     let mut bob_on_b = client(b.grpc, &bob).await;
@@ -276,7 +206,7 @@ async fn two_replicas_deliver_concurrent_sends_in_order_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_missing_after_redis_restarts_mid_conversation() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let db = Database::create(dir.path());
+    let db = PgDatabase::create(dir.path());
     let port = free_port();
     let port_text = port.to_string();
     let redis_args = [
@@ -295,8 +225,8 @@ async fn nothing_is_missing_after_redis_restarts_mid_conversation() {
     let prefix = "restart:";
     let a = start_replica(dir.path(), &db.url, &redis, prefix);
     let b = start_replica(dir.path(), &db.url, &redis, prefix);
-    let alice = token(dir.path(), "alice");
-    let bob = token(dir.path(), "bob");
+    let alice = token(dir.path(), SECRET, "alice");
+    let bob = token(dir.path(), SECRET, "bob");
 
     let mut alice_on_a = client(a.grpc, &alice).await;
     let thread_id = alice_on_a

@@ -12,28 +12,10 @@ use chat_auth::{JwtAlgorithm, JwtKey, JwtSettings};
 
 use crate::store::DatabaseLocation;
 
-/// A variable that holds a value the service cannot use.
-#[derive(Debug, thiserror::Error)]
-#[error("{variable}: {message}")]
-pub struct ConfigError {
-    pub variable: &'static str,
-    pub message: String,
-}
+pub use chat_runtime::{ConfigError, LogFormat};
 
 fn config_error(variable: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        variable,
-        message: message.into(),
-    }
-}
-
-/// How logs are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    /// Human-readable lines (the default).
-    Text,
-    /// One JSON object per line, for log pipelines.
-    Json,
+    ConfigError::new(variable, message)
 }
 
 /// Where the token-checking key comes from.
@@ -86,12 +68,12 @@ impl Settings {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
 
-        let grpc_addr = parse_addr(
+        let grpc_addr = chat_runtime::listen_addr(
             "CHAT_CORE_GRPC_ADDR",
             get("CHAT_CORE_GRPC_ADDR").as_deref(),
             "0.0.0.0:50051",
         )?;
-        let http_addr = parse_addr(
+        let http_addr = chat_runtime::listen_addr(
             "CHAT_CORE_HTTP_ADDR",
             get("CHAT_CORE_HTTP_ADDR").as_deref(),
             "0.0.0.0:9090",
@@ -153,23 +135,9 @@ impl Settings {
             }
         };
 
-        let log_format = match get("LOG_FORMAT").as_deref() {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(_) => return Err(config_error("LOG_FORMAT", "expected text or json")),
-        };
-
-        let shutdown_grace = match get("SHUTDOWN_GRACE_SECONDS") {
-            None => Duration::from_secs(20),
-            Some(v) => v
-                .parse::<u64>()
-                .ok()
-                .filter(|n| *n <= 3600)
-                .map(Duration::from_secs)
-                .ok_or_else(|| {
-                    config_error("SHUTDOWN_GRACE_SECONDS", "expected whole seconds, 0-3600")
-                })?,
-        };
+        let log_format = chat_runtime::log_format(get("LOG_FORMAT").as_deref())?;
+        let shutdown_grace =
+            chat_runtime::shutdown_grace(get("SHUTDOWN_GRACE_SECONDS").as_deref())?;
 
         Ok(Settings {
             grpc_addr,
@@ -183,17 +151,6 @@ impl Settings {
             shutdown_grace,
         })
     }
-}
-
-fn parse_addr(
-    variable: &'static str,
-    value: Option<&str>,
-    default: &str,
-) -> Result<SocketAddr, ConfigError> {
-    value
-        .unwrap_or(default)
-        .parse()
-        .map_err(|_| config_error(variable, "expected host:port, e.g. 0.0.0.0:50051"))
 }
 
 impl JwtSource {

@@ -16,6 +16,5 @@ pub mod live;
 pub mod metrics;
 pub mod startup;
 pub mod store;
-pub mod telemetry;
 pub mod wire;
 pub mod writer;

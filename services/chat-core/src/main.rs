@@ -4,12 +4,8 @@ use std::{process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, bail};
 use chat_auth::{JwtAlgorithm, JwtKey, Role, TokenIssuer};
-use chat_core::{
-    config::Settings,
-    startup::{Application, shutdown_signal},
-    store::Store,
-    telemetry,
-};
+use chat_core::{config::Settings, startup::Application, store::Store};
+use chat_runtime::{init_tracing, shutdown_signal};
 
 const USAGE: &str = "\
 usage:
@@ -93,12 +89,12 @@ async fn run() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     match command {
         Command::Serve => {
-            telemetry::init(settings.log_format);
+            init_tracing(settings.log_format);
             let app = Application::build(&settings).await?;
             app.run_until_stopped(shutdown_signal()).await
         }
         Command::Migrate => {
-            telemetry::init(settings.log_format);
+            init_tracing(settings.log_format);
             let store = Store::connect(&settings.database, 1)
                 .await
                 .context("connecting to the database (DATABASE_URL)")?;

@@ -1,0 +1,135 @@
+//! What chat-core and the gateway do the same way at their edges: typed
+//! configuration errors that name the variable, the variables both read
+//! (`LOG_FORMAT`, `SHUTDOWN_GRACE_SECONDS`, listen addresses), logging
+//! set-up, and the one shutdown signal of a process.
+
+use std::{net::SocketAddr, time::Duration};
+
+/// A variable that holds a value the service cannot use. Start-up stops
+/// with this message, which names the variable (and never a secret).
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: {message}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub message: String,
+}
+
+impl ConfigError {
+    /// An error about `variable`.
+    pub fn new(variable: &'static str, message: impl Into<String>) -> Self {
+        ConfigError {
+            variable,
+            message: message.into(),
+        }
+    }
+}
+
+/// How logs are written (`LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines (the default).
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+/// Reads `LOG_FORMAT`: `text` (default) or `json`.
+pub fn log_format(value: Option<&str>) -> Result<LogFormat, ConfigError> {
+    match value {
+        None | Some("text") => Ok(LogFormat::Text),
+        Some("json") => Ok(LogFormat::Json),
+        Some(_) => Err(ConfigError::new("LOG_FORMAT", "expected text or json")),
+    }
+}
+
+/// Reads `SHUTDOWN_GRACE_SECONDS` (default 20): how long in-flight work
+/// may finish after the stop signal.
+pub fn shutdown_grace(value: Option<&str>) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(Duration::from_secs(20)),
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n <= 3600)
+            .map(Duration::from_secs)
+            .ok_or_else(|| {
+                ConfigError::new("SHUTDOWN_GRACE_SECONDS", "expected whole seconds, 0-3600")
+            }),
+    }
+}
+
+/// Reads a listen address (`host:port`), or `default`.
+pub fn listen_addr(
+    variable: &'static str,
+    value: Option<&str>,
+    default: &str,
+) -> Result<SocketAddr, ConfigError> {
+    value
+        .unwrap_or(default)
+        .parse()
+        .map_err(|_| ConfigError::new(variable, format!("expected host:port, e.g. {default}")))
+}
+
+/// Installs the global log subscriber: `RUST_LOG` filters (default
+/// `info`), `format` chooses text or JSON, colours only on a terminal.
+/// Later calls are ignored (tests start several services in one process).
+pub fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Completes on SIGTERM or Ctrl-C: the one shutdown signal of a process.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_variables() {
+        assert_eq!(log_format(None).unwrap(), LogFormat::Text);
+        assert_eq!(log_format(Some("json")).unwrap(), LogFormat::Json);
+        assert_eq!(log_format(Some("xml")).unwrap_err().variable, "LOG_FORMAT");
+        assert_eq!(shutdown_grace(Some("5")).unwrap(), Duration::from_secs(5));
+        assert_eq!(
+            shutdown_grace(Some("-1")).unwrap_err().variable,
+            "SHUTDOWN_GRACE_SECONDS"
+        );
+        let err = listen_addr("GATEWAY_ADDR", Some("nope"), "0.0.0.0:8000").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "GATEWAY_ADDR: expected host:port, e.g. 0.0.0.0:8000"
+        );
+    }
+}
