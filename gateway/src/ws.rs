@@ -81,11 +81,16 @@ fn open(
         return crate::edge::rate_limited(wait);
     }
     if let Some(origin) = headers.get(http::header::ORIGIN) {
+        // The gateway's own page (GET /) is same-origin and always allowed.
+        let host = headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default();
         let allowed = origin.to_str().is_ok_and(|o| {
-            state
-                .allowed_origins
-                .iter()
-                .any(|a| a == o.trim_end_matches('/'))
+            let o = o.trim_end_matches('/');
+            state.allowed_origins.iter().any(|a| a == o)
+                || o.split_once("://")
+                    .is_some_and(|(_, rest)| !host.is_empty() && rest == host)
         });
         if !allowed {
             return ApiError {

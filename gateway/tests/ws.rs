@@ -430,3 +430,17 @@ async fn silent_peers_are_closed_and_answering_ones_kept() {
     // The silent one never read, so never answered: closed.
     assert_eq!(closed_with(&mut silent).await, 1008);
 }
+
+#[tokio::test]
+async fn the_gateways_own_page_may_open_sockets() {
+    let stack = spawn_stack(false).await;
+    let thread = new_thread(&stack, "alice", &["bob"]).await;
+    let own = format!("http://{}", stack.gateway);
+    let mut socket = connect(&stack, &format!("/ws/chat/{thread}/"), &[("origin", &own)]).await;
+    send(
+        &mut socket,
+        json!({"type": "auth", "token": token(&stack.secret, "alice")}),
+    )
+    .await;
+    assert_eq!(next(&mut socket).await["type"], "auth_ok");
+}
