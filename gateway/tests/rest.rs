@@ -34,6 +34,7 @@ on_both_backends!(
     bad_requests_get_the_error_shape_and_change_nothing,
     a_non_participant_gets_404_everywhere,
     lists_page_with_cursors_and_filters,
+    integration_routes_post_typed_messages,
 );
 
 struct User {
@@ -697,4 +698,98 @@ async fn the_web_client_is_served_at_the_root() {
         !page.contains("innerHTML"),
         "content is never inserted as HTML"
     );
+}
+
+async fn integration_routes_post_typed_messages(stack: TestStack) {
+    let alice = user(&stack, "alice");
+    let carol = user(&stack, "carol");
+    let id = new_thread(&stack, &alice, &["bob"], Some("job-5")).await;
+    let cases = [
+        (
+            "create-dispute",
+            json!({"reason": "Late delivery", "details": "Two weeks late"}),
+            "dispute",
+            json!({"reason": "Late delivery", "details": "Two weeks late"}),
+        ),
+        (
+            "initiate-payment",
+            json!({"amount": "125.00", "currency": "USD"}),
+            "payment",
+            json!({"amount": "125.00", "currency": "USD", "job_id": null}),
+        ),
+        (
+            "job-update",
+            json!({"job_id": "job-5", "status": "in_progress"}),
+            "job_update",
+            json!({"job_id": "job-5", "status": "in_progress", "note": null}),
+        ),
+    ];
+    for (seq, (route, body, kind, metadata)) in cases.into_iter().enumerate() {
+        let answer = req(
+            &stack,
+            &alice,
+            "POST",
+            &format!("/api/chat/threads/{id}/{route}/"),
+            Some(body),
+        )
+        .await;
+        assert_eq!(answer.status, 201, "{route}: {answer:?}");
+        assert_eq!(answer.json["message_type"], kind);
+        assert_eq!(answer.json["metadata"], metadata);
+        assert_eq!(answer.json["sender_id"], "alice");
+        assert_eq!(answer.json["seq"], seq as i64 + 1);
+    }
+    let bad = [
+        ("create-dispute", json!({"reason": ""})),
+        ("create-dispute", json!({"reason": 5})),
+        ("create-dispute", json!({})),
+        (
+            "initiate-payment",
+            json!({"amount": 125, "currency": "USD"}),
+        ),
+        (
+            "initiate-payment",
+            json!({"amount": "0.00", "currency": "USD"}),
+        ),
+        (
+            "initiate-payment",
+            json!({"amount": "1.999", "currency": "USD"}),
+        ),
+        (
+            "initiate-payment",
+            json!({"amount": "10", "currency": "DOLLARS"}),
+        ),
+        ("job-update", json!({"job_id": "", "status": "done"})),
+        ("job-update", json!({"job_id": "job-5", "status": ""})),
+        ("job-update", json!({"status": "done"})),
+    ];
+    for (route, body) in bad {
+        let answer = req(
+            &stack,
+            &alice,
+            "POST",
+            &format!("/api/chat/threads/{id}/{route}/"),
+            Some(body.clone()),
+        )
+        .await;
+        answer.error(400);
+    }
+    let outsider = req(
+        &stack,
+        &carol,
+        "POST",
+        &format!("/api/chat/threads/{id}/create-dispute/"),
+        Some(json!({"reason": "not mine"})),
+    )
+    .await;
+    outsider.error(404);
+    let thread = req(
+        &stack,
+        &alice,
+        "GET",
+        &format!("/api/chat/threads/{id}/"),
+        None,
+    )
+    .await;
+    assert_eq!(thread.json["last_seq"], 3);
 }

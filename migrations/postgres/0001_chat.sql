@@ -81,7 +81,7 @@ CREATE UNIQUE INDEX messages_idempotency_key
 -- The transactional outbox: written in the same transaction as its message
 -- by the integration RPCs, read by WatchIntegrationEvents.
 CREATE TABLE integration_events (
-    id          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id          BIGINT  PRIMARY KEY,
     event_type  TEXT   NOT NULL,
     thread_id   UUID   NOT NULL REFERENCES threads (id),
     message_id  UUID   NOT NULL REFERENCES messages (id),
@@ -91,3 +91,12 @@ CREATE TABLE integration_events (
 );
 
 CREATE INDEX integration_events_by_type ON integration_events (event_type, id);
+
+-- Event ids are taken from this one row, in the transaction that writes the
+-- event: its row lock orders writers, so ids become visible in id order and
+-- a consumer resuming "after id N" can never miss an event committed late.
+CREATE TABLE integration_event_counter (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    last_id BIGINT  NOT NULL
+);
+INSERT INTO integration_event_counter (id, last_id) VALUES (1, 0);

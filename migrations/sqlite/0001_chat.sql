@@ -59,7 +59,7 @@ CREATE UNIQUE INDEX messages_idempotency_key
     WHERE idempotency_key IS NOT NULL;
 
 CREATE TABLE integration_events (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    id          INTEGER PRIMARY KEY NOT NULL,
     event_type  TEXT    NOT NULL,
     thread_id   BLOB    NOT NULL REFERENCES threads (id),
     message_id  BLOB    NOT NULL REFERENCES messages (id),
@@ -69,3 +69,9 @@ CREATE TABLE integration_events (
 );
 
 CREATE INDEX integration_events_by_type ON integration_events (event_type, id);
+
+CREATE TABLE integration_event_counter (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    last_id INTEGER NOT NULL
+);
+INSERT INTO integration_event_counter (id, last_id) VALUES (1, 0);

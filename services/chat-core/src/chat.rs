@@ -168,6 +168,11 @@ impl Chat {
         }
     }
 
+    /// The send path, shared with the integration operations.
+    pub fn writer(&self) -> &MessageWriter {
+        &self.writer
+    }
+
     /// Creates the thread of these participants (the caller added when a
     /// user) and job, or returns the existing one (`false`). Re-creating a
     /// thread the caller archived brings it back to their list.
@@ -353,6 +358,7 @@ impl Chat {
             posted_by: None,
             idempotency_key: None,
             created_at: now_micros(),
+            event: None,
         };
         match self.writer.append(new).await? {
             Some(Appended::Created(message)) => Ok((message, true)),

@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status, service::Interceptor};
 use crate::{
     chat::{Chat, ChatError, SendRequest},
     domain::{Caller, MessageKind},
+    integrations::Integrations,
     live::SubscribeRequest,
     wire::{event_to_proto, message_to_proto, thread_to_proto},
 };
@@ -376,17 +377,23 @@ impl ChatService for ChatGrpc {
     }
 }
 
-/// `IntegrationService`: defined in the contract, implemented with the
-/// integrations work; until then every RPC answers UNIMPLEMENTED (after the
-/// token check, so an anonymous caller still learns nothing).
-#[derive(Debug, Clone, Default)]
-pub struct IntegrationGrpc;
+/// `IntegrationService` over [`Integrations`].
+#[derive(Debug, Clone)]
+pub struct IntegrationGrpc {
+    integrations: Integrations,
+}
 
-fn not_yet<T>(request: &Request<T>) -> Status {
-    match caller(request) {
-        Ok(_) => Status::unimplemented("IntegrationService is not implemented yet"),
-        Err(status) => status,
+impl IntegrationGrpc {
+    /// The service for `integrations`.
+    pub fn new(integrations: Integrations) -> Self {
+        IntegrationGrpc { integrations }
     }
+}
+
+fn message_response(message: crate::domain::Message) -> Response<pb::IntegrationMessageResponse> {
+    Response::new(pb::IntegrationMessageResponse {
+        message: Some(message_to_proto(message)),
+    })
 }
 
 #[tonic::async_trait]
@@ -395,28 +402,75 @@ impl IntegrationService for IntegrationGrpc {
         &self,
         request: Request<pb::RequestDisputeRequest>,
     ) -> Result<Response<pb::IntegrationMessageResponse>, Status> {
-        Err(not_yet(&request))
+        let caller = caller(&request)?;
+        let req = request.get_ref();
+        let message = self
+            .integrations
+            .request_dispute(&caller, &req.thread_id, &req.reason, req.details.as_deref())
+            .await?;
+        Ok(message_response(message))
     }
 
     async fn initiate_payment(
         &self,
         request: Request<pb::InitiatePaymentRequest>,
     ) -> Result<Response<pb::IntegrationMessageResponse>, Status> {
-        Err(not_yet(&request))
+        let caller = caller(&request)?;
+        let req = request.get_ref();
+        let message = self
+            .integrations
+            .initiate_payment(
+                &caller,
+                &req.thread_id,
+                &req.amount,
+                &req.currency,
+                req.job_id.as_deref(),
+            )
+            .await?;
+        Ok(message_response(message))
     }
 
     async fn post_job_update(
         &self,
         request: Request<pb::PostJobUpdateRequest>,
     ) -> Result<Response<pb::IntegrationMessageResponse>, Status> {
-        Err(not_yet(&request))
+        let caller = caller(&request)?;
+        let req = request.get_ref();
+        let message = self
+            .integrations
+            .post_job_update(
+                &caller,
+                &req.thread_id,
+                &req.job_id,
+                &req.status,
+                req.note.as_deref(),
+            )
+            .await?;
+        Ok(message_response(message))
     }
 
     async fn post_system_event(
         &self,
         request: Request<pb::PostSystemEventRequest>,
     ) -> Result<Response<pb::PostSystemEventResponse>, Status> {
-        Err(not_yet(&request))
+        let caller = caller(&request)?;
+        let req = request.get_ref();
+        let kind = message_kind(req.message_type)?;
+        let (message, created) = self
+            .integrations
+            .post_system_event(
+                &caller,
+                &req.thread_id,
+                kind,
+                &req.content,
+                req.metadata_json.as_deref(),
+                &req.idempotency_key,
+            )
+            .await?;
+        Ok(Response::new(pb::PostSystemEventResponse {
+            message: Some(message_to_proto(message)),
+            created,
+        }))
     }
 
     type WatchIntegrationEventsStream = IntegrationEventStream;
@@ -425,6 +479,13 @@ impl IntegrationService for IntegrationGrpc {
         &self,
         request: Request<pb::WatchIntegrationEventsRequest>,
     ) -> Result<Response<Self::WatchIntegrationEventsStream>, Status> {
-        Err(not_yet(&request))
+        match caller(&request)? {
+            Caller::Service(_) => Err(Status::unimplemented(
+                "WatchIntegrationEvents is not implemented yet",
+            )),
+            Caller::User(_) => Err(Status::permission_denied(
+                "WatchIntegrationEvents needs a service token",
+            )),
+        }
     }
 }

@@ -12,6 +12,7 @@ pub mod events;
 pub mod grpc;
 pub mod http;
 pub mod hub;
+pub mod integrations;
 pub mod live;
 pub mod metrics;
 pub mod startup;

@@ -18,6 +18,7 @@ use crate::{
     config::{JwtSource, Settings},
     grpc::{Authenticator, ChatGrpc, IntegrationGrpc},
     http,
+    integrations::Integrations,
     live::LiveEvents,
     metrics::{RpcMetrics, RpcObserverLayer},
     store::{Store, sqlite_file},
@@ -125,6 +126,7 @@ impl Application {
         let metrics = Arc::new(RpcMetrics::default());
         let live = LiveEvents::new(self.store.clone(), self.bus, stop_rx.clone());
         let chat = Chat::new(self.store.clone(), live);
+        let integrations = IntegrationGrpc::new(Integrations::new(chat.writer().clone()));
         let auth = Authenticator::new(self.verifier);
 
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -154,7 +156,7 @@ impl Application {
                 auth.clone(),
             ))
             .add_service(IntegrationServiceServer::with_interceptor(
-                IntegrationGrpc,
+                integrations,
                 auth,
             ))
             .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));

@@ -143,6 +143,31 @@ pub struct NewMessage {
     /// A service's idempotency key.
     pub idempotency_key: Option<String>,
     pub created_at: UnixMicros,
+    /// The integration event written in the same transaction, if any.
+    pub event: Option<NewIntegrationEvent>,
+}
+
+/// An outbox entry to write with its message.
+#[derive(Debug, Clone)]
+pub struct NewIntegrationEvent {
+    /// `dispute.requested`, `payment.initiated`, `job.updated`, ...
+    pub event_type: String,
+    /// The user who caused it; `None` for services.
+    pub actor_id: Option<String>,
+    /// A JSON object.
+    pub payload: String,
+}
+
+/// A stored integration event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IntegrationEventRecord {
+    pub id: i64,
+    pub event_type: String,
+    pub thread_id: Uuid,
+    pub message_id: Uuid,
+    pub actor_id: Option<String>,
+    pub payload: String,
+    pub created_at: UnixMicros,
 }
 
 /// What appending a message did.
@@ -886,6 +911,29 @@ impl Store {
             .bind(&new.sender_id)
             .execute(&mut *tx)
             .await?;
+            if let Some(event) = &new.event {
+                // The counter row's lock orders event writers: ids commit in
+                // id order (see the migration).
+                let id: i64 = sqlx::query_scalar(
+                    "UPDATE integration_event_counter SET last_id = last_id + 1 \
+                     WHERE id = 1 RETURNING last_id",
+                )
+                .fetch_one(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO integration_events (id, event_type, thread_id, message_id, \
+                     actor_id, payload, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(id)
+                .bind(&event.event_type)
+                .bind(new.thread_id)
+                .bind(new.id)
+                .bind(&event.actor_id)
+                .bind(&event.payload)
+                .bind(new.created_at)
+                .execute(&mut *tx)
+                .await?;
+            }
             tx.commit().await?;
             seq
         });
@@ -1073,6 +1121,50 @@ impl Store {
             .fetch_all(reader)
             .await?;
             Ok(rows)
+        })
+    }
+}
+
+impl Store {
+    /// Integration events after `after_id`, oldest first, optionally only
+    /// of some types.
+    pub async fn integration_events(
+        &self,
+        after_id: i64,
+        event_types: &[String],
+        limit: u32,
+    ) -> Result<Vec<IntegrationEventRecord>, StoreError> {
+        with_pools!(self, |reader, writer, Db| {
+            let mut query = QueryBuilder::<Db>::new(
+                "SELECT id, event_type, thread_id, message_id, actor_id, payload, created_at \
+                 FROM integration_events WHERE id > ",
+            );
+            query.push_bind(after_id);
+            if !event_types.is_empty() {
+                query.push(" AND event_type IN (");
+                let mut types = query.separated(", ");
+                for event_type in event_types {
+                    types.push_bind(event_type);
+                }
+                query.push(")");
+            }
+            query
+                .push(" ORDER BY id LIMIT ")
+                .push_bind(i64::from(limit));
+            let rows = query.build().fetch_all(reader).await?;
+            let mut events = Vec::with_capacity(rows.len());
+            for row in &rows {
+                events.push(IntegrationEventRecord {
+                    id: row.try_get(0)?,
+                    event_type: row.try_get(1)?,
+                    thread_id: row.try_get(2)?,
+                    message_id: row.try_get(3)?,
+                    actor_id: row.try_get(4)?,
+                    payload: row.try_get(5)?,
+                    created_at: row.try_get(6)?,
+                });
+            }
+            Ok(events)
         })
     }
 }

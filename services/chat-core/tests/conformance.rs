@@ -30,7 +30,6 @@ on_both_backends!(
     find_by_participants_needs_the_exact_set,
     service_tokens_read_everything_but_never_act_as_users,
     tokens_are_checked_on_every_call,
-    integration_rpcs_are_not_implemented_yet,
 );
 
 async fn create(client: &mut Client, others: &[&str], job: Option<&str>) -> pb::Thread {
@@ -1231,36 +1230,4 @@ async fn tokens_are_checked_on_every_call(app: TestApp) {
     }
     let mut alice = app.user("alice").await;
     assert!(list_threads(&mut alice, 0, None).await.threads.is_empty());
-}
-
-async fn integration_rpcs_are_not_implemented_yet(app: TestApp) {
-    let mut alice = app.user("alice").await;
-    let t = create(&mut alice, &["bob"], None).await;
-    let channel = app.channel().await;
-    let token = sign(&app.secret, "alice", None, now() + 3600);
-    let mut integrations =
-        chat_proto::v1::integration_service_client::IntegrationServiceClient::with_interceptor(
-            channel,
-            support::Bearer(Some(token)),
-        );
-    let status = integrations
-        .request_dispute(pb::RequestDisputeRequest {
-            thread_id: t.id.clone(),
-            reason: "late".into(),
-            details: None,
-        })
-        .await
-        .expect_err("not yet");
-    assert_eq!(status.code(), Code::Unimplemented);
-    let channel = app.channel().await;
-    let mut anonymous =
-        chat_proto::v1::integration_service_client::IntegrationServiceClient::with_interceptor(
-            channel,
-            support::Bearer(None),
-        );
-    let status = anonymous
-        .post_system_event(pb::PostSystemEventRequest::default())
-        .await
-        .expect_err("no token");
-    assert_eq!(status.code(), Code::Unauthenticated);
 }

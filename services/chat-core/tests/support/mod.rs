@@ -73,6 +73,7 @@ impl TestDatabase {
 /// A running chat-core.
 pub struct TestApp {
     pub grpc_addr: SocketAddr,
+    pub db_url: String,
     pub http_addr: SocketAddr,
     pub secret: String,
     pub backend: Backend,
@@ -117,6 +118,7 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
     }));
     TestApp {
         grpc_addr,
+        db_url: db.url.clone(),
         http_addr,
         secret,
         backend,
@@ -226,6 +228,50 @@ impl TestApp {
             .await
             .expect("connect to chat-core");
         ChatServiceClient::with_interceptor(channel, Bearer(Some(token)))
+    }
+
+    /// An `IntegrationService` client calling with `token`.
+    pub async fn integrations(
+        &self,
+        token: String,
+    ) -> chat_proto::v1::integration_service_client::IntegrationServiceClient<
+        InterceptedService<Channel, Bearer>,
+    > {
+        chat_proto::v1::integration_service_client::IntegrationServiceClient::with_interceptor(
+            self.channel().await,
+            Bearer(Some(token)),
+        )
+    }
+
+    /// A user token.
+    pub fn user_token(&self, sub: &str) -> String {
+        sign(&self.secret, sub, None, now() + 3600)
+    }
+
+    /// A service token.
+    pub fn service_token(&self, sub: &str) -> String {
+        sign(&self.secret, sub, Some("service"), now() + 3600)
+    }
+
+    /// The outbox as stored: (id, event type, message id, actor, payload).
+    pub async fn outbox(&self) -> Vec<(i64, String, uuid::Uuid, Option<String>, String)> {
+        let sql = "SELECT id, event_type, message_id, actor_id, payload FROM integration_events ORDER BY id";
+        match self.backend {
+            Backend::Postgres => {
+                let pool = sqlx::PgPool::connect(&self.db_url).await.expect("connect");
+                let rows = sqlx::query_as(sql).fetch_all(&pool).await.expect("outbox");
+                pool.close().await;
+                rows
+            }
+            Backend::Sqlite => {
+                let pool = sqlx::SqlitePool::connect(&self.db_url)
+                    .await
+                    .expect("connect");
+                let rows = sqlx::query_as(sql).fetch_all(&pool).await.expect("outbox");
+                pool.close().await;
+                rows
+            }
+        }
     }
 
     /// A client calling with a service token.
