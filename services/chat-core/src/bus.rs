@@ -26,9 +26,9 @@ use uuid::Uuid;
 
 use crate::{
     domain::Caller,
-    events::{SharedEvent, Topic},
+    events::{ChatEvent, EventKind, SharedEvent, Topic},
     hub::{Hub, InterestListener},
-    wire::{event_from_proto, event_to_proto},
+    wire::{event_from_proto, event_to_proto, integration_from_proto, integration_to_proto},
 };
 
 /// Events waiting to be published to Redis; beyond this, events are
@@ -124,6 +124,7 @@ impl Channels {
         match topic {
             Topic::Thread(id) => format!("{}t:{}", self.prefix, id.simple()),
             Topic::User(user) => format!("{}u:{}", self.prefix, user),
+            Topic::Integration => format!("{}integration", self.prefix),
         }
     }
 
@@ -133,6 +134,9 @@ impl Channels {
 
     fn parse(&self, channel: &str) -> Option<Topic> {
         let rest = channel.strip_prefix(&self.prefix)?;
+        if rest == "integration" {
+            return Some(Topic::Integration);
+        }
         if let Some(id) = rest.strip_prefix("t:") {
             Uuid::try_parse(id).ok().map(Topic::Thread)
         } else {
@@ -252,11 +256,20 @@ struct Publisher {
 }
 
 impl Publisher {
+    /// `[origin: 16 bytes][tag][protobuf]`: tag 0 is a `chat.v1.Event`,
+    /// tag 1 a `chat.v1.IntegrationEvent`.
     fn payload(&self, event: &SharedEvent) -> Option<Vec<u8>> {
-        let wire = event_to_proto(event, &Caller::Service(String::new()))?;
-        let mut payload = Vec::with_capacity(16 + wire.encoded_len());
+        let (tag, body) = match &event.kind {
+            EventKind::Integration(record) => (1u8, integration_to_proto(record).encode_to_vec()),
+            _ => (
+                0u8,
+                event_to_proto(event, &Caller::Service(String::new()))?.encode_to_vec(),
+            ),
+        };
+        let mut payload = Vec::with_capacity(17 + body.len());
         payload.extend_from_slice(self.origin.as_bytes());
-        wire.encode(&mut payload).ok()?;
+        payload.push(tag);
+        payload.extend_from_slice(&body);
         Some(payload)
     }
 
@@ -425,12 +438,23 @@ impl Subscriber {
         let Some(topic) = self.channels.parse(channel) else {
             return;
         };
-        if payload.len() < 16 || payload[..16] == *self.origin.as_bytes() {
+        if payload.len() < 17 || payload[..16] == *self.origin.as_bytes() {
             return;
         }
-        let event = chat_proto::v1::Event::decode(&payload[16..])
-            .ok()
-            .and_then(event_from_proto);
+        let body = &payload[17..];
+        let event = match payload[16] {
+            0 => chat_proto::v1::Event::decode(body)
+                .ok()
+                .and_then(event_from_proto),
+            1 => chat_proto::v1::IntegrationEvent::decode(body)
+                .ok()
+                .and_then(integration_from_proto)
+                .map(|record| ChatEvent {
+                    thread_id: record.thread_id,
+                    kind: EventKind::Integration(record),
+                }),
+            _ => None,
+        };
         match event {
             Some(event) => self.hub.deliver(&topic, &Arc::new(event)),
             None => tracing::warn!(channel, "undecodable event on the bus"),

@@ -168,6 +168,11 @@ impl Chat {
         }
     }
 
+    /// Live events, shared with the integration operations.
+    pub fn live(&self) -> &LiveEvents {
+        &self.live
+    }
+
     /// The send path, shared with the integration operations.
     pub fn writer(&self) -> &MessageWriter {
         &self.writer
@@ -361,7 +366,7 @@ impl Chat {
             event: None,
         };
         match self.writer.append(new).await? {
-            Some(Appended::Created(message)) => Ok((message, true)),
+            Some(Appended::Created(message, _)) => Ok((message, true)),
             Some(Appended::Duplicate(message)) => Ok((message.as_seen_by(caller), false)),
             None => Err(ChatError::NotFound(THREAD)),
         }

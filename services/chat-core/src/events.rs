@@ -16,6 +16,8 @@ pub enum Topic {
     /// What concerns one user beyond their known threads: being added to a
     /// new thread.
     User(String),
+    /// Integration events, for the services that watch them.
+    Integration,
 }
 
 /// One live event.
@@ -42,6 +44,9 @@ pub enum EventKind {
     ThreadCreated(Thread),
     /// A thread's title changed.
     ThreadUpdated(Thread),
+    /// An integration event was committed (published on
+    /// [`Topic::Integration`] only, for `WatchIntegrationEvents`).
+    Integration(crate::store::IntegrationEventRecord),
     /// Internal: notifications may have been lost (the cross-replica bus
     /// reconnected); subscribers catch up from the database. Never sent.
     Resync { generation: u64 },

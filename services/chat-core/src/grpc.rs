@@ -15,7 +15,7 @@ use crate::{
     domain::{Caller, MessageKind},
     integrations::Integrations,
     live::SubscribeRequest,
-    wire::{event_to_proto, message_to_proto, thread_to_proto},
+    wire::{event_to_proto, integration_to_proto, message_to_proto, thread_to_proto},
 };
 
 /// Checks the `authorization` metadata of every call (SPEC §2) and hands
@@ -479,13 +479,17 @@ impl IntegrationService for IntegrationGrpc {
         &self,
         request: Request<pb::WatchIntegrationEventsRequest>,
     ) -> Result<Response<Self::WatchIntegrationEventsStream>, Status> {
-        match caller(&request)? {
-            Caller::Service(_) => Err(Status::unimplemented(
-                "WatchIntegrationEvents is not implemented yet",
-            )),
-            Caller::User(_) => Err(Status::permission_denied(
-                "WatchIntegrationEvents needs a service token",
-            )),
-        }
+        use tokio_stream::StreamExt as _;
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let events = self
+            .integrations
+            .watch(&caller, req.after_event_id, req.event_types)
+            .await?;
+        let stream = events.map(|item| match item {
+            Ok(record) => Ok(integration_to_proto(&record)),
+            Err(err) => Err(Status::from(err)),
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -20,6 +20,7 @@ use crate::{
         Caller, Message, MessageKind, normalize_metadata, now_micros, parse_id, validate_content,
         validate_job_id,
     },
+    live::{IntegrationStream, LiveEvents},
     store::{Appended, NewIntegrationEvent, NewMessage},
     writer::MessageWriter,
 };
@@ -93,6 +94,7 @@ pub fn validate_currency(currency: &str) -> Result<(), ChatError> {
 #[derive(Debug, Clone)]
 pub struct Integrations {
     writer: MessageWriter,
+    live: LiveEvents,
 }
 
 struct Typed {
@@ -103,9 +105,28 @@ struct Typed {
 }
 
 impl Integrations {
-    /// Operations appending through `writer`.
-    pub fn new(writer: MessageWriter) -> Self {
-        Integrations { writer }
+    /// Operations appending through `writer`, watched through `live`.
+    pub fn new(writer: MessageWriter, live: LiveEvents) -> Self {
+        Integrations { writer, live }
+    }
+
+    /// Service tokens only: the integration events after `after_id`,
+    /// optionally of some types; stored ones first, then live ones.
+    pub async fn watch(
+        &self,
+        caller: &Caller,
+        after_id: i64,
+        event_types: Vec<String>,
+    ) -> Result<IntegrationStream, ChatError> {
+        if !matches!(caller, Caller::Service(_)) {
+            return Err(ChatError::PermissionDenied(
+                "WatchIntegrationEvents needs a service token",
+            ));
+        }
+        for event_type in &event_types {
+            text_field("event_types", event_type, 1, 64, false)?;
+        }
+        self.live.watch_integration(after_id, event_types).await
     }
 
     async fn write(
@@ -137,7 +158,7 @@ impl Integrations {
             }),
         };
         match self.writer.append(new).await? {
-            Some(Appended::Created(message) | Appended::Duplicate(message)) => Ok(message),
+            Some(Appended::Created(message, _) | Appended::Duplicate(message)) => Ok(message),
             None => Err(ChatError::NotFound("thread")),
         }
     }
@@ -278,7 +299,7 @@ impl Integrations {
             }),
         };
         match self.writer.append(new).await? {
-            Some(Appended::Created(message)) => Ok((message, true)),
+            Some(Appended::Created(message, _)) => Ok((message, true)),
             Some(Appended::Duplicate(message)) => Ok((message, false)),
             None => Err(ChatError::NotFound("thread")),
         }

@@ -30,12 +30,93 @@ use crate::{
     domain::{Caller, limits},
     events::{ChatEvent, EventKind, SharedEvent, Topic},
     hub::Subscription,
-    store::{MessagePage, Store},
+    store::{IntegrationEventRecord, MessagePage, Store},
 };
 
 /// Live events for one subscriber, ending with an error when the
 /// subscriber lags, storage fails or the server shuts down.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<SharedEvent, ChatError>> + Send>>;
+
+/// Integration events for one watcher.
+pub type IntegrationStream =
+    Pin<Box<dyn Stream<Item = Result<IntegrationEventRecord, ChatError>> + Send>>;
+
+struct WatchState {
+    subscription: Subscription,
+    store: Store,
+    /// The last event id seen, of any type.
+    last_id: i64,
+    event_types: std::collections::HashSet<String>,
+    pending: VecDeque<IntegrationEventRecord>,
+    /// Read the database before waiting for live events.
+    catch_up: bool,
+    shutdown: watch::Receiver<bool>,
+    resync: u64,
+    finished: bool,
+}
+
+impl WatchState {
+    fn wanted(&self, record: &IntegrationEventRecord) -> bool {
+        self.event_types.is_empty() || self.event_types.contains(&record.event_type)
+    }
+
+    async fn next(&mut self) -> Option<Result<IntegrationEventRecord, ChatError>> {
+        const PAGE: u32 = 200;
+        loop {
+            if self.finished {
+                return None;
+            }
+            if let Some(record) = self.pending.pop_front() {
+                return Some(Ok(record));
+            }
+            if self.catch_up {
+                match self.store.integration_events(self.last_id, &[], PAGE).await {
+                    Ok(page) => {
+                        self.catch_up = page.len() == PAGE as usize;
+                        for record in page {
+                            self.last_id = record.id;
+                            if self.wanted(&record) {
+                                self.pending.push_back(record);
+                            }
+                        }
+                    }
+                    Err(err) => {
+                        self.finished = true;
+                        return Some(Err(err.into()));
+                    }
+                }
+                continue;
+            }
+            let event = tokio::select! {
+                biased;
+                () = stopped(&mut self.shutdown) => {
+                    self.finished = true;
+                    return Some(Err(ChatError::ShuttingDown));
+                }
+                event = self.subscription.recv() => event,
+            };
+            let Some(event) = event else {
+                self.finished = true;
+                return Some(Err(ChatError::Lagging));
+            };
+            match &event.kind {
+                EventKind::Integration(record) if record.id == self.last_id + 1 => {
+                    self.last_id = record.id;
+                    if self.wanted(record) {
+                        self.pending.push_back(record.clone());
+                    }
+                }
+                // A jump: the database holds the missing ones, and this one.
+                EventKind::Integration(record) if record.id > self.last_id => self.catch_up = true,
+                EventKind::Resync { generation } if *generation > self.resync => {
+                    self.resync = *generation;
+                    self.catch_up = true;
+                }
+                _ => {}
+            }
+        }
+    }
+}
 
 /// How long a typing indicator lasts without a refresh.
 pub const TYPING_TTL: Duration = Duration::from_secs(6);
@@ -260,6 +341,47 @@ impl LiveEvents {
     pub fn publish(&self, event: ChatEvent) {
         let topic = Topic::Thread(event.thread_id);
         self.bus.publish(&topic, Arc::new(event));
+    }
+
+    /// Publishes a committed integration event to its watchers.
+    pub fn publish_integration(&self, record: IntegrationEventRecord) {
+        let event = Arc::new(ChatEvent {
+            thread_id: record.thread_id,
+            kind: EventKind::Integration(record),
+        });
+        self.bus.publish(&Topic::Integration, event);
+    }
+
+    /// Integration events after `after_id` (stored ones first, then live
+    /// ones), only of `event_types` when given: no gap, no duplicate. Ids
+    /// commit in id order, so a jump in ids means a notification was lost
+    /// or is late, and the database fills it.
+    pub async fn watch_integration(
+        &self,
+        after_id: i64,
+        event_types: Vec<String>,
+    ) -> Result<IntegrationStream, ChatError> {
+        crate::domain::validate_seq("after_event_id", after_id)?;
+        let subscription = self.bus.hub().subscribe([Topic::Integration]);
+        self.bus.ready().await;
+        let state = WatchState {
+            subscription,
+            store: self.store.clone(),
+            last_id: after_id,
+            event_types: event_types.into_iter().collect(),
+            pending: VecDeque::new(),
+            catch_up: true,
+            shutdown: self.shutdown.clone(),
+            resync: 0,
+            finished: false,
+        };
+        Ok(Box::pin(futures_util::stream::unfold(
+            state,
+            |mut state| async move {
+                let item = state.next().await?;
+                Some((item, state))
+            },
+        )))
     }
 
     /// Publishes a new thread to each of its participants.

@@ -126,7 +126,10 @@ impl Application {
         let metrics = Arc::new(RpcMetrics::default());
         let live = LiveEvents::new(self.store.clone(), self.bus, stop_rx.clone());
         let chat = Chat::new(self.store.clone(), live);
-        let integrations = IntegrationGrpc::new(Integrations::new(chat.writer().clone()));
+        let integrations = IntegrationGrpc::new(Integrations::new(
+            chat.writer().clone(),
+            chat.live().clone(),
+        ));
         let auth = Authenticator::new(self.verifier);
 
         let (health, health_service) = tonic_health::server::health_reporter();

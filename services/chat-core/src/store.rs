@@ -173,8 +173,9 @@ pub struct IntegrationEventRecord {
 /// What appending a message did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Appended {
-    /// Stored with a new seq.
-    Created(Message),
+    /// Stored with a new seq (and the id of its integration event, if the
+    /// message had one).
+    Created(Message, Option<i64>),
     /// The sender's key was used before: the original message.
     Duplicate(Message),
 }
@@ -911,6 +912,7 @@ impl Store {
             .bind(&new.sender_id)
             .execute(&mut *tx)
             .await?;
+            let mut event_id = None;
             if let Some(event) = &new.event {
                 // The counter row's lock orders event writers: ids commit in
                 // id order (see the migration).
@@ -933,23 +935,28 @@ impl Store {
                 .bind(new.created_at)
                 .execute(&mut *tx)
                 .await?;
+                event_id = Some(id);
             }
             tx.commit().await?;
-            seq
+            (seq, event_id)
         });
-        Ok(Some(Appended::Created(Message {
-            id: new.id,
-            thread_id: new.thread_id,
-            seq: outcome,
-            sender_id: new.sender_id.clone(),
-            kind: new.kind,
-            content: new.content.clone(),
-            metadata: new.metadata.clone(),
-            client_msg_id: new.client_msg_id.clone(),
-            created_at: new.created_at,
-            edited_at: None,
-            deleted_at: None,
-        })))
+        let (seq, event_id) = outcome;
+        Ok(Some(Appended::Created(
+            Message {
+                id: new.id,
+                thread_id: new.thread_id,
+                seq,
+                sender_id: new.sender_id.clone(),
+                kind: new.kind,
+                content: new.content.clone(),
+                metadata: new.metadata.clone(),
+                client_msg_id: new.client_msg_id.clone(),
+                created_at: new.created_at,
+                edited_at: None,
+                deleted_at: None,
+            },
+            event_id,
+        )))
     }
 
     /// A page of a thread's messages in ascending seq order, and whether

@@ -7,6 +7,7 @@ use uuid::Uuid;
 use crate::{
     domain::{Caller, Message, MessageKind, Thread, ThreadView, UnixMicros},
     events::{ChatEvent, EventKind},
+    store::IntegrationEventRecord,
 };
 
 pub fn timestamp(micros: UnixMicros) -> Timestamp {
@@ -100,7 +101,7 @@ pub fn event_to_proto(event: &ChatEvent, caller: &Caller) -> Option<pb::Event> {
         EventKind::ThreadUpdated(thread) => Kind::ThreadUpdated(pb::ThreadUpdated {
             thread: Some(plain_thread_to_proto(thread.clone())),
         }),
-        EventKind::Resync { .. } => return None,
+        EventKind::Resync { .. } | EventKind::Integration(_) => return None,
     };
     Some(pb::Event {
         thread_id: event.thread_id.to_string(),
@@ -179,6 +180,32 @@ pub fn event_from_proto(event: pb::Event) -> Option<ChatEvent> {
         Kind::ThreadUpdated(t) => EventKind::ThreadUpdated(thread_from_proto(t.thread?)?),
     };
     Some(ChatEvent { thread_id, kind })
+}
+
+/// An integration event in `chat.v1` form.
+pub fn integration_to_proto(record: &IntegrationEventRecord) -> pb::IntegrationEvent {
+    pb::IntegrationEvent {
+        id: record.id,
+        event_type: record.event_type.clone(),
+        thread_id: record.thread_id.to_string(),
+        message_id: record.message_id.to_string(),
+        payload_json: record.payload.clone(),
+        created_at: Some(timestamp(record.created_at)),
+        actor_id: record.actor_id.clone(),
+    }
+}
+
+/// An integration event back from its wire form; `None` when malformed.
+pub fn integration_from_proto(event: pb::IntegrationEvent) -> Option<IntegrationEventRecord> {
+    Some(IntegrationEventRecord {
+        id: event.id,
+        event_type: event.event_type,
+        thread_id: Uuid::parse_str(&event.thread_id).ok()?,
+        message_id: Uuid::parse_str(&event.message_id).ok()?,
+        actor_id: event.actor_id,
+        payload: event.payload_json,
+        created_at: micros(event.created_at.as_ref()?),
+    })
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 use crate::{
     events::{ChatEvent, EventKind},
     live::LiveEvents,
-    store::{Appended, NewMessage, Store, StoreError},
+    store::{Appended, IntegrationEventRecord, NewMessage, Store, StoreError},
 };
 
 /// Appends messages to the store; the one place where seq is assigned.
@@ -32,11 +32,22 @@ impl MessageWriter {
     /// not exist or the sender is not in it.
     pub async fn append(&self, message: NewMessage) -> Result<Option<Appended>, StoreError> {
         let appended = self.store.append_message(&message).await?;
-        if let Some(Appended::Created(message)) = &appended {
+        if let Some(Appended::Created(stored, event_id)) = &appended {
             self.live.publish(ChatEvent {
-                thread_id: message.thread_id,
-                kind: EventKind::MessageCreated(message.clone()),
+                thread_id: stored.thread_id,
+                kind: EventKind::MessageCreated(stored.clone()),
             });
+            if let (Some(id), Some(event)) = (event_id, message.event) {
+                self.live.publish_integration(IntegrationEventRecord {
+                    id: *id,
+                    event_type: event.event_type,
+                    thread_id: stored.thread_id,
+                    message_id: stored.id,
+                    actor_id: event.actor_id,
+                    payload: event.payload,
+                    created_at: stored.created_at,
+                });
+            }
         }
         Ok(appended)
     }

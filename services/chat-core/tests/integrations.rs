@@ -13,6 +13,7 @@ on_both_backends!(
     bad_integration_input_is_refused_and_writes_nothing,
     system_events_are_for_services_and_idempotent,
     watching_events_needs_a_service_token,
+    watchers_resume_without_gap_or_duplicate,
 );
 
 async fn thread(client: &mut Client) -> String {
@@ -300,4 +301,146 @@ async fn watching_events_needs_a_service_token(app: TestApp) {
         .await
         .expect_err("users may not");
     assert_eq!(status.code(), Code::PermissionDenied);
+}
+
+async fn post_events(app: &TestApp, thread_id: &str, count: usize, tag: &str) {
+    let mut as_alice = app.integrations(app.user_token("alice")).await;
+    for i in 0..count {
+        if i % 2 == 0 {
+            as_alice
+                .initiate_payment(pb::InitiatePaymentRequest {
+                    thread_id: thread_id.to_owned(),
+                    amount: format!("{}.00", i + 1),
+                    currency: "EUR".into(),
+                    job_id: None,
+                })
+                .await
+                .unwrap();
+        } else {
+            as_alice
+                .request_dispute(pb::RequestDisputeRequest {
+                    thread_id: thread_id.to_owned(),
+                    reason: format!("{tag} {i}"),
+                    details: None,
+                })
+                .await
+                .unwrap();
+        }
+    }
+}
+
+async fn watchers_resume_without_gap_or_duplicate(app: TestApp) {
+    let mut alice = app.user("alice").await;
+    let t = thread(&mut alice).await;
+    post_events(&app, &t, 5, "before").await;
+    let mut service = app.integrations(app.service_token("payment-service")).await;
+
+    // Stored events first, then live ones.
+    let mut all = service
+        .watch_integration_events(pb::WatchIntegrationEventsRequest {
+            after_event_id: 2,
+            event_types: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut payments_only = service
+        .watch_integration_events(pb::WatchIntegrationEventsRequest {
+            after_event_id: 0,
+            event_types: vec!["payment.initiated".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for id in 3..=5 {
+        let event = all.message().await.unwrap().unwrap();
+        assert_eq!(event.id, id);
+        assert_eq!(event.thread_id, t);
+    }
+    for id in [1, 3, 5] {
+        let event = payments_only.message().await.unwrap().unwrap();
+        assert_eq!(
+            (event.id, event.event_type.as_str()),
+            (id, "payment.initiated")
+        );
+        let payload: Value = serde_json::from_str(&event.payload_json).unwrap();
+        assert_eq!(payload["currency"], "EUR");
+        assert_eq!(event.actor_id.as_deref(), Some("alice"));
+    }
+    post_events(&app, &t, 1, "live").await;
+    assert_eq!(all.message().await.unwrap().unwrap().id, 6);
+    assert_eq!(payments_only.message().await.unwrap().unwrap().id, 6);
+
+    // A consumer that disconnects and resumes from its last id gets every
+    // event exactly once while events keep being written.
+    const MORE: usize = 40;
+    let writers = [
+        tokio::spawn({
+            let (app_secret, t) = (app.user_token("alice"), t.clone());
+            let addr = app.grpc_addr;
+            async move { write_events(addr, app_secret, t, MORE / 2).await }
+        }),
+        tokio::spawn({
+            let (app_secret, t) = (app.user_token("alice"), t.clone());
+            let addr = app.grpc_addr;
+            async move { write_events(addr, app_secret, t, MORE / 2).await }
+        }),
+    ];
+    let total = 6 + MORE as i64;
+    let mut seen = Vec::new();
+    let mut after = 0;
+    'consume: for round in 0.. {
+        let mut stream = service
+            .watch_integration_events(pb::WatchIntegrationEventsRequest {
+                after_event_id: after,
+                event_types: vec![],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for _ in 0..(7 + round * 3) {
+            let event = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+                .await
+                .expect("in time")
+                .unwrap()
+                .unwrap();
+            seen.push(event.id);
+            after = event.id;
+            if event.id == total {
+                break 'consume;
+            }
+        }
+        // Disconnect mid-flow, resume from the last id seen.
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    assert_eq!(
+        seen,
+        (1..=total).collect::<Vec<_>>(),
+        "a gap or a duplicate"
+    );
+}
+
+async fn write_events(addr: std::net::SocketAddr, token: String, thread_id: String, count: usize) {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = pb::integration_service_client::IntegrationServiceClient::with_interceptor(
+        channel,
+        support::Bearer(Some(token)),
+    );
+    for i in 0..count {
+        client
+            .post_job_update(pb::PostJobUpdateRequest {
+                thread_id: thread_id.clone(),
+                job_id: "job-1".into(),
+                status: format!("step-{i}"),
+                note: None,
+            })
+            .await
+            .unwrap();
+    }
 }
