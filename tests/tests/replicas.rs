@@ -73,6 +73,35 @@ fn start_replica(dir: &Path, database: &str, redis: &str, prefix: &str) -> Repli
     }
 }
 
+fn service_token(dir: &Path) -> String {
+    let (ok, token, stderr) = system_tests::run(
+        &binary("chat-core"),
+        &["token", "--sub", "watcher", "--role", "service"],
+        dir,
+        &[
+            ("JWT_SECRET", SECRET),
+            ("DATABASE_URL", "postgres://unused/x"),
+        ],
+    );
+    assert!(ok, "token: {stderr}");
+    token.trim().to_owned()
+}
+
+async fn integrations(
+    addr: SocketAddr,
+    token: &str,
+) -> pb::integration_service_client::IntegrationServiceClient<InterceptedService<Channel, Bearer>> {
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    pb::integration_service_client::IntegrationServiceClient::with_interceptor(
+        channel,
+        Bearer(token.to_owned()),
+    )
+}
+
 async fn client(addr: SocketAddr, token: &str) -> Client {
     let channel = Endpoint::from_shared(format!("http://{addr}"))
         .expect("uri")
@@ -200,6 +229,40 @@ async fn two_replicas_deliver_concurrent_sends_in_order_exactly_once() {
     expect_all(&mut on_a, total, Duration::from_secs(20)).await;
     expect_all(&mut on_b, total, Duration::from_secs(20)).await;
     expect_all(&mut bob_everything, total, Duration::from_secs(20)).await;
+
+    // Integration events cross replicas too: written on A, watched on B.
+    let service = service_token(dir.path());
+    let mut watcher = integrations(b.grpc, &service)
+        .await
+        .watch_integration_events(pb::WatchIntegrationEventsRequest {
+            after_event_id: 0,
+            event_types: vec![],
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut on_a = integrations(a.grpc, &alice).await;
+    for i in 0..5 {
+        on_a.initiate_payment(pb::InitiatePaymentRequest {
+            thread_id: thread_id.clone(),
+            amount: format!("{}.50", i + 1),
+            currency: "EUR".into(),
+            job_id: None,
+        })
+        .await
+        .expect("payment");
+    }
+    for id in 1..=5 {
+        let event = tokio::time::timeout(Duration::from_secs(10), watcher.message())
+            .await
+            .expect("in time")
+            .expect("healthy")
+            .expect("open");
+        assert_eq!(
+            (event.id, event.event_type.as_str()),
+            (id, "payment.initiated")
+        );
+    }
     drop((a, b));
 }
 
