@@ -11,6 +11,47 @@ fn config_error(variable: &'static str, message: impl Into<String>) -> ConfigErr
     ConfigError::new(variable, message)
 }
 
+/// Every environment variable the gateway reads, so deployments can be
+/// checked against it.
+pub const ENVIRONMENT: &[&str] = &[
+    "GATEWAY_ADDR",
+    "CHAT_CORE_URL",
+    "ALLOWED_ORIGINS",
+    "GATEWAY_UPSTREAM_TIMEOUT_MS",
+    "GATEWAY_SEND_RATE",
+    "GATEWAY_SEND_BURST",
+    "GATEWAY_CONNECT_RATE",
+    "GATEWAY_CONNECT_BURST",
+    "GATEWAY_WS_PING_SECONDS",
+    "JWT_SECRET",
+    "JWT_PUBLIC_KEY_FILE",
+    "JWT_ALGORITHM",
+    "JWT_ISSUER",
+    "JWT_AUDIENCE",
+    "LOG_FORMAT",
+    "RUST_LOG",
+    "SHUTDOWN_GRACE_SECONDS",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::ENVIRONMENT;
+
+    #[test]
+    fn every_variable_read_is_listed() {
+        let source = include_str!("config.rs");
+        for piece in source.split("get(\"").skip(1) {
+            let name: String = piece.chars().take_while(|c| *c != '"').collect();
+            if !name.is_empty() && name.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
+                assert!(
+                    ENVIRONMENT.contains(&name.as_str()),
+                    "{name} is read but not listed"
+                );
+            }
+        }
+    }
+}
+
 /// Everything the gateway reads from its environment.
 #[derive(Debug, Clone)]
 pub struct Settings {

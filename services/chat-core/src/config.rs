@@ -52,7 +52,31 @@ pub struct Settings {
     /// `SHUTDOWN_GRACE_SECONDS`: how long in-flight calls may run after a
     /// stop signal.
     pub shutdown_grace: Duration,
+    /// `CHAT_CORE_MIGRATE_ON_START` (default true): apply migrations at
+    /// start. Deployments that run `chat-core migrate` once per rollout set
+    /// it to false so replicas do not race.
+    pub migrate_on_start: bool,
 }
+
+/// Every environment variable chat-core reads (SPEC §7 and the extras in
+/// the README), so deployments can be checked against it.
+pub const ENVIRONMENT: &[&str] = &[
+    "CHAT_CORE_GRPC_ADDR",
+    "CHAT_CORE_HTTP_ADDR",
+    "CHAT_CORE_MIGRATE_ON_START",
+    "DATABASE_URL",
+    "DATABASE_MAX_CONNECTIONS",
+    "REDIS_URL",
+    "REDIS_CHANNEL_PREFIX",
+    "JWT_SECRET",
+    "JWT_PUBLIC_KEY_FILE",
+    "JWT_ALGORITHM",
+    "JWT_ISSUER",
+    "JWT_AUDIENCE",
+    "LOG_FORMAT",
+    "RUST_LOG",
+    "SHUTDOWN_GRACE_SECONDS",
+];
 
 /// The directory of the embedded default's files (database, dev secret).
 pub const DATA_DIR: &str = "./data";
@@ -139,6 +163,17 @@ impl Settings {
         let shutdown_grace =
             chat_runtime::shutdown_grace(get("SHUTDOWN_GRACE_SECONDS").as_deref())?;
 
+        let migrate_on_start = match get("CHAT_CORE_MIGRATE_ON_START").as_deref() {
+            None | Some("true") => true,
+            Some("false") => false,
+            Some(_) => {
+                return Err(config_error(
+                    "CHAT_CORE_MIGRATE_ON_START",
+                    "expected true or false",
+                ));
+            }
+        };
+
         Ok(Settings {
             grpc_addr,
             http_addr,
@@ -149,6 +184,7 @@ impl Settings {
             jwt,
             log_format,
             shutdown_grace,
+            migrate_on_start,
         })
     }
 }
@@ -229,6 +265,20 @@ mod tests {
     }
 
     #[test]
+    fn every_variable_read_is_listed() {
+        let source = include_str!("config.rs");
+        for piece in source.split("get(\"").skip(1) {
+            let name: String = piece.chars().take_while(|c| *c != '"').collect();
+            if name.chars().all(|c| c.is_ascii_uppercase() || c == '_') && !name.is_empty() {
+                assert!(
+                    ENVIRONMENT.contains(&name.as_str()),
+                    "{name} is read but not listed"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn defaults_are_the_embedded_setup() {
         let s = settings(&[]).unwrap();
         assert_eq!(s.grpc_addr.to_string(), "0.0.0.0:50051");
@@ -249,6 +299,7 @@ mod tests {
             ("LOG_FORMAT", "xml"),
             ("SHUTDOWN_GRACE_SECONDS", "-1"),
             ("JWT_ALGORITHM", "HS512"),
+            ("CHAT_CORE_MIGRATE_ON_START", "maybe"),
         ] {
             let err = settings(&[(var, value), ("JWT_SECRET", "s3cret")]).unwrap_err();
             assert_eq!(err.variable, var, "{err}");

@@ -1,0 +1,157 @@
+//! The deployment, checked without a cluster: both kustomize overlays
+//! render, every object validates against the Kubernetes schemas, the
+//! policy checks pass (exceptions justified in deploy/checkov.yaml), and the
+//! containers set exactly variables their binaries read.
+
+use std::{collections::BTreeSet, path::Path, process::Command};
+
+use serde_json::Value;
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repository root")
+}
+
+fn render(overlay: &str) -> String {
+    let output = Command::new("kubectl")
+        .args(["kustomize", &format!("deploy/k8s/overlays/{overlay}")])
+        .current_dir(repo())
+        .output()
+        .expect("kubectl is required (scripts/ensure-deploy-tools installs it)");
+    assert!(
+        output.status.success(),
+        "{overlay} does not render: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
+fn objects(yaml: &str) -> Vec<Value> {
+    let mut python = Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d]))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with PyYAML");
+    use std::io::Write as _;
+    python
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(yaml.as_bytes())
+        .expect("write");
+    let output = python.wait_with_output().expect("python3");
+    assert!(output.status.success());
+    serde_json::from_slice(&output.stdout).expect("json")
+}
+
+fn write_temp(yaml: &str, name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join(name);
+    std::fs::write(&path, yaml).expect("write");
+    (dir, path)
+}
+
+#[test]
+fn overlays_render_and_validate_against_kubernetes_schemas() {
+    for overlay in ["dev", "prod"] {
+        let yaml = render(overlay);
+        let kinds: BTreeSet<String> = objects(&yaml)
+            .iter()
+            .map(|o| o["kind"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        for kind in [
+            "Deployment",
+            "Service",
+            "Ingress",
+            "Job",
+            "HorizontalPodAutoscaler",
+            "PodDisruptionBudget",
+            "NetworkPolicy",
+            "ConfigMap",
+        ] {
+            assert!(kinds.contains(kind), "{overlay} has no {kind}");
+        }
+        let (_dir, path) = write_temp(&yaml, &format!("{overlay}.yaml"));
+        let output = Command::new("kubernetes-validate")
+            .args(["--strict", "--quiet", "-k", "1.33.0"])
+            .arg(&path)
+            .output()
+            .expect("kubernetes-validate is required (scripts/ensure-deploy-tools)");
+        assert!(
+            output.status.success(),
+            "{overlay} does not validate:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+#[test]
+fn policy_checks_pass() {
+    let mut targets = Vec::new();
+    let mut dirs = Vec::new();
+    for overlay in ["dev", "prod"] {
+        let (dir, path) = write_temp(&render(overlay), &format!("{overlay}.yaml"));
+        targets.push((path, "kubernetes"));
+        dirs.push(dir);
+    }
+    targets.push((repo().join("deploy/Dockerfile"), "dockerfile"));
+    for (path, framework) in targets {
+        let output = Command::new("checkov")
+            .arg("--config-file")
+            .arg(repo().join("deploy/checkov.yaml"))
+            .arg("-f")
+            .arg(&path)
+            .args(["--framework", framework])
+            .output()
+            .expect("checkov is required (scripts/ensure-deploy-tools)");
+        assert!(
+            output.status.success(),
+            "{} fails policy checks:\n{}",
+            path.display(),
+            String::from_utf8_lossy(&output.stdout)
+        );
+    }
+}
+
+#[test]
+fn containers_set_exactly_variables_their_binaries_read() {
+    for overlay in ["dev", "prod"] {
+        for object in objects(&render(overlay)) {
+            let spec = match object["kind"].as_str() {
+                Some("Deployment" | "Job") => &object["spec"]["template"]["spec"],
+                _ => continue,
+            };
+            for container in spec["containers"].as_array().expect("containers") {
+                let read: &[&str] = match container["image"].as_str().unwrap_or_default() {
+                    image if image.contains("/chat-core:") => chat_core::config::ENVIRONMENT,
+                    image if image.contains("/chat-gateway:") => chat_gateway::config::ENVIRONMENT,
+                    _ => continue,
+                };
+                let set: Vec<&str> = container["env"]
+                    .as_array()
+                    .map(|env| env.iter().filter_map(|e| e["name"].as_str()).collect())
+                    .unwrap_or_default();
+                for name in &set {
+                    assert!(
+                        read.contains(name),
+                        "{overlay}: {} sets {name}, which its binary does not read",
+                        container["name"]
+                    );
+                }
+                for required in ["JWT_SECRET", "LOG_FORMAT"] {
+                    assert!(
+                        set.contains(&required),
+                        "{overlay}: {} lacks {required}",
+                        container["name"]
+                    );
+                }
+            }
+        }
+    }
+}
