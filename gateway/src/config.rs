@@ -23,6 +23,7 @@ pub const ENVIRONMENT: &[&str] = &[
     "GATEWAY_CONNECT_RATE",
     "GATEWAY_CONNECT_BURST",
     "GATEWAY_WS_PING_SECONDS",
+    "GATEWAY_WS_SEND_TIMEOUT_MS",
     "JWT_SECRET",
     "JWT_PUBLIC_KEY_FILE",
     "JWT_ALGORITHM",
@@ -78,6 +79,9 @@ pub struct Settings {
     /// `GATEWAY_WS_PING_SECONDS`: how often sockets are pinged; a peer
     /// silent for two intervals is closed.
     pub ws_ping: Duration,
+    /// `GATEWAY_WS_SEND_TIMEOUT_MS`: a browser that cannot take a frame
+    /// within this long is too slow and is closed with 4008.
+    pub ws_send_timeout: Duration,
 }
 
 fn rate(value: Option<String>, variable: &'static str, default: f64) -> Result<f64, ConfigError> {
@@ -178,6 +182,20 @@ impl Settings {
                     config_error("GATEWAY_WS_PING_SECONDS", "expected seconds, 1-3600")
                 })?,
         };
+        let ws_send_timeout = match get("GATEWAY_WS_SEND_TIMEOUT_MS") {
+            None => Duration::from_secs(10),
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|ms| (1..=600_000).contains(ms))
+                .map(Duration::from_millis)
+                .ok_or_else(|| {
+                    config_error(
+                        "GATEWAY_WS_SEND_TIMEOUT_MS",
+                        "expected milliseconds, 1-600000",
+                    )
+                })?,
+        };
         Ok(Settings {
             addr,
             chat_core_urls,
@@ -189,6 +207,7 @@ impl Settings {
             send_rate,
             connect_rate,
             ws_ping,
+            ws_send_timeout,
         })
     }
 }

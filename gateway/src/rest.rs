@@ -41,6 +41,8 @@ pub struct AppState {
     pub connect_limit: std::sync::Arc<crate::edge::RateLimiter>,
     /// How often sockets are pinged.
     pub ws_ping: std::time::Duration,
+    /// How long a socket may take to accept one frame.
+    pub ws_send_timeout: std::time::Duration,
 }
 
 /// The request id of the current request (set by the access-log layer).

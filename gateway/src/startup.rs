@@ -64,6 +64,7 @@ impl Application {
                     settings.connect_rate.1,
                 )),
                 ws_ping: settings.ws_ping,
+                ws_send_timeout: settings.ws_send_timeout,
             },
             stop,
             shutdown_grace: settings.shutdown_grace,

@@ -41,8 +41,6 @@ pub mod close {
 
 /// How long a socket may take to send its `auth` frame.
 const AUTH_WINDOW: Duration = Duration::from_secs(5);
-/// A browser that cannot take a frame within this long is too slow.
-const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Re-subscription attempts after the stream breaks, before giving up.
 const RESUBSCRIBE_ATTEMPTS: u32 = 8;
 
@@ -247,8 +245,15 @@ impl Session {
         open.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let closing = self.serve(&mut socket, token).await;
         let Closing(code, reason) = closing;
+        // A slow browser gets longer to drain what is queued and see why it
+        // was closed; the data waiting for it is already bounded.
+        let linger = if code == close::TOO_SLOW {
+            Duration::from_secs(10)
+        } else {
+            Duration::from_secs(2)
+        };
         let _ = timeout(
-            Duration::from_secs(2),
+            linger,
             socket.send(Message::Close(Some(CloseFrame {
                 code,
                 reason: reason.into(),
@@ -263,7 +268,7 @@ impl Session {
             .metrics
             .frames_out
             .fetch_add(1, Ordering::Relaxed);
-        match timeout(SEND_TIMEOUT, socket.send(message)).await {
+        match timeout(self.state.ws_send_timeout, socket.send(message)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Closing(close::POLICY, "connection lost")),
             Err(_) => Err(Closing(

@@ -444,3 +444,105 @@ async fn the_gateways_own_page_may_open_sockets() {
     .await;
     assert_eq!(next(&mut socket).await["type"], "auth_ok");
 }
+
+#[tokio::test]
+async fn edits_and_deletions_reach_sockets() {
+    let stack = spawn_stack(false).await;
+    let thread = new_thread(&stack, "alice", &["bob"]).await;
+    let mut bob = join(&stack, &thread, "bob").await;
+    let alice = token(&stack.secret, "alice");
+    let sent = call(
+        stack.gateway,
+        "POST",
+        &format!("/api/chat/threads/{thread}/messages/"),
+        Some(&alice),
+        Some(&json!({"content": "draft"}).to_string()),
+    )
+    .await;
+    let id = sent.json["id"].as_str().unwrap().to_owned();
+    assert_eq!(next(&mut bob).await["type"], "chat_message");
+    call(
+        stack.gateway,
+        "PATCH",
+        &format!("/api/chat/messages/{id}/"),
+        Some(&alice),
+        Some(&json!({"content": "final"}).to_string()),
+    )
+    .await;
+    let updated = next(&mut bob).await;
+    assert_eq!(updated["type"], "message_updated");
+    assert_eq!(
+        (updated["thread_id"].as_str(), updated["seq"].as_i64()),
+        (Some(thread.as_str()), Some(1))
+    );
+    assert_eq!(updated["message"]["content"], "final");
+    call(
+        stack.gateway,
+        "DELETE",
+        &format!("/api/chat/messages/{id}/"),
+        Some(&alice),
+        None,
+    )
+    .await;
+    assert_eq!(
+        next(&mut bob).await,
+        json!({"type": "message_deleted", "thread_id": thread, "seq": 1, "message_id": id})
+    );
+}
+
+#[tokio::test]
+async fn a_browser_too_slow_to_read_is_closed_with_4008() {
+    let stack = support::spawn_stack_with(
+        false,
+        &[
+            ("GATEWAY_WS_SEND_TIMEOUT_MS", "500"),
+            ("GATEWAY_SEND_RATE", "100000"),
+            ("GATEWAY_SEND_BURST", "100000"),
+        ],
+    )
+    .await;
+    let thread = new_thread(&stack, "alice", &["bob"]).await;
+    // Bob's socket never reads, with a small receive buffer.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(stack.gateway).await.unwrap();
+    let bob_token = token(&stack.secret, "bob");
+    let (mut bob, _) = tokio_tungstenite::client_async(
+        format!("ws://{}/ws/chat/{thread}/?token={bob_token}", stack.gateway),
+        MaybeTlsStream::Plain(stream),
+    )
+    .await
+    .expect("upgrade");
+    send(&mut bob, json!({"type": "ping"})).await;
+    assert_eq!(next(&mut bob).await, json!({"type": "pong"}));
+    // Alice talks a lot; bob reads nothing.
+    let alice = token(&stack.secret, "alice");
+    let body = json!({"content": "x".repeat(4000)}).to_string();
+    // More than the kernel buffers between them can hold (about 4 MiB).
+    for _ in 0..1500 {
+        call(
+            stack.gateway,
+            "POST",
+            &format!("/api/chat/threads/{thread}/messages/"),
+            Some(&alice),
+            Some(&body),
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Reading now, bob finds the close code after what had fit.
+    let mut code = None;
+    let mut frames = 0;
+    while let Ok(Some(frame)) = tokio::time::timeout(WAIT, bob.next()).await {
+        match frame {
+            Ok(Message::Close(Some(frame))) => {
+                code = Some(u16::from(frame.code));
+                break;
+            }
+            Ok(_) => frames += 1,
+            Err(err) => panic!("after {frames} frames: {err}"),
+        }
+    }
+    assert_eq!(code, Some(4008), "after {frames} frames");
+    assert!(frames < 1500, "it was cut off before the end");
+}
