@@ -235,7 +235,7 @@ fn event_frame(event: &pb::Event) -> Option<Value> {
             "type": "typing_indicator", "thread_id": thread_id,
             "user_id": typing.user_id, "is_typing": typing.is_typing,
         }),
-        Kind::ThreadCreated(_) | Kind::ThreadUpdated(_) => return None,
+        Kind::ThreadCreated(_) | Kind::ThreadUpdated(_) | Kind::Synced(_) => return None,
     })
 }
 
@@ -292,16 +292,21 @@ impl Session {
     }
 
     /// Opens (or re-opens) the chat-core subscription, resuming after what
-    /// was delivered.
+    /// was delivered: one thread after its last seq; every thread after
+    /// the baseline chat-core sent (`synced`) or what came since.
     async fn subscribe(&self) -> Result<Streaming<pb::Event>, tonic::Status> {
-        let since_seq = match &self.thread_id {
-            Some(thread) => self.delivered.get(thread).copied().or(self.since_seq),
-            None => None,
+        let (since_seq, since_seqs) = match &self.thread_id {
+            Some(thread) => (
+                self.delivered.get(thread).copied().or(self.since_seq),
+                HashMap::new(),
+            ),
+            None => (None, self.delivered.clone()),
         };
         let mut request = self.state.upstream.request(
             pb::SubscribeRequest {
                 thread_id: self.thread_id.clone(),
                 since_seq,
+                since_seqs,
             },
             &self.token,
             &self.request_id,
@@ -317,21 +322,12 @@ impl Session {
         Ok(stream.into_inner())
     }
 
-    /// Re-subscribes after the stream broke; for a user-wide socket, the
-    /// messages of known threads missed meanwhile are fetched first.
-    async fn resubscribe(
-        &mut self,
-        socket: &mut WebSocket,
-    ) -> Result<Streaming<pb::Event>, Closing> {
+    /// Re-subscribes after the stream broke.
+    async fn resubscribe(&mut self) -> Result<Streaming<pb::Event>, Closing> {
         let mut delay = Duration::from_millis(50);
         for _ in 0..RESUBSCRIBE_ATTEMPTS {
             match self.subscribe().await {
-                Ok(stream) => {
-                    if self.thread_id.is_none() {
-                        self.repair_known_threads(socket).await?;
-                    }
-                    return Ok(stream);
-                }
+                Ok(stream) => return Ok(stream),
                 Err(status) if status.code() == Code::NotFound => {
                     return Err(Closing(close::NOT_FOUND, "thread not found"));
                 }
@@ -351,51 +347,16 @@ impl Session {
         ))
     }
 
-    async fn repair_known_threads(&mut self, socket: &mut WebSocket) -> Result<(), Closing> {
-        let known: Vec<(String, i64)> = self
-            .delivered
-            .iter()
-            .map(|(t, s)| (t.clone(), *s))
-            .collect();
-        for (thread_id, after) in known {
-            let mut after = after;
-            loop {
-                let request = self.state.upstream.request(
-                    pb::ListMessagesRequest {
-                        thread_id: thread_id.clone(),
-                        before_seq: None,
-                        after_seq: Some(after),
-                        limit: 200,
-                    },
-                    &self.token,
-                    &self.request_id,
-                );
-                let Ok(page) = self.state.upstream.chat().list_messages(request).await else {
-                    break;
-                };
-                let page = page.into_inner();
-                for message in &page.messages {
-                    let event = pb::Event {
-                        thread_id: thread_id.clone(),
-                        seq: message.seq,
-                        kind: Some(Kind::MessageCreated(pb::MessageCreated {
-                            message: Some(message.clone()),
-                        })),
-                    };
-                    self.forward(socket, &event).await?;
-                    after = message.seq;
-                }
-                if !page.has_more {
-                    break;
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Sends an event to the browser, dropping message events already
     /// delivered.
     async fn forward(&mut self, socket: &mut WebSocket, event: &pb::Event) -> Result<(), Closing> {
+        if let Some(Kind::Synced(synced)) = &event.kind {
+            for (thread, seq) in &synced.last_seqs {
+                let last = self.delivered.entry(thread.clone()).or_insert(*seq);
+                *last = (*last).max(*seq);
+            }
+            return Ok(());
+        }
         if let Some(Kind::MessageCreated(_)) = event.kind {
             let last = self.delivered.entry(event.thread_id.clone()).or_insert(0);
             if event.seq <= *last {
@@ -500,7 +461,7 @@ impl Session {
                                 }
                             }
                             tracing::info!(request_id = %self.request_id, "subscription broke; resubscribing from the last delivered seq");
-                            stream = self.resubscribe(socket).await?;
+                            stream = self.resubscribe().await?;
                         }
                     }
                 }

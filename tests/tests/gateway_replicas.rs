@@ -172,6 +172,20 @@ async fn two_gateways_two_replicas_and_a_replica_killed_mid_conversation() {
     let mut alice = socket(gateway_1, &thread, &alice_token).await;
     let mut bob = socket(gateway_2, &thread, &bob_token).await;
     let (mut alice_seen, mut bob_seen) = (Seen::default(), Seen::default());
+    // Bob also follows all his threads on one socket of the other gateway.
+    let (mut bob_all, _) = connect_async(format!("ws://{gateway_1}/ws/chat/"))
+        .await
+        .expect("upgrade");
+    bob_all
+        .send(Message::Text(
+            json!({"type": "auth", "token": bob_token})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .expect("auth");
+    assert_eq!(next(&mut bob_all).await["type"], "auth_ok");
+    let mut bob_all_seen = Seen::default();
 
     // A conversation across gateways (and so across replicas).
     let mut sent = 0;
@@ -209,7 +223,12 @@ async fn two_gateways_two_replicas_and_a_replica_killed_mid_conversation() {
         );
     }
 
+    drain_until(&mut bob_all, &mut bob_all_seen, sent).await;
     let expected: Vec<i64> = (1..=sent).collect();
+    assert_eq!(
+        bob_all_seen.seqs, expected,
+        "bob's every-thread socket saw a gap or a duplicate"
+    );
     assert_eq!(
         alice_seen.seqs, expected,
         "alice saw a gap, a duplicate or a reordering"

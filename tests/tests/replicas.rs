@@ -116,6 +116,7 @@ async fn subscribe(client: &mut Client, thread_id: &str) -> Streaming<pb::Event>
         .subscribe(pb::SubscribeRequest {
             thread_id: Some(thread_id.to_owned()),
             since_seq: None,
+            ..Default::default()
         })
         .await
         .expect("subscribe")
@@ -196,6 +197,12 @@ async fn two_replicas_deliver_concurrent_sends_in_order_exactly_once() {
         .thread
         .expect("thread")
         .id;
+    let synced = bob_everything
+        .message()
+        .await
+        .expect("healthy")
+        .expect("open");
+    assert!(matches!(synced.kind, Some(Kind::Synced(_))), "{synced:?}");
     let created = tokio::time::timeout(Duration::from_secs(10), bob_everything.message())
         .await
         .expect("thread_created crosses replicas")

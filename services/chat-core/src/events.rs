@@ -44,6 +44,9 @@ pub enum EventKind {
     ThreadCreated(Thread),
     /// A thread's title changed.
     ThreadUpdated(Thread),
+    /// The first event of a user-wide stream: each thread and the seq the
+    /// stream starts after.
+    Synced(std::collections::HashMap<Uuid, i64>),
     /// An integration event was committed (published on
     /// [`Topic::Integration`] only, for `WatchIntegrationEvents`).
     Integration(crate::store::IntegrationEventRecord),

@@ -366,6 +366,7 @@ impl ChatService for ChatGrpc {
                 SubscribeRequest {
                     thread_id: req.thread_id,
                     since_seq: req.since_seq,
+                    since_seqs: req.since_seqs,
                 },
             )
             .await?;

@@ -128,6 +128,8 @@ pub struct SubscribeRequest {
     pub thread_id: Option<String>,
     /// Resume after this seq (one thread only).
     pub since_seq: Option<i64>,
+    /// Resume these threads after these seqs (every-thread only).
+    pub since_seqs: HashMap<String, i64>,
 }
 
 struct StreamState {
@@ -409,6 +411,11 @@ impl LiveEvents {
         let user = caller.user_id().map(str::to_owned);
         let state = match request.thread_id {
             Some(id) => {
+                if !request.since_seqs.is_empty() {
+                    return Err(ChatError::InvalidArgument(
+                        "since_seqs: for every-thread subscriptions; use since_seq".into(),
+                    ));
+                }
                 let id = crate::domain::parse_id(&id).ok_or(ChatError::NotFound("thread"))?;
                 let subscription = hub.subscribe([Topic::Thread(id)]);
                 self.bus.ready().await;
@@ -435,7 +442,17 @@ impl LiveEvents {
                 };
                 if request.since_seq.is_some() {
                     return Err(ChatError::InvalidArgument(
-                        "since_seq: resuming needs a thread_id".into(),
+                        "since_seq: resuming needs a thread_id (or since_seqs)".into(),
+                    ));
+                }
+                if request.since_seqs.len() > 100_000
+                    || request
+                        .since_seqs
+                        .iter()
+                        .any(|(id, seq)| *seq < 0 || crate::domain::parse_id(id).is_none())
+                {
+                    return Err(ChatError::InvalidArgument(
+                        "since_seqs: thread ids with non-negative seqs".into(),
                     ));
                 }
                 let mut subscription = hub.subscribe([Topic::User(user_id.clone())]);
@@ -455,11 +472,21 @@ impl LiveEvents {
                     .collect();
                 let mut state = self.state(subscription, user, true);
                 for (thread, seq) in first {
-                    state.delivered.insert(thread, seq);
-                    if second.get(&thread).is_some_and(|now| *now > seq) {
-                        state.backlog.push_back((thread, seq));
+                    // Resuming: start where the caller says it stopped.
+                    let start = request
+                        .since_seqs
+                        .get(&thread.to_string())
+                        .map_or(seq, |since| (*since).clamp(0, seq));
+                    state.delivered.insert(thread, start);
+                    if second.get(&thread).is_some_and(|now| *now > start) {
+                        state.backlog.push_back((thread, start));
                     }
                 }
+                // The baseline goes first, so the caller can resume later.
+                state.pending.push_back(Arc::new(ChatEvent {
+                    thread_id: Uuid::nil(),
+                    kind: EventKind::Synced(state.delivered.clone()),
+                }));
                 // A thread joined after the first read announces itself with
                 // a ThreadCreated event, already queued for this subscriber.
                 state

@@ -101,6 +101,12 @@ pub fn event_to_proto(event: &ChatEvent, caller: &Caller) -> Option<pb::Event> {
         EventKind::ThreadUpdated(thread) => Kind::ThreadUpdated(pb::ThreadUpdated {
             thread: Some(plain_thread_to_proto(thread.clone())),
         }),
+        EventKind::Synced(last_seqs) => Kind::Synced(pb::Synced {
+            last_seqs: last_seqs
+                .iter()
+                .map(|(thread, seq)| (thread.to_string(), *seq))
+                .collect(),
+        }),
         EventKind::Resync { .. } | EventKind::Integration(_) => return None,
     };
     Some(pb::Event {
@@ -178,6 +184,8 @@ pub fn event_from_proto(event: pb::Event) -> Option<ChatEvent> {
         },
         Kind::ThreadCreated(t) => EventKind::ThreadCreated(thread_from_proto(t.thread?)?),
         Kind::ThreadUpdated(t) => EventKind::ThreadUpdated(thread_from_proto(t.thread?)?),
+        // Per subscriber, never published.
+        Kind::Synced(_) => return None,
     };
     Some(ChatEvent { thread_id, kind })
 }

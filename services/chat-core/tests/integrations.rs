@@ -42,6 +42,7 @@ async fn participants_and_services_post_typed_messages_with_events(app: TestApp)
         .subscribe(pb::SubscribeRequest {
             thread_id: Some(t.clone()),
             since_seq: None,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use chat_proto::v1::{self as pb, event::Kind};
 use support::{Client, TestApp};
@@ -18,6 +18,7 @@ on_both_backends!(
     typing_reaches_the_others_and_expires,
     subscribing_follows_the_access_rules,
     a_subscriber_that_never_reads_is_cut_off,
+    a_user_wide_stream_resumes_every_thread,
     streams_end_with_unavailable_at_shutdown,
 );
 
@@ -62,6 +63,7 @@ async fn subscribe(
         .subscribe(pb::SubscribeRequest {
             thread_id: thread_id.map(str::to_owned),
             since_seq,
+            ..Default::default()
         })
         .await
         .expect("subscribe")
@@ -201,7 +203,15 @@ async fn a_user_wide_stream_follows_new_threads(app: TestApp) {
     let mut alice = app.user("alice").await;
     let mut bob = app.user("bob").await;
     let old = create(&mut alice, &["bob"]).await;
+    send(&mut alice, &old, "before").await;
     let mut events = subscribe(&mut bob, None, None).await;
+    // First, the baseline: each thread and the seq the stream starts after.
+    match next(&mut events).await.kind {
+        Some(Kind::Synced(synced)) => {
+            assert_eq!(synced.last_seqs, HashMap::from([(old.clone(), 1)]))
+        }
+        other => panic!("expected synced, got {other:?}"),
+    }
     send(&mut alice, &old, "in the old thread").await;
     let event = next(&mut events).await;
     assert_eq!(event.thread_id, old);
@@ -381,6 +391,7 @@ async fn subscribing_follows_the_access_rules(app: TestApp) {
             .subscribe(pb::SubscribeRequest {
                 thread_id,
                 since_seq,
+                ..Default::default()
             })
             .await
             .expect_err("refused");
@@ -399,6 +410,7 @@ async fn subscribing_follows_the_access_rules(app: TestApp) {
             .subscribe(pb::SubscribeRequest {
                 thread_id,
                 since_seq,
+                ..Default::default()
             })
             .await
             .expect_err("refused");
@@ -484,4 +496,79 @@ async fn streams_end_with_unavailable_at_shutdown(mut app: TestApp) {
         .expect_err("ends with a status");
     assert_eq!(status.code(), Code::Unavailable);
     assert!(status.message().contains("since_seq"));
+}
+
+async fn a_user_wide_stream_resumes_every_thread(app: TestApp) {
+    let mut alice = app.user("alice").await;
+    let mut bob = app.user("bob").await;
+    let busy = create(&mut alice, &["bob"]).await;
+    let quiet_thread = alice
+        .create_thread(pb::CreateThreadRequest {
+            participants: vec!["bob".into()],
+            job_id: Some("job-2".into()),
+            title: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .thread
+        .unwrap()
+        .id;
+    for text in ["a", "b"] {
+        send(&mut alice, &busy, text).await;
+    }
+    let mut first = subscribe(&mut bob, None, None).await;
+    let baseline = match next(&mut first).await.kind {
+        Some(Kind::Synced(synced)) => synced.last_seqs,
+        other => panic!("expected synced, got {other:?}"),
+    };
+    assert_eq!(
+        baseline,
+        HashMap::from([(busy.clone(), 2), (quiet_thread.clone(), 0)])
+    );
+    drop(first);
+    // While bob is away, both threads move, the one he never saw an event
+    // of included.
+    send(&mut alice, &busy, "c").await;
+    send(&mut alice, &quiet_thread, "x").await;
+    send(&mut alice, &quiet_thread, "y").await;
+    let mut resumed = bob
+        .subscribe(pb::SubscribeRequest {
+            since_seqs: baseline.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    match next(&mut resumed).await.kind {
+        Some(Kind::Synced(synced)) => assert_eq!(synced.last_seqs, baseline),
+        other => panic!("expected synced, got {other:?}"),
+    }
+    let mut got: HashMap<String, Vec<i64>> = HashMap::new();
+    for _ in 0..3 {
+        let event = next(&mut resumed).await;
+        assert!(matches!(event.kind, Some(Kind::MessageCreated(_))));
+        got.entry(event.thread_id.clone())
+            .or_default()
+            .push(event.seq);
+    }
+    assert_eq!(
+        got,
+        HashMap::from([(busy.clone(), vec![3]), (quiet_thread.clone(), vec![1, 2])])
+    );
+    quiet(&mut resumed).await;
+    // Bad resume points are refused.
+    for since_seqs in [
+        HashMap::from([("not-a-uuid".to_owned(), 1)]),
+        HashMap::from([(busy.clone(), -1)]),
+    ] {
+        let status = bob
+            .subscribe(pb::SubscribeRequest {
+                since_seqs,
+                ..Default::default()
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), Code::InvalidArgument);
+    }
 }

@@ -136,6 +136,7 @@ async fn main() -> anyhow::Result<()> {
             .subscribe(pb::SubscribeRequest {
                 thread_id: Some(thread_id.clone()),
                 since_seq: None,
+                ..Default::default()
             })
             .await?
             .into_inner();
