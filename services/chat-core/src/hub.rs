@@ -72,7 +72,7 @@ impl Hub {
     /// reach it.
     pub fn subscribe(&self, topics: impl IntoIterator<Item = Topic>) -> Subscription {
         let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
-        let subscription = Subscription {
+        let mut subscription = Subscription {
             hub: self.clone(),
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             tx,
@@ -80,7 +80,6 @@ impl Hub {
             lagged: Arc::new(AtomicBool::new(false)),
             topics: Vec::new(),
         };
-        let mut subscription = subscription;
         for topic in topics {
             subscription.add_topic(topic);
         }

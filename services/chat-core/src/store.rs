@@ -1181,8 +1181,8 @@ fn is_unique_violation(err: &sqlx::Error) -> bool {
         .is_some_and(|db| db.is_unique_violation())
 }
 
-/// Whether a path names the default embedded database directory; used to
-/// tell operators where their data lives.
+/// The SQLite file a location names (None for PostgreSQL), to tell
+/// operators where their data lives.
 pub fn sqlite_file(location: &DatabaseLocation) -> Option<String> {
     match location {
         DatabaseLocation::Sqlite(url) => SqliteConnectOptions::from_str(url)
