@@ -84,6 +84,9 @@ pub struct Settings {
     pub ws_send_timeout: Duration,
 }
 
+const SECOND: Duration = Duration::from_secs(1);
+const MILLISECOND: Duration = Duration::from_millis(1);
+
 fn rate(value: Option<String>, variable: &'static str, default: f64) -> Result<f64, ConfigError> {
     match value {
         None => Ok(default),
@@ -146,20 +149,13 @@ impl Settings {
                      and JWT_ALGORITHM (RS256/ES256), the same as chat-core's",
                 )
             })?;
-        let upstream_timeout = match get("GATEWAY_UPSTREAM_TIMEOUT_MS") {
-            None => Duration::from_secs(5),
-            Some(v) => v
-                .parse::<u64>()
-                .ok()
-                .filter(|ms| (1..=600_000).contains(ms))
-                .map(Duration::from_millis)
-                .ok_or_else(|| {
-                    config_error(
-                        "GATEWAY_UPSTREAM_TIMEOUT_MS",
-                        "expected milliseconds, 1-600000",
-                    )
-                })?,
-        };
+        let upstream_timeout = chat_runtime::duration(
+            "GATEWAY_UPSTREAM_TIMEOUT_MS",
+            get("GATEWAY_UPSTREAM_TIMEOUT_MS").as_deref(),
+            MILLISECOND,
+            1..=600_000,
+            Duration::from_secs(5),
+        )?;
         let log_format = chat_runtime::log_format(get("LOG_FORMAT").as_deref())?;
         let shutdown_grace =
             chat_runtime::shutdown_grace(get("SHUTDOWN_GRACE_SECONDS").as_deref())?;
@@ -171,31 +167,20 @@ impl Settings {
             rate(get("GATEWAY_CONNECT_RATE"), "GATEWAY_CONNECT_RATE", 20.0)?,
             rate(get("GATEWAY_CONNECT_BURST"), "GATEWAY_CONNECT_BURST", 60.0)?,
         );
-        let ws_ping = match get("GATEWAY_WS_PING_SECONDS") {
-            None => Duration::from_secs(25),
-            Some(v) => v
-                .parse::<u64>()
-                .ok()
-                .filter(|s| (1..=3600).contains(s))
-                .map(Duration::from_secs)
-                .ok_or_else(|| {
-                    config_error("GATEWAY_WS_PING_SECONDS", "expected seconds, 1-3600")
-                })?,
-        };
-        let ws_send_timeout = match get("GATEWAY_WS_SEND_TIMEOUT_MS") {
-            None => Duration::from_secs(10),
-            Some(v) => v
-                .parse::<u64>()
-                .ok()
-                .filter(|ms| (1..=600_000).contains(ms))
-                .map(Duration::from_millis)
-                .ok_or_else(|| {
-                    config_error(
-                        "GATEWAY_WS_SEND_TIMEOUT_MS",
-                        "expected milliseconds, 1-600000",
-                    )
-                })?,
-        };
+        let ws_ping = chat_runtime::duration(
+            "GATEWAY_WS_PING_SECONDS",
+            get("GATEWAY_WS_PING_SECONDS").as_deref(),
+            SECOND,
+            1..=3600,
+            Duration::from_secs(25),
+        )?;
+        let ws_send_timeout = chat_runtime::duration(
+            "GATEWAY_WS_SEND_TIMEOUT_MS",
+            get("GATEWAY_WS_SEND_TIMEOUT_MS").as_deref(),
+            MILLISECOND,
+            1..=600_000,
+            Duration::from_secs(10),
+        )?;
         Ok(Settings {
             addr,
             chat_core_urls,

@@ -210,6 +210,11 @@ fn safe_message(status: &tonic::Status) -> String {
     }
 }
 
+/// The `error` frame for a failed chat-core call.
+fn status_frame(status: &tonic::Status, client_msg_id: Option<&str>) -> Message {
+    error_frame(status_code(status), &safe_message(status), client_msg_id)
+}
+
 /// A chat-core event as the browser's frame; `None` for events that have
 /// no frame in SPEC §5.
 fn event_frame(event: &pb::Event) -> Option<Value> {
@@ -586,15 +591,8 @@ impl Session {
                             .await
                     }
                     Err(status) => {
-                        self.send(
-                            socket,
-                            error_frame(
-                                status_code(&status),
-                                &safe_message(&status),
-                                client_msg_id.as_deref(),
-                            ),
-                        )
-                        .await
+                        self.send(socket, status_frame(&status, client_msg_id.as_deref()))
+                            .await
                     }
                 }
             }
@@ -626,13 +624,7 @@ impl Session {
                 let mut chat = chat;
                 match chat.mark_read(request).await {
                     Ok(_) => Ok(()),
-                    Err(status) => {
-                        self.send(
-                            socket,
-                            error_frame(status_code(&status), &safe_message(&status), None),
-                        )
-                        .await
-                    }
+                    Err(status) => self.send(socket, status_frame(&status, None)).await,
                 }
             }
             "typing_indicator" => {
@@ -659,13 +651,7 @@ impl Session {
                 let mut chat = chat;
                 match chat.set_typing(request).await {
                     Ok(_) => Ok(()),
-                    Err(status) => {
-                        self.send(
-                            socket,
-                            error_frame(status_code(&status), &safe_message(&status), None),
-                        )
-                        .await
-                    }
+                    Err(status) => self.send(socket, status_frame(&status, None)).await,
                 }
             }
             "auth" => {

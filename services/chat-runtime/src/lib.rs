@@ -58,6 +58,36 @@ pub fn shutdown_grace(value: Option<&str>) -> Result<Duration, ConfigError> {
     }
 }
 
+/// Reads a whole number of `unit`s within `range` (`default` when unset),
+/// for timeouts and intervals.
+pub fn duration(
+    variable: &'static str,
+    value: Option<&str>,
+    unit: Duration,
+    range: std::ops::RangeInclusive<u32>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    let unit_name = if unit == Duration::from_millis(1) {
+        "milliseconds"
+    } else {
+        "seconds"
+    };
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|n| range.contains(n))
+        .map(|n| unit * n)
+        .ok_or_else(|| {
+            ConfigError::new(
+                variable,
+                format!("expected {unit_name}, {}-{}", range.start(), range.end()),
+            )
+        })
+}
+
 /// Reads a listen address (`host:port`), or `default`.
 pub fn listen_addr(
     variable: &'static str,
@@ -125,6 +155,21 @@ mod tests {
         assert_eq!(
             shutdown_grace(Some("-1")).unwrap_err().variable,
             "SHUTDOWN_GRACE_SECONDS"
+        );
+        let ms = Duration::from_millis(1);
+        assert_eq!(
+            duration("T", Some("250"), ms, 1..=1000, Duration::ZERO).unwrap(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            duration("T", None, ms, 1..=1000, Duration::from_secs(3)).unwrap(),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            duration("T", Some("0"), ms, 1..=1000, Duration::ZERO)
+                .unwrap_err()
+                .to_string(),
+            "T: expected milliseconds, 1-1000"
         );
         let err = listen_addr("GATEWAY_ADDR", Some("nope"), "0.0.0.0:8000").unwrap_err();
         assert_eq!(
