@@ -363,11 +363,14 @@ impl Session {
             return Ok(());
         }
         if let Some(Kind::MessageCreated(_)) = event.kind {
-            let last = self.delivered.entry(event.thread_id.clone()).or_insert(0);
-            if event.seq <= *last {
-                return Ok(());
+            // The thread id is copied only the first time a thread is seen.
+            match self.delivered.get_mut(&event.thread_id) {
+                Some(last) if event.seq <= *last => return Ok(()),
+                Some(last) => *last = event.seq,
+                None => {
+                    self.delivered.insert(event.thread_id.clone(), event.seq);
+                }
             }
-            *last = event.seq;
         }
         if let Some(frame) = event_frame(event) {
             self.send(socket, text(frame)).await?;

@@ -295,13 +295,16 @@ impl Chat {
             .ok_or(ChatError::NotFound(THREAD))
     }
 
-    /// Sets (or, with `None` or "", clears) a thread's title.
+    /// A participant sets (or, with `None` or "", clears) a thread's title.
     pub async fn update_thread(
         &self,
         caller: &Caller,
         id: &str,
         title: Option<&str>,
     ) -> Result<ThreadView, ChatError> {
+        // Services read threads and post system events; they do not edit
+        // what participants see (SPEC §2).
+        acting_user(caller)?;
         let title = normalize_title(title)?;
         let mut view = self.get_thread(caller, id).await?;
         if !self

@@ -7,7 +7,7 @@ mod support;
 use std::collections::HashSet;
 
 use chat_proto::v1::{self as pb, MessageType};
-use support::{Client, TestApp, now, sign};
+use support::{Client, TestApp, create, now, send, send_with, sign};
 use tonic::Code;
 
 on_both_backends!(
@@ -31,44 +31,6 @@ on_both_backends!(
     service_tokens_read_everything_but_never_act_as_users,
     tokens_are_checked_on_every_call,
 );
-
-async fn create(client: &mut Client, others: &[&str], job: Option<&str>) -> pb::Thread {
-    client
-        .create_thread(pb::CreateThreadRequest {
-            participants: others.iter().map(|s| s.to_string()).collect(),
-            job_id: job.map(str::to_owned),
-            title: None,
-        })
-        .await
-        .expect("create thread")
-        .into_inner()
-        .thread
-        .expect("thread")
-}
-
-async fn send(client: &mut Client, thread_id: &str, content: &str) -> pb::Message {
-    send_with(client, thread_id, content, None).await.0
-}
-
-async fn send_with(
-    client: &mut Client,
-    thread_id: &str,
-    content: &str,
-    client_msg_id: Option<&str>,
-) -> (pb::Message, bool) {
-    let response = client
-        .send_message(pb::SendMessageRequest {
-            thread_id: thread_id.to_owned(),
-            content: content.to_owned(),
-            client_msg_id: client_msg_id.map(str::to_owned),
-            metadata_json: None,
-            message_type: MessageType::Unspecified.into(),
-        })
-        .await
-        .expect("send message")
-        .into_inner();
-    (response.message.expect("message"), response.created)
-}
 
 async fn thread(client: &mut Client, id: &str) -> pb::Thread {
     client
@@ -1184,7 +1146,19 @@ async fn service_tokens_read_everything_but_never_act_as_users(app: TestApp) {
         ),
         Code::PermissionDenied
     );
-    assert_eq!(thread(&mut alice, &t.id).await.last_seq, 1);
+    assert_eq!(
+        code(
+            service
+                .update_thread(pb::UpdateThreadRequest {
+                    thread_id: t.id.clone(),
+                    title: Some("renamed by a service".into()),
+                })
+                .await
+        ),
+        Code::PermissionDenied
+    );
+    let unchanged = thread(&mut alice, &t.id).await;
+    assert_eq!((unchanged.last_seq, unchanged.title), (1, None));
 
     // A service creating a thread is not added to it.
     let created = create(&mut service, &["alice", "carol"], Some("job-2")).await;

@@ -6,6 +6,10 @@ mod support;
 use chat_proto::v1::{self as pb, MessageType};
 use serde_json::{Value, json};
 use support::{Client, TestApp};
+
+async fn thread(client: &mut Client) -> String {
+    support::create(client, &["bob"], Some("job-1")).await.id
+}
 use tonic::Code;
 
 on_both_backends!(
@@ -15,21 +19,6 @@ on_both_backends!(
     watching_events_needs_a_service_token,
     watchers_resume_without_gap_or_duplicate,
 );
-
-async fn thread(client: &mut Client) -> String {
-    client
-        .create_thread(pb::CreateThreadRequest {
-            participants: vec!["bob".into()],
-            job_id: Some("job-1".into()),
-            title: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .thread
-        .unwrap()
-        .id
-}
 
 fn metadata(message: &pb::Message) -> Value {
     serde_json::from_str(&message.metadata_json).unwrap()

@@ -7,6 +7,14 @@ use std::{collections::HashMap, time::Duration};
 
 use chat_proto::v1::{self as pb, event::Kind};
 use support::{Client, TestApp};
+
+async fn create(client: &mut Client, others: &[&str]) -> String {
+    support::create(client, others, None).await.id
+}
+
+async fn send(client: &mut Client, thread_id: &str, content: &str) -> i64 {
+    support::send(client, thread_id, content).await.seq
+}
 use tonic::{Code, Streaming};
 
 on_both_backends!(
@@ -23,36 +31,6 @@ on_both_backends!(
 );
 
 const WAIT: Duration = Duration::from_secs(10);
-
-async fn create(client: &mut Client, others: &[&str]) -> String {
-    client
-        .create_thread(pb::CreateThreadRequest {
-            participants: others.iter().map(|s| s.to_string()).collect(),
-            job_id: None,
-            title: None,
-        })
-        .await
-        .expect("create thread")
-        .into_inner()
-        .thread
-        .expect("thread")
-        .id
-}
-
-async fn send(client: &mut Client, thread_id: &str, content: &str) -> i64 {
-    client
-        .send_message(pb::SendMessageRequest {
-            thread_id: thread_id.to_owned(),
-            content: content.to_owned(),
-            ..Default::default()
-        })
-        .await
-        .expect("send")
-        .into_inner()
-        .message
-        .expect("message")
-        .seq
-}
 
 async fn subscribe(
     client: &mut Client,

@@ -285,3 +285,48 @@ impl TestApp {
         ChatServiceClient::with_interceptor(self.channel().await, Bearer(token))
     }
 }
+
+/// Creates (or finds) the thread of the caller and `others` for `job`.
+pub async fn create(
+    client: &mut Client,
+    others: &[&str],
+    job: Option<&str>,
+) -> chat_proto::v1::Thread {
+    client
+        .create_thread(chat_proto::v1::CreateThreadRequest {
+            participants: others.iter().map(|s| s.to_string()).collect(),
+            job_id: job.map(str::to_owned),
+            title: None,
+        })
+        .await
+        .expect("create thread")
+        .into_inner()
+        .thread
+        .expect("thread")
+}
+
+/// Sends a text message; the stored message.
+pub async fn send(client: &mut Client, thread_id: &str, content: &str) -> chat_proto::v1::Message {
+    send_with(client, thread_id, content, None).await.0
+}
+
+/// Sends a text message with a client_msg_id: the message and whether it
+/// was new.
+pub async fn send_with(
+    client: &mut Client,
+    thread_id: &str,
+    content: &str,
+    client_msg_id: Option<&str>,
+) -> (chat_proto::v1::Message, bool) {
+    let response = client
+        .send_message(chat_proto::v1::SendMessageRequest {
+            thread_id: thread_id.to_owned(),
+            content: content.to_owned(),
+            client_msg_id: client_msg_id.map(str::to_owned),
+            ..Default::default()
+        })
+        .await
+        .expect("send message")
+        .into_inner();
+    (response.message.expect("message"), response.created)
+}
