@@ -209,10 +209,10 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// One chat-core call with the caller's token and the call deadline. An
-/// idempotent call that finds its replica gone (UNAVAILABLE) is tried
-/// again, on another replica of the balanced channel; others are not, so
-/// nothing is done twice.
+/// One chat-core call with the caller's token, within the call deadline.
+/// An idempotent call that finds its replica gone (UNAVAILABLE) is tried
+/// again, on another replica of the balanced channel, while the deadline
+/// lasts; others are not, so nothing is done twice.
 async fn unary<Req, Resp, F, Fut>(
     state: &AppState,
     caller: &Caller,
@@ -225,21 +225,24 @@ where
     F: Fn(tonic::Request<Req>) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
 {
-    let mut delay = std::time::Duration::from_millis(50);
-    let mut attempt = 0;
-    loop {
-        match call(caller.request(state, body.clone())).await {
-            Ok(response) => return Ok(response.into_inner()),
-            Err(status)
-                if idempotent && status.code() == tonic::Code::Unavailable && attempt < 3 =>
-            {
-                attempt += 1;
-                tokio::time::sleep(delay).await;
-                delay *= 2;
+    let attempts = async {
+        let mut delay = std::time::Duration::from_millis(50);
+        let mut attempt = 0;
+        loop {
+            match call(caller.request(state, body.clone())).await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status)
+                    if idempotent && status.code() == tonic::Code::Unavailable && attempt < 3 =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(status) => return Err(status),
             }
-            Err(status) => return Err(status.into()),
         }
-    }
+    };
+    Ok(state.upstream.within_deadline(attempts).await?)
 }
 
 type ApiResult = Result<Response, ApiError>;

@@ -1,16 +1,23 @@
 //! The WebSockets of SPEC §5: one thread (`/ws/chat/{thread_id}/`) or every
-//! thread of the user (`/ws/chat/`), each backed by a chat-core `Subscribe`
-//! stream.
+//! thread of the user (`/ws/chat/`), each fed by an upstream [`Feed`].
 //!
 //! One task per socket runs a single loop over the browser's frames, the
-//! subscription's events, heartbeats, the token's expiry and shutdown. The
-//! socket is subscribed before any frame is answered, so everything after
-//! `auth_ok` (or a `pong`) reaches it. When the subscription breaks (a
-//! chat-core replica goes away, or it was cut off for lagging) the socket
-//! subscribes again from the last seq it delivered, so the browser sees no
-//! gap and no duplicate.
+//! feed's events, the chat-core call in flight, heartbeats, the token's
+//! expiry and shutdown. The socket is subscribed before any frame is
+//! answered, so everything after `auth_ok` (or a `pong`) reaches it. The
+//! feed keeps order and resumes after a broken stream (see
+//! `upstream::feed`); this side only turns events into frames.
+//!
+//! A frame that needs chat-core becomes the call in flight: the loop keeps
+//! delivering events while it runs, and reads the browser's next frame only
+//! once it has answered, so one socket's frames are handled in order and a
+//! browser that sends faster than its calls finish is slowed by TCP, not
+//! buffered.
 
-use std::{collections::HashMap, net::SocketAddr, sync::atomic::Ordering, time::Duration};
+use std::{
+    collections::HashMap, future::Future, net::SocketAddr, pin::Pin, sync::atomic::Ordering,
+    time::Duration,
+};
 
 use axum::{
     extract::{
@@ -25,9 +32,14 @@ use chat_proto::v1::{self as pb, event::Kind};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::time::{Instant, sleep_until, timeout};
-use tonic::{Code, Streaming};
+use tonic::Code;
 
-use crate::{error::ApiError, json, rest::AppState};
+use crate::{
+    error::ApiError,
+    json,
+    rest::AppState,
+    upstream::{Feed, FeedEnd, FeedRequest},
+};
 
 /// Close codes of SPEC §5.
 pub mod close {
@@ -41,8 +53,6 @@ pub mod close {
 
 /// How long a socket may take to send its `auth` frame.
 const AUTH_WINDOW: Duration = Duration::from_secs(5);
-/// Re-subscription attempts after the stream breaks, before giving up.
-const RESUBSCRIBE_ATTEMPTS: u32 = 8;
 
 /// `GET /ws/chat/{thread_id}/`.
 pub async fn thread_socket(
@@ -133,7 +143,6 @@ fn open(
                 token: String::new(),
                 identity: None,
                 expires_at: None,
-                delivered: HashMap::new(),
             };
             session.run(socket, token)
         })
@@ -148,12 +157,35 @@ struct Session {
     token: String,
     identity: Option<Identity>,
     expires_at: Option<Instant>,
-    /// The last message seq delivered per thread.
-    delivered: HashMap<String, i64>,
 }
 
 /// Why a socket ends.
 struct Closing(u16, &'static str);
+
+impl From<FeedEnd> for Closing {
+    fn from(end: FeedEnd) -> Self {
+        match end {
+            FeedEnd::TooSlow => Closing(close::TOO_SLOW, "too slow; reconnect with since_seq"),
+            FeedEnd::NotFound => Closing(close::NOT_FOUND, "thread not found"),
+            FeedEnd::Unauthenticated => Closing(close::UNAUTHORIZED, "invalid token"),
+            FeedEnd::Unavailable => {
+                Closing(close::RESTARTING, "chat service unavailable; reconnect")
+            }
+        }
+    }
+}
+
+/// A chat-core call in flight for one frame; it yields the frame that
+/// answers it, if any.
+type Pending = Pin<Box<dyn Future<Output = Option<Message>> + Send>>;
+
+/// What a browser frame asks of the socket loop.
+enum Action {
+    /// Answer at once.
+    Reply(Message),
+    /// Call chat-core; answer when it returns.
+    Call(Pending),
+}
 
 #[derive(Deserialize)]
 struct ClientFrame {
@@ -296,86 +328,13 @@ impl Session {
         Ok(())
     }
 
-    /// Opens (or re-opens) the chat-core subscription, resuming after what
-    /// was delivered: one thread after its last seq; every thread after
-    /// the baseline chat-core sent (`synced`) or what came since.
-    async fn subscribe(&self) -> Result<Streaming<pb::Event>, tonic::Status> {
-        let (since_seq, since_seqs) = match &self.thread_id {
-            Some(thread) => (
-                self.delivered.get(thread).copied().or(self.since_seq),
-                HashMap::new(),
-            ),
-            None => (None, self.delivered.clone()),
-        };
-        let mut request = self.state.upstream.request(
-            pb::SubscribeRequest {
-                thread_id: self.thread_id.clone(),
-                since_seq,
-                since_seqs,
-            },
-            &self.token,
-            &self.request_id,
-        );
-        // A stream has no deadline; only opening it does.
-        request.set_timeout(Duration::from_secs(3600 * 24 * 365));
-        let stream = timeout(
-            Duration::from_secs(5),
-            self.state.upstream.chat().subscribe(request),
-        )
-        .await
-        .map_err(|_| tonic::Status::unavailable("subscribe timed out"))??;
-        Ok(stream.into_inner())
-    }
-
-    /// Re-subscribes after the stream broke.
-    async fn resubscribe(&mut self) -> Result<Streaming<pb::Event>, Closing> {
-        let mut delay = Duration::from_millis(50);
-        for _ in 0..RESUBSCRIBE_ATTEMPTS {
-            match self.subscribe().await {
-                Ok(stream) => return Ok(stream),
-                Err(status) if status.code() == Code::NotFound => {
-                    return Err(Closing(close::NOT_FOUND, "thread not found"));
-                }
-                Err(status) if status.code() == Code::Unauthenticated => {
-                    return Err(Closing(close::UNAUTHORIZED, "invalid token"));
-                }
-                Err(status) => {
-                    tracing::warn!(request_id = %self.request_id, code = ?status.code(), "re-subscribing");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
-            }
+    /// Sends an event to the browser as its frame (events with no frame in
+    /// SPEC §5 are skipped).
+    async fn forward(&self, socket: &mut WebSocket, event: &pb::Event) -> Result<(), Closing> {
+        match event_frame(event) {
+            Some(frame) => self.send(socket, text(frame)).await,
+            None => Ok(()),
         }
-        Err(Closing(
-            close::RESTARTING,
-            "chat service unavailable; reconnect",
-        ))
-    }
-
-    /// Sends an event to the browser, dropping message events already
-    /// delivered.
-    async fn forward(&mut self, socket: &mut WebSocket, event: &pb::Event) -> Result<(), Closing> {
-        if let Some(Kind::Synced(synced)) = &event.kind {
-            for (thread, seq) in &synced.last_seqs {
-                let last = self.delivered.entry(thread.clone()).or_insert(*seq);
-                *last = (*last).max(*seq);
-            }
-            return Ok(());
-        }
-        if let Some(Kind::MessageCreated(_)) = event.kind {
-            // The thread id is copied only the first time a thread is seen.
-            match self.delivered.get_mut(&event.thread_id) {
-                Some(last) if event.seq <= *last => return Ok(()),
-                Some(last) => *last = event.seq,
-                None => {
-                    self.delivered.insert(event.thread_id.clone(), event.seq);
-                }
-            }
-        }
-        if let Some(frame) = event_frame(event) {
-            self.send(socket, text(frame)).await?;
-        }
-        Ok(())
     }
 
     async fn serve(&mut self, socket: &mut WebSocket, token: Option<String>) -> Closing {
@@ -403,18 +362,16 @@ impl Session {
             },
         };
         self.authenticate(&token)?;
-        let mut stream = match self.subscribe().await {
-            Ok(stream) => stream,
-            Err(status) => {
-                return Err(match status.code() {
-                    Code::NotFound | Code::InvalidArgument => {
-                        Closing(close::NOT_FOUND, "thread not found")
-                    }
-                    Code::Unauthenticated => Closing(close::UNAUTHORIZED, "invalid token"),
-                    _ => Closing(close::RESTARTING, "chat service unavailable; reconnect"),
-                });
-            }
-        };
+        let mut feed: Feed = self
+            .state
+            .upstream
+            .open_feed(FeedRequest {
+                token: self.token.clone(),
+                request_id: self.request_id.clone(),
+                thread_id: self.thread_id.clone(),
+                since_seq: self.since_seq,
+            })
+            .await?;
         if via_frame {
             let user_id = self.identity.as_ref().map(|i| i.subject.clone());
             self.send(socket, text(json!({"type": "auth_ok", "user_id": user_id})))
@@ -426,6 +383,7 @@ impl Session {
         let ping_every = self.state.ws_ping;
         let mut next_ping = Instant::now() + ping_every;
         let far = Instant::now() + Duration::from_secs(3600 * 24 * 365);
+        let mut in_flight: Option<Pending> = None;
         loop {
             let expiry = self.expires_at.unwrap_or(far);
             tokio::select! {
@@ -442,11 +400,22 @@ impl Session {
                     self.send(socket, Message::Ping(Default::default())).await?;
                     next_ping = Instant::now() + ping_every;
                 }
-                frame = socket.recv() => {
+                answer = async { in_flight.as_mut().expect("guarded by the branch condition").await },
+                    if in_flight.is_some() =>
+                {
+                    in_flight = None;
+                    if let Some(answer) = answer {
+                        self.send(socket, answer).await?;
+                    }
+                }
+                frame = socket.recv(), if in_flight.is_none() => {
                     last_heard = Instant::now();
                     self.state.metrics.frames_in.fetch_add(1, Ordering::Relaxed);
                     match frame {
-                        Some(Ok(Message::Text(frame))) => self.handle(socket, &frame).await?,
+                        Some(Ok(Message::Text(frame))) => match self.handle(&frame) {
+                            Action::Reply(answer) => self.send(socket, answer).await?,
+                            Action::Call(call) => in_flight = Some(call),
+                        },
                         Some(Ok(Message::Binary(_))) => {
                             self.send(socket, error_frame("invalid_frame", "frames are JSON text", None)).await?;
                         }
@@ -456,37 +425,41 @@ impl Session {
                         Some(Ok(_)) => {}
                     }
                 }
-                event = stream.message() => {
-                    match event {
-                        Ok(Some(event)) => self.forward(socket, &event).await?,
-                        Ok(None) | Err(_) => {
-                            if let Err(status) = &event {
-                                if status.code() == Code::Unauthenticated {
-                                    return Ok(Closing(close::UNAUTHORIZED, "token expired"));
-                                }
-                                if status.code() == Code::NotFound {
-                                    return Ok(Closing(close::NOT_FOUND, "thread not found"));
-                                }
-                            }
-                            tracing::info!(request_id = %self.request_id, "subscription broke; resubscribing from the last delivered seq");
-                            stream = self.resubscribe().await?;
-                        }
-                    }
-                }
+                event = feed.next() => self.forward(socket, &event?).await?,
             }
         }
     }
 
+    /// The chat-core call for a frame, bounded by the call deadline; its
+    /// answer is `answer` on success and an `error` frame otherwise.
+    fn call<T, Fut>(
+        &self,
+        call: Fut,
+        client_msg_id: Option<String>,
+        answer: impl FnOnce(T) -> Option<Message> + Send + 'static,
+    ) -> Action
+    where
+        T: Send + 'static,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>> + Send + 'static,
+    {
+        let upstream = self.state.upstream.clone();
+        Action::Call(Box::pin(async move {
+            match upstream.within_deadline(call).await {
+                Ok(response) => answer(response.into_inner()),
+                Err(status) => Some(status_frame(&status, client_msg_id.as_deref())),
+            }
+        }))
+    }
+
     /// One frame from the browser. A bad frame gets an `error` frame and
     /// the socket stays open.
-    async fn handle(&mut self, socket: &mut WebSocket, frame: &str) -> Result<(), Closing> {
+    fn handle(&self, frame: &str) -> Action {
         let Ok(frame) = serde_json::from_str::<ClientFrame>(frame) else {
-            return self
-                .send(
-                    socket,
-                    error_frame("invalid_frame", "frames are JSON objects with a type", None),
-                )
-                .await;
+            return Action::Reply(error_frame(
+                "invalid_frame",
+                "frames are JSON objects with a type",
+                None,
+            ));
         };
         let thread_id = match (&self.thread_id, &frame.thread_id) {
             (Some(own), _) => Some(own.clone()),
@@ -501,30 +474,24 @@ impl Session {
             None | Some(Value::Null) => None,
             Some(Value::String(id)) => Some(id.clone()),
             Some(_) => {
-                return self
-                    .send(
-                        socket,
-                        error_frame("invalid_request", "client_msg_id: must be a string", None),
-                    )
-                    .await;
+                return Action::Reply(error_frame(
+                    "invalid_request",
+                    "client_msg_id: must be a string",
+                    None,
+                ));
             }
         };
         if needs_thread && thread_id.is_none() {
-            return self
-                .send(
-                    socket,
-                    error_frame(
-                        "invalid_request",
-                        "thread_id: required on this socket",
-                        client_msg_id.as_deref(),
-                    ),
-                )
-                .await;
+            return Action::Reply(error_frame(
+                "invalid_request",
+                "thread_id: required on this socket",
+                client_msg_id.as_deref(),
+            ));
         }
         let thread_id = thread_id.unwrap_or_default();
-        let chat = self.state.upstream.chat();
+        let upstream = &self.state.upstream;
         match frame.kind.as_str() {
-            "ping" => self.send(socket, text(json!({"type": "pong"}))).await,
+            "ping" => Action::Reply(text(json!({"type": "pong"}))),
             "chat_message" => {
                 let subject = self
                     .identity
@@ -536,46 +503,31 @@ impl Session {
                         .metrics
                         .rate_limited
                         .fetch_add(1, Ordering::Relaxed);
-                    return self
-                        .send(
-                            socket,
-                            error_frame(
-                                "rate_limited",
-                                "too many messages; slow down",
-                                client_msg_id.as_deref(),
-                            ),
-                        )
-                        .await;
+                    return Action::Reply(error_frame(
+                        "rate_limited",
+                        "too many messages; slow down",
+                        client_msg_id.as_deref(),
+                    ));
                 }
                 let Some(Value::String(content)) = frame.content else {
-                    return self
-                        .send(
-                            socket,
-                            error_frame(
-                                "invalid_request",
-                                "content: must be a string",
-                                client_msg_id.as_deref(),
-                            ),
-                        )
-                        .await;
+                    return Action::Reply(error_frame(
+                        "invalid_request",
+                        "content: must be a string",
+                        client_msg_id.as_deref(),
+                    ));
                 };
                 let metadata_json = match frame.metadata {
                     None | Some(Value::Null) => None,
                     Some(value @ Value::Object(_)) => Some(value.to_string()),
                     Some(_) => {
-                        return self
-                            .send(
-                                socket,
-                                error_frame(
-                                    "invalid_request",
-                                    "metadata: must be a JSON object",
-                                    client_msg_id.as_deref(),
-                                ),
-                            )
-                            .await;
+                        return Action::Reply(error_frame(
+                            "invalid_request",
+                            "metadata: must be a JSON object",
+                            client_msg_id.as_deref(),
+                        ));
                     }
                 };
-                let request = self.state.upstream.request(
+                let request = upstream.request(
                     pb::SendMessageRequest {
                         thread_id,
                         content,
@@ -586,37 +538,32 @@ impl Session {
                     &self.token,
                     &self.request_id,
                 );
-                let mut chat = chat;
-                match chat.send_message(request).await {
-                    Ok(response) => {
-                        let message = response.into_inner().message.map(|m| json::message(&m));
-                        self.send(socket, text(json!({"type": "ack", "client_msg_id": client_msg_id, "message": message})))
-                            .await
-                    }
-                    Err(status) => {
-                        self.send(socket, status_frame(&status, client_msg_id.as_deref()))
-                            .await
-                    }
-                }
+                let mut chat = upstream.chat();
+                let acked = client_msg_id.clone();
+                self.call(
+                    async move { chat.send_message(request).await },
+                    client_msg_id,
+                    move |response| {
+                        let message = response.message.map(|m| json::message(&m));
+                        Some(text(
+                            json!({"type": "ack", "client_msg_id": acked, "message": message}),
+                        ))
+                    },
+                )
             }
             "mark_messages_read" => {
                 let up_to_seq = match frame.up_to_seq {
                     None | Some(Value::Null) => None,
                     Some(Value::Number(n)) if n.as_i64().is_some_and(|n| n >= 0) => n.as_i64(),
                     Some(_) => {
-                        return self
-                            .send(
-                                socket,
-                                error_frame(
-                                    "invalid_request",
-                                    "up_to_seq: must be a non-negative integer",
-                                    None,
-                                ),
-                            )
-                            .await;
+                        return Action::Reply(error_frame(
+                            "invalid_request",
+                            "up_to_seq: must be a non-negative integer",
+                            None,
+                        ));
                     }
                 };
-                let request = self.state.upstream.request(
+                let request = upstream.request(
                     pb::MarkReadRequest {
                         thread_id,
                         up_to_seq,
@@ -624,26 +571,18 @@ impl Session {
                     &self.token,
                     &self.request_id,
                 );
-                let mut chat = chat;
-                match chat.mark_read(request).await {
-                    Ok(_) => Ok(()),
-                    Err(status) => self.send(socket, status_frame(&status, None)).await,
-                }
+                let mut chat = upstream.chat();
+                self.call(async move { chat.mark_read(request).await }, None, |_| None)
             }
             "typing_indicator" => {
                 let Some(Value::Bool(is_typing)) = frame.is_typing else {
-                    return self
-                        .send(
-                            socket,
-                            error_frame(
-                                "invalid_request",
-                                "is_typing: must be true or false",
-                                None,
-                            ),
-                        )
-                        .await;
+                    return Action::Reply(error_frame(
+                        "invalid_request",
+                        "is_typing: must be true or false",
+                        None,
+                    ));
                 };
-                let request = self.state.upstream.request(
+                let request = upstream.request(
                     pb::SetTypingRequest {
                         thread_id,
                         is_typing,
@@ -651,26 +590,13 @@ impl Session {
                     &self.token,
                     &self.request_id,
                 );
-                let mut chat = chat;
-                match chat.set_typing(request).await {
-                    Ok(_) => Ok(()),
-                    Err(status) => self.send(socket, status_frame(&status, None)).await,
-                }
+                let mut chat = upstream.chat();
+                self.call(async move { chat.set_typing(request).await }, None, |_| {
+                    None
+                })
             }
-            "auth" => {
-                self.send(
-                    socket,
-                    error_frame("invalid_frame", "already authenticated", None),
-                )
-                .await
-            }
-            _ => {
-                self.send(
-                    socket,
-                    error_frame("invalid_frame", "unknown frame type", None),
-                )
-                .await
-            }
+            "auth" => Action::Reply(error_frame("invalid_frame", "already authenticated", None)),
+            _ => Action::Reply(error_frame("invalid_frame", "unknown frame type", None)),
         }
     }
 }

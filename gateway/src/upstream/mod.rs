@@ -1,8 +1,17 @@
 //! The gateway's side of chat-core: one lazily connected gRPC channel
-//! balanced per call across every `CHAT_CORE_URL` address, a deadline on
-//! every call, and the caller's token and request id passed along.
+//! balanced per call across every `CHAT_CORE_URL` address, a client-side
+//! deadline on every call, the caller's token and request id passed along,
+//! and the sockets' live feeds ([`feed`]).
+//!
+//! The socket side (`ws`) sees only [`Upstream::open_feed`],
+//! [`Upstream::within_deadline`] and the clients; how sockets map onto
+//! chat-core streams stays in here.
 
-use std::time::Duration;
+mod feed;
+
+use std::{future::Future, time::Duration};
+
+pub use feed::{FEED_CAPACITY, Feed, FeedEnd, FeedRequest};
 
 use chat_proto::v1::{
     chat_service_client::ChatServiceClient, integration_service_client::IntegrationServiceClient,
@@ -17,6 +26,8 @@ use tonic::{
     transport::{Channel, Endpoint},
 };
 
+/// How long `/readyz` waits for chat-core's health answer.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often names in `CHAT_CORE_URL` are resolved again.
 const RESOLVE_EVERY: Duration = Duration::from_secs(5);
 
@@ -121,6 +132,19 @@ impl Upstream {
         IntegrationServiceClient::new(self.channel.clone())
     }
 
+    /// Runs a call within the call deadline, measured here on the client:
+    /// the deadline sent to chat-core only helps once the request reaches
+    /// it, and a call stuck in the transport must end too. An expired call
+    /// is `UNAVAILABLE`, which every transport shows as `unavailable`.
+    pub async fn within_deadline<T>(
+        &self,
+        call: impl Future<Output = Result<T, tonic::Status>>,
+    ) -> Result<T, tonic::Status> {
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .unwrap_or_else(|_| Err(tonic::Status::unavailable("chat-core call timed out")))
+    }
+
     /// A unary request carrying the caller's token, the request id and the
     /// call deadline.
     pub fn request<T>(&self, body: T, token: &str, request_id: &str) -> Request<T> {
@@ -143,8 +167,13 @@ impl Upstream {
         let mut request = Request::new(tonic_health::pb::HealthCheckRequest {
             service: "chat.v1.ChatService".into(),
         });
-        request.set_timeout(Duration::from_secs(2));
-        match client.check(request).await {
+        request.set_timeout(HEALTH_TIMEOUT);
+        // Bounded here too, so `/readyz` says "unreachable" when the
+        // transport is stuck instead of hanging with it.
+        match tokio::time::timeout(HEALTH_TIMEOUT, client.check(request))
+            .await
+            .unwrap_or_else(|_| Err(tonic::Status::unavailable("health check timed out")))
+        {
             Ok(response)
                 if response.get_ref().status
                     == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 =>
