@@ -425,7 +425,7 @@ impl Session {
                         Some(Ok(_)) => {}
                     }
                 }
-                event = feed.next() => self.forward(socket, &event?).await?,
+                event = feed.next() => self.forward(socket, &*event?).await?,
             }
         }
     }

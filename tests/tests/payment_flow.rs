@@ -97,6 +97,14 @@ async fn asking_for_a_payment_gets_it_captured_in_the_thread() {
             ))
             .await
             .expect("auth");
+        // Subscribed from here on (SPEC §5): the payment comes after.
+        let frame = tokio::time::timeout(Duration::from_secs(20), socket.next())
+            .await
+            .expect("a frame in time")
+            .expect("open")
+            .expect("healthy");
+        let answer: Value = serde_json::from_str(frame.to_text().expect("text")).expect("JSON");
+        assert_eq!(answer["type"], "auth_ok", "{answer}");
         sockets.push(socket);
     }
 

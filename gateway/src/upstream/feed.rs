@@ -1,41 +1,61 @@
-//! A socket's live events: one chat-core `Subscribe` stream, read by its
-//! own pump task into a bounded queue that the socket drains.
+//! Sockets' live events, carried over a few shared chat-core relay streams
+//! (`RelayService.Relay`) instead of one `Subscribe` stream per socket.
 //!
-//! Why a pump: every stream shares the HTTP/2 connection to chat-core with
-//! every other stream and every unary call. A stream that nobody reads
-//! keeps its data in the connection's flow-control window; enough of them
-//! and no response reaches the gateway at all, so the whole gateway wedges
-//! while one socket waits for its own call. The pump reads its stream
-//! whatever the socket is doing. When the socket falls behind, the queue
-//! fills and the feed ends with [`FeedEnd::TooSlow`] (the browser resumes
-//! with `since_seq`); nothing is ever held in the transport on a slow
-//! reader's behalf and nothing buffers without bound.
+//! Why shared: a `Subscribe` stream costs HTTP/2 state and buffers on both
+//! ends (about 15 KiB per socket), far beyond what a gateway carrying tens
+//! of thousands of sockets can afford; a subscription on a relay costs only
+//! its own small state.
 //!
-//! The feed also owns the delivery guarantees: it remembers the last
-//! message seq it passed on per thread, drops message events at or below
-//! it, and when the stream breaks (a replica went away, or cut the stream
-//! off for lagging) it subscribes again from there, so the socket sees no
-//! gap and no duplicate.
+//! Why a link task per relay that never waits on a socket: every stream
+//! shares the HTTP/2 connection to chat-core with every unary call. Events
+//! that nobody reads keep their data in the connection's flow-control
+//! window, and enough of them starve every response, wedging the gateway.
+//! A link hands each event to its socket's bounded queue without waiting;
+//! a socket whose queue is full is cut off with [`FeedEnd::TooSlow`] (the
+//! browser resumes with `since_seq`). Nothing is held in the transport on a
+//! slow reader's behalf and nothing buffers without bound.
+//!
+//! The link also owns the delivery guarantees: per subscription it keeps
+//! the last message seq passed on per thread (starting from the `synced`
+//! baseline chat-core sends first), drops message events at or below it,
+//! and when a relay breaks or a subscription is cut off upstream it opens
+//! the subscription again from there, so the socket sees no gap and no
+//! duplicate.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, OnceLock},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
-use chat_proto::v1::{self as pb, event::Kind};
-use tokio::{sync::mpsc, task::AbortHandle};
-use tonic::{Code, Streaming};
-
-use super::Upstream;
+use chat_proto::v1::{
+    self as pb, event::Kind, relay_event::Kind as RelayKind, relay_request::Kind as Command,
+    relay_service_client::RelayServiceClient,
+};
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::{Instant, sleep_until},
+};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::{Code, Streaming, transport::Channel};
 
 /// How many events may wait for one socket before it counts as too slow.
-/// The queue's memory grows only as far as it is used.
+/// The queue holds boxed events and grows only as far as it is used.
 pub const FEED_CAPACITY: usize = 512;
-/// Re-subscription attempts after the stream breaks, before giving up.
-const RESUBSCRIBE_ATTEMPTS: u32 = 8;
-/// How long opening a stream may take.
+/// Relay streams per gateway: enough to spread sockets over the chat-core
+/// replicas and over their cores.
+const RELAY_LINKS: usize = 4;
+/// How long opening a subscription may take.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Re-opens of a subscription cut off upstream, without an event in
+/// between, before its socket is told to reconnect.
+const REOPEN_ATTEMPTS: u32 = 8;
+/// How long a link waits before opening cut-off subscriptions again, or
+/// before reconnecting a broken relay.
+const RETRY_AFTER: Duration = Duration::from_millis(100);
 
 /// What a socket subscribes to.
 #[derive(Debug, Clone)]
@@ -64,8 +84,10 @@ pub enum FeedEnd {
 }
 
 impl FeedEnd {
-    fn from_status(status: &tonic::Status) -> Option<FeedEnd> {
-        match status.code() {
+    /// The end a subscription's final status means; `None` when opening it
+    /// again may work (a lagging cut-off, a replica going away).
+    fn from_code(code: Code) -> Option<FeedEnd> {
+        match code {
             Code::NotFound | Code::InvalidArgument => Some(FeedEnd::NotFound),
             Code::Unauthenticated | Code::PermissionDenied => Some(FeedEnd::Unauthenticated),
             _ => None,
@@ -74,17 +96,18 @@ impl FeedEnd {
 }
 
 /// A socket's stream of events, deduplicated and in seq order per thread.
-/// Dropping it stops its pump and closes the chat-core stream.
+/// Dropping it closes the subscription.
 #[derive(Debug)]
 pub struct Feed {
-    events: mpsc::Receiver<pb::Event>,
+    id: u64,
+    events: mpsc::Receiver<Box<pb::Event>>,
     end: Arc<OnceLock<FeedEnd>>,
-    pump: AbortHandle,
+    link: mpsc::UnboundedSender<Control>,
 }
 
 impl Feed {
     /// The next event, or why the feed ended.
-    pub async fn next(&mut self) -> Result<pb::Event, FeedEnd> {
+    pub async fn next(&mut self) -> Result<Box<pb::Event>, FeedEnd> {
         // A socket that fell behind is closed at once rather than after it
         // has worked through the backlog it could not keep up with.
         if self.end.get() == Some(&FeedEnd::TooSlow) {
@@ -99,76 +122,131 @@ impl Feed {
 
 impl Drop for Feed {
     fn drop(&mut self) {
-        self.pump.abort();
+        let _ = self.link.send(Control::Close { id: self.id });
     }
 }
 
-impl Upstream {
+/// The relay links of one gateway. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Relays {
+    links: Arc<[mpsc::UnboundedSender<Control>]>,
+    next_link: Arc<AtomicUsize>,
+    next_id: Arc<AtomicU64>,
+}
+
+impl Relays {
+    /// Starts the links over `channel`. They connect when the first socket
+    /// subscribes and end when every clone of this value is gone.
+    pub fn start(channel: Channel) -> Relays {
+        let links = (0..RELAY_LINKS)
+            .map(|_| {
+                // Unbounded, yet bounded by the sockets: each subscription
+                // puts at most one open and one close here.
+                let (control, commands) = mpsc::unbounded_channel();
+                let link = Link {
+                    client: RelayServiceClient::new(channel.clone()),
+                    commands,
+                    subscriptions: HashMap::new(),
+                    reopen: Vec::new(),
+                };
+                tokio::spawn(link.run());
+                control
+            })
+            .collect();
+        Relays {
+            links,
+            next_link: Arc::default(),
+            next_id: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
     /// Subscribes a socket. Returns once chat-core has the subscription in
     /// place, so every event after this reaches the feed.
-    pub async fn open_feed(&self, request: FeedRequest) -> Result<Feed, FeedEnd> {
-        let pump = Pump {
-            upstream: self.clone(),
-            request,
-            delivered: HashMap::new(),
-        };
-        let stream = pump
-            .subscribe()
-            .await
-            .map_err(|status| FeedEnd::from_status(&status).unwrap_or(FeedEnd::Unavailable))?;
+    pub async fn open(&self, request: FeedRequest) -> Result<Feed, FeedEnd> {
+        let link =
+            self.links[self.next_link.fetch_add(1, Ordering::Relaxed) % self.links.len()].clone();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (sender, events) = mpsc::channel(FEED_CAPACITY);
+        let (opened, answer) = oneshot::channel();
         let end = Arc::new(OnceLock::new());
-        let task = tokio::spawn(pump.run(stream, sender, end.clone()));
-        Ok(Feed {
+        let subscription = Subscription {
+            request,
+            events: sender,
+            end: end.clone(),
+            delivered: HashMap::new(),
+            opened: Some(opened),
+            attempts: 0,
+        };
+        link.send(Control::Open {
+            id,
+            subscription: Box::new(subscription),
+        })
+        .map_err(|_| FeedEnd::Unavailable)?;
+        // From here the feed closes the subscription if opening fails.
+        let feed = Feed {
+            id,
             events,
             end,
-            pump: task.abort_handle(),
-        })
+            link,
+        };
+        match tokio::time::timeout(OPEN_TIMEOUT, answer).await {
+            Ok(Ok(Ok(()))) => Ok(feed),
+            Ok(Ok(Err(end))) => Err(end),
+            Ok(Err(_)) | Err(_) => Err(FeedEnd::Unavailable),
+        }
     }
 }
 
-/// The task behind a [`Feed`].
-struct Pump {
-    upstream: Upstream,
-    request: FeedRequest,
-    /// The last message seq passed on, per thread.
-    delivered: HashMap<String, i64>,
+/// What sockets ask of a link.
+#[derive(Debug)]
+enum Control {
+    Open {
+        id: u64,
+        subscription: Box<Subscription>,
+    },
+    Close {
+        id: u64,
+    },
 }
 
-impl Pump {
-    async fn run(
-        mut self,
-        mut stream: Streaming<pb::Event>,
-        sender: mpsc::Sender<pb::Event>,
-        end: Arc<OnceLock<FeedEnd>>,
-    ) {
-        let reason = loop {
-            match stream.message().await {
-                Ok(Some(event)) => {
-                    if !self.is_new(&event) {
-                        continue;
-                    }
-                    match sender.try_send(event) {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(_)) => break FeedEnd::TooSlow,
-                        // The socket is gone.
-                        Err(mpsc::error::TrySendError::Closed(_)) => return,
-                    }
-                }
-                Ok(None) => match self.resubscribe().await {
-                    Ok(next) => stream = next,
-                    Err(reason) => break reason,
-                },
-                Err(status) => match FeedEnd::from_status(&status) {
-                    Some(reason) => break reason,
-                    None => match self.resubscribe().await {
-                        Ok(next) => stream = next,
-                        Err(reason) => break reason,
-                    },
-                },
-            }
+/// One socket's subscription, as its link keeps it.
+#[derive(Debug)]
+struct Subscription {
+    request: FeedRequest,
+    events: mpsc::Sender<Box<pb::Event>>,
+    end: Arc<OnceLock<FeedEnd>>,
+    /// The last message seq passed on, per thread.
+    delivered: HashMap<String, i64>,
+    /// Told when chat-core has the subscription in place.
+    opened: Option<oneshot::Sender<Result<(), FeedEnd>>>,
+    /// Re-opens since the last event.
+    attempts: u32,
+}
+
+impl Subscription {
+    /// The open that resumes after what was passed on: one thread after
+    /// its last seq; every thread after what came since the baseline.
+    fn open_command(&self, id: u64) -> pb::RelayRequest {
+        let request = &self.request;
+        let (since_seq, since_seqs) = match &request.thread_id {
+            Some(thread) => (
+                self.delivered.get(thread).copied().or(request.since_seq),
+                HashMap::new(),
+            ),
+            None => (None, self.delivered.clone()),
         };
-        let _ = end.set(reason);
+        pb::RelayRequest {
+            kind: Some(Command::Open(pb::RelayOpen {
+                id,
+                token: request.token.clone(),
+                subscribe: Some(pb::SubscribeRequest {
+                    thread_id: request.thread_id.clone(),
+                    since_seq,
+                    since_seqs,
+                }),
+                request_id: request.request_id.clone(),
+            })),
+        }
     }
 
     /// Whether an event goes to the socket: message events at or below
@@ -200,56 +278,183 @@ impl Pump {
         }
     }
 
-    /// Opens the chat-core stream, resuming after what was passed on: one
-    /// thread after its last seq; every thread after the baseline chat-core
-    /// sent (`synced`) or what came since.
-    async fn subscribe(&self) -> Result<Streaming<pb::Event>, tonic::Status> {
-        let request = &self.request;
-        let (since_seq, since_seqs) = match &request.thread_id {
-            Some(thread) => (
-                self.delivered.get(thread).copied().or(request.since_seq),
-                HashMap::new(),
-            ),
-            None => (None, self.delivered.clone()),
-        };
-        let mut call = self.upstream.request(
-            pb::SubscribeRequest {
-                thread_id: request.thread_id.clone(),
-                since_seq,
-                since_seqs,
-            },
-            &request.token,
-            &request.request_id,
-        );
-        // A stream has no deadline; only opening it does.
-        call.set_timeout(Duration::from_secs(3600 * 24 * 365));
-        let mut client = self.upstream.chat();
-        let stream = tokio::time::timeout(OPEN_TIMEOUT, client.subscribe(call))
-            .await
-            .map_err(|_| tonic::Status::unavailable("subscribe timed out"))??;
-        Ok(stream.into_inner())
+    /// Ends the feed: the socket learns why once it has read what is queued
+    /// (at once, for [`FeedEnd::TooSlow`]).
+    fn finish(mut self, end: FeedEnd) {
+        let _ = self.end.set(end);
+        if let Some(opened) = self.opened.take() {
+            let _ = opened.send(Err(end));
+        }
+    }
+}
+
+/// One relay stream to chat-core and the subscriptions on it.
+struct Link {
+    client: RelayServiceClient<Channel>,
+    commands: mpsc::UnboundedReceiver<Control>,
+    subscriptions: HashMap<u64, Box<Subscription>>,
+    /// Subscriptions cut off upstream, to open again shortly.
+    reopen: Vec<u64>,
+}
+
+/// A connected relay: what to send and what comes back.
+struct Connected {
+    outbound: mpsc::UnboundedSender<pb::RelayRequest>,
+    inbound: Streaming<pb::RelayEvent>,
+}
+
+impl Link {
+    async fn run(mut self) {
+        let mut relay: Option<Connected> = None;
+        let mut retry_at: Option<Instant> = None;
+        loop {
+            if relay.is_none() && !self.subscriptions.is_empty() && retry_at.is_none() {
+                match self.connect().await {
+                    Ok(connected) => relay = Some(connected),
+                    Err(status) => {
+                        tracing::warn!(code = ?status.code(), "chat-core relay unavailable; retrying");
+                        retry_at = Some(Instant::now() + RETRY_AFTER);
+                    }
+                }
+            }
+            let far = Instant::now() + Duration::from_secs(3600);
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    Some(command) => self.command(command, relay.as_ref()),
+                    // The gateway is gone.
+                    None => return,
+                },
+                event = async {
+                    match relay.as_mut() {
+                        Some(connected) => connected.inbound.message().await,
+                        None => std::future::pending().await,
+                    }
+                } => match event {
+                    Ok(Some(event)) => {
+                        if let Some(connected) = &relay {
+                            self.route(event, &connected.outbound);
+                        }
+                    }
+                    Ok(None) | Err(_) => {
+                        tracing::info!("chat-core relay broke; resubscribing its sockets from their last delivered seqs");
+                        relay = None;
+                        retry_at = Some(Instant::now() + RETRY_AFTER);
+                    }
+                },
+                () = sleep_until(retry_at.unwrap_or(far)), if retry_at.is_some() => {
+                    retry_at = None;
+                    let reopen = std::mem::take(&mut self.reopen);
+                    if let Some(connected) = &relay {
+                        for id in reopen {
+                            if let Some(subscription) = self.subscriptions.get(&id) {
+                                let _ = connected.outbound.send(subscription.open_command(id));
+                            }
+                        }
+                    }
+                }
+            }
+            if !self.reopen.is_empty() && retry_at.is_none() {
+                retry_at = Some(Instant::now() + RETRY_AFTER);
+            }
+        }
     }
 
-    /// Subscribes again after the stream broke, with back-off.
-    async fn resubscribe(&self) -> Result<Streaming<pb::Event>, FeedEnd> {
-        tracing::info!(
-            request_id = %self.request.request_id,
-            "subscription broke; resubscribing from the last delivered seq"
-        );
-        let mut delay = Duration::from_millis(50);
-        for _ in 0..RESUBSCRIBE_ATTEMPTS {
-            match self.subscribe().await {
-                Ok(stream) => return Ok(stream),
-                Err(status) => {
-                    if let Some(reason) = FeedEnd::from_status(&status) {
-                        return Err(reason);
-                    }
-                    tracing::warn!(request_id = %self.request.request_id, code = ?status.code(), "re-subscribing");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
+    /// Opens a relay stream and every subscription this link holds.
+    async fn connect(&mut self) -> Result<Connected, tonic::Status> {
+        let (outbound, requests) = mpsc::unbounded_channel();
+        self.reopen.clear();
+        for (id, subscription) in &self.subscriptions {
+            let _ = outbound.send(subscription.open_command(*id));
+        }
+        let mut client = self.client.clone();
+        let inbound = tokio::time::timeout(
+            OPEN_TIMEOUT,
+            client.relay(UnboundedReceiverStream::new(requests)),
+        )
+        .await
+        .map_err(|_| tonic::Status::unavailable("relay open timed out"))??
+        .into_inner();
+        Ok(Connected { outbound, inbound })
+    }
+
+    fn command(&mut self, command: Control, relay: Option<&Connected>) {
+        match command {
+            Control::Open { id, subscription } => {
+                if let Some(connected) = relay {
+                    let _ = connected.outbound.send(subscription.open_command(id));
+                }
+                // Without a relay, connecting opens it.
+                self.subscriptions.insert(id, subscription);
+            }
+            Control::Close { id } => {
+                if self.subscriptions.remove(&id).is_some()
+                    && let Some(connected) = relay
+                {
+                    let _ = connected.outbound.send(close_command(id));
                 }
             }
         }
-        Err(FeedEnd::Unavailable)
+    }
+
+    /// Hands one relay event to its socket, without waiting.
+    fn route(&mut self, event: pb::RelayEvent, outbound: &mpsc::UnboundedSender<pb::RelayRequest>) {
+        let id = event.id;
+        // Events of a subscription already closed are dropped.
+        let Some(subscription) = self.subscriptions.get_mut(&id) else {
+            return;
+        };
+        match event.kind {
+            Some(RelayKind::Opened(_)) => {
+                if let Some(opened) = subscription.opened.take() {
+                    let _ = opened.send(Ok(()));
+                }
+            }
+            Some(RelayKind::Event(event)) => {
+                if !subscription.is_new(&event) {
+                    return;
+                }
+                subscription.attempts = 0;
+                match subscription.events.try_send(Box::new(event)) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        if let Some(subscription) = self.subscriptions.remove(&id) {
+                            subscription.finish(FeedEnd::TooSlow);
+                        }
+                        let _ = outbound.send(close_command(id));
+                    }
+                    // The socket is gone; its close is on the way.
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
+            }
+            Some(RelayKind::Ended(ended)) => {
+                let code = Code::from_i32(ended.code);
+                let end = FeedEnd::from_code(code).or_else(|| {
+                    subscription.attempts += 1;
+                    (subscription.attempts > REOPEN_ATTEMPTS).then_some(FeedEnd::Unavailable)
+                });
+                match end {
+                    Some(end) => {
+                        if let Some(subscription) = self.subscriptions.remove(&id) {
+                            subscription.finish(end);
+                        }
+                    }
+                    None => {
+                        tracing::info!(
+                            request_id = %subscription.request.request_id,
+                            code = ?code,
+                            "subscription cut off upstream; resubscribing from the last delivered seq"
+                        );
+                        self.reopen.push(id);
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+}
+
+fn close_command(id: u64) -> pb::RelayRequest {
+    pb::RelayRequest {
+        kind: Some(Command::Close(pb::RelayClose { id })),
     }
 }

@@ -11,6 +11,7 @@ mod feed;
 
 use std::{future::Future, time::Duration};
 
+use feed::Relays;
 pub use feed::{FEED_CAPACITY, Feed, FeedEnd, FeedRequest};
 
 use chat_proto::v1::{
@@ -87,6 +88,7 @@ async fn follow_dns(
 pub struct Upstream {
     channel: Channel,
     timeout: Duration,
+    relays: Relays,
 }
 
 impl Upstream {
@@ -119,7 +121,12 @@ impl Upstream {
                 ));
             }
         }
-        Ok(Upstream { channel, timeout })
+        let relays = Relays::start(channel.clone());
+        Ok(Upstream {
+            channel,
+            timeout,
+            relays,
+        })
     }
 
     /// A `ChatService` client.
@@ -130,6 +137,13 @@ impl Upstream {
     /// An `IntegrationService` client.
     pub fn integrations(&self) -> IntegrationServiceClient<Channel> {
         IntegrationServiceClient::new(self.channel.clone())
+    }
+
+    /// Subscribes a socket to its live events over the shared relays.
+    /// Returns once chat-core has the subscription in place, so every event
+    /// after this reaches the feed.
+    pub async fn open_feed(&self, request: FeedRequest) -> Result<Feed, FeedEnd> {
+        self.relays.open(request).await
     }
 
     /// Runs a call within the call deadline, measured here on the client:

@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status, service::Interceptor};
 use crate::{
     chat::{Chat, ChatError, SendRequest},
     domain::{Caller, MessageKind},
+    events::EventKind,
     integrations::Integrations,
     live::SubscribeRequest,
     wire::{event_to_proto, integration_to_proto, message_to_proto, thread_to_proto},
@@ -34,6 +35,20 @@ impl Authenticator {
     }
 }
 
+impl Authenticator {
+    /// The caller an `authorization` value (`Bearer <jwt>`) stands for.
+    pub fn caller(&self, header: Option<&str>) -> Result<Caller, Status> {
+        let identity = self
+            .verifier
+            .verify_bearer(header)
+            .map_err(|err| Status::unauthenticated(err.to_string()))?;
+        Ok(match identity.role {
+            Role::Service => Caller::Service(identity.subject),
+            Role::User => Caller::User(identity.subject),
+        })
+    }
+}
+
 impl Interceptor for Authenticator {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let header = match request.metadata().get("authorization") {
@@ -44,14 +59,7 @@ impl Interceptor for Authenticator {
             ),
             None => None,
         };
-        let identity = self
-            .verifier
-            .verify_bearer(header)
-            .map_err(|err| Status::unauthenticated(err.to_string()))?;
-        let caller = match identity.role {
-            Role::Service => Caller::Service(identity.subject),
-            Role::User => Caller::User(identity.subject),
-        };
+        let caller = self.caller(header)?;
         request.extensions_mut().insert(caller);
         Ok(request)
     }
@@ -86,6 +94,15 @@ impl From<ChatError> for Status {
                 Status::internal("internal error")
             }
         }
+    }
+}
+
+/// A `Subscribe` request in domain form.
+pub fn subscribe_request(request: pb::SubscribeRequest) -> SubscribeRequest {
+    SubscribeRequest {
+        thread_id: request.thread_id,
+        since_seq: request.since_seq,
+        since_seqs: request.since_seqs,
     }
 }
 
@@ -359,18 +376,11 @@ impl ChatService for ChatGrpc {
         use tokio_stream::StreamExt as _;
         let caller = caller(&request)?;
         let req = request.into_inner();
-        let events = self
-            .chat
-            .subscribe(
-                &caller,
-                SubscribeRequest {
-                    thread_id: req.thread_id,
-                    since_seq: req.since_seq,
-                    since_seqs: req.since_seqs,
-                },
-            )
-            .await?;
+        // One-thread streams start with a baseline only relays show.
+        let one_thread = req.thread_id.is_some();
+        let events = self.chat.subscribe(&caller, subscribe_request(req)).await?;
         let stream = events.filter_map(move |item| match item {
+            Ok(event) if one_thread && matches!(event.kind, EventKind::Synced(_)) => None,
             Ok(event) => event_to_proto(&event, &caller).map(Ok),
             Err(err) => Some(Err(Status::from(err))),
         });

@@ -15,6 +15,7 @@ pub mod hub;
 pub mod integrations;
 pub mod live;
 pub mod metrics;
+pub mod relay;
 pub mod startup;
 pub mod store;
 pub mod wire;

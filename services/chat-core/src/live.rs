@@ -432,6 +432,12 @@ impl LiveEvents {
                 if start < last_seq {
                     state.backlog.push_back((id, start));
                 }
+                // Where the stream starts, so a relay can resume it from
+                // there (Subscribe shows it only on every-thread streams).
+                state.pending.push_back(Arc::new(ChatEvent {
+                    thread_id: id,
+                    kind: EventKind::Synced(HashMap::from([(id, start)])),
+                }));
                 state
             }
             None => {

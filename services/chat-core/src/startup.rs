@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use chat_auth::TokenVerifier;
 use chat_proto::v1::{
     chat_service_server::ChatServiceServer, integration_service_server::IntegrationServiceServer,
+    relay_service_server::RelayServiceServer,
 };
 use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::{Server, server::TcpIncoming};
@@ -21,6 +22,7 @@ use crate::{
     integrations::Integrations,
     live::LiveEvents,
     metrics::{RpcMetrics, RpcObserverLayer},
+    relay::RelayGrpc,
     store::{Store, sqlite_file},
 };
 
@@ -131,12 +133,14 @@ impl Application {
             chat.live().clone(),
         ));
         let auth = Authenticator::new(self.verifier);
+        let relay = RelayGrpc::new(chat.clone(), auth.clone(), stop_rx.clone());
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<ChatServiceServer<ChatGrpc>>().await;
         health
             .set_serving::<IntegrationServiceServer<IntegrationGrpc>>()
             .await;
+        health.set_serving::<RelayServiceServer<RelayGrpc>>().await;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(chat_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -162,6 +166,7 @@ impl Application {
                 integrations,
                 auth,
             ))
+            .add_service(RelayServiceServer::new(relay))
             .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
 
         let http = axum::serve(
@@ -185,6 +190,9 @@ impl Application {
             tracing::info!("shutting down: no new calls; finishing in-flight ones");
             health
                 .set_not_serving::<ChatServiceServer<ChatGrpc>>()
+                .await;
+            health
+                .set_not_serving::<RelayServiceServer<RelayGrpc>>()
                 .await;
             let _ = stop_tx.send(true);
         });
