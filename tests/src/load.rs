@@ -368,7 +368,7 @@ fn check(config: &Config) -> Result<(), ConfigError> {
         return bad("message size: at most 4000 bytes");
     }
     match config.mode {
-        Mode::Closed { window } if window == 0 => return bad("window: at least 1"),
+        Mode::Closed { window: 0 } => return bad("window: at least 1"),
         Mode::Open {
             rate,
             max_outstanding,
@@ -1586,8 +1586,11 @@ async fn create_threads(
 /// while the run goes.
 struct Watcher {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Vec<(ProcessFigures, Vec<Sample>)>>>,
+    task: Option<tokio::task::JoinHandle<Readings>>,
 }
+
+/// Each watched process with its CPU readings.
+type Readings = Vec<(ProcessFigures, Vec<Sample>)>;
 
 /// One reading of a process: when, CPU ticks so far.
 #[derive(Clone, Copy)]
@@ -1630,7 +1633,7 @@ impl Watcher {
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let watch = watch.to_vec();
         let task = tokio::spawn(async move {
-            let mut figures: Vec<(ProcessFigures, Vec<Sample>)> = watch
+            let mut figures: Readings = watch
                 .iter()
                 .map(|(name, pid)| {
                     let figures = ProcessFigures {

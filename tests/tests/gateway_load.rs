@@ -39,8 +39,7 @@ fn start_core(dir: &Path, env: &[(&str, &str)]) -> (Process, String) {
 }
 
 /// A gateway whose per-user send and per-address connect limits are out
-/// of the way of the load, and whose too-slow limit lets slow readers be
-/// told so within the run.
+/// of the way of the load.
 fn start_gateway(dir: &Path, core: &str) -> (Process, SocketAddr) {
     let mut process = Process::start(
         &binary("chat-gateway"),
@@ -54,7 +53,6 @@ fn start_gateway(dir: &Path, core: &str) -> (Process, SocketAddr) {
             ("GATEWAY_SEND_BURST", "1000000"),
             ("GATEWAY_CONNECT_RATE", "1000000"),
             ("GATEWAY_CONNECT_BURST", "1000000"),
-            ("GATEWAY_WS_SEND_TIMEOUT_MS", "2000"),
             ("RUST_LOG", "warn,chat_gateway=info"),
         ],
     );
@@ -173,7 +171,9 @@ async fn closed_loop_load_on_postgres_and_redis_never_wedges_the_gateway() {
         message_size: 3000,
         warmup: Duration::ZERO,
         duration: Duration::from_secs(6),
-        drain: Duration::from_secs(6),
+        // Room for what is in flight at the end on a busy machine; a
+        // healthy gateway is drained long before.
+        drain: Duration::from_secs(10),
         slow_readers: 4,
         slow_read_delay: Duration::from_secs(1),
         io_timeout: Duration::from_secs(5),
