@@ -1,6 +1,8 @@
 //! Helpers for tests that run the real binaries as separate processes, the
 //! way an operator or a new user would, and talk to them over loopback.
 
+pub mod load;
+
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpStream},
@@ -69,6 +71,11 @@ impl Process {
             log,
             reader: Some(reader),
         }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Everything the process wrote to stderr so far.
