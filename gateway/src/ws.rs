@@ -15,7 +15,11 @@
 //! buffered.
 
 use std::{
-    collections::HashMap, future::Future, net::SocketAddr, pin::Pin, sync::atomic::Ordering,
+    collections::HashMap,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
@@ -51,6 +55,8 @@ pub mod close {
     pub const INTERNAL: u16 = 1011;
 }
 
+/// The WebSocket read buffer, allocated per socket up front.
+const READ_BUFFER: usize = 512;
 /// How long a socket may take to send its `auth` frame.
 const AUTH_WINDOW: Duration = Duration::from_secs(5);
 
@@ -129,9 +135,11 @@ fn open(
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, token)| token.to_owned())
     });
-    let request_id = uuid::Uuid::new_v4().to_string();
+    let request_id: Arc<str> = uuid::Uuid::new_v4().to_string().into();
     upgrade
-        .read_buffer_size(4 * 1024)
+        // Sized for an idle socket: chat frames are small, and a larger one
+        // grows the buffer only while it is read.
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .max_message_size(64 * 1024)
         .on_upgrade(move |socket| {
@@ -140,7 +148,7 @@ fn open(
                 thread_id,
                 since_seq,
                 request_id,
-                token: String::new(),
+                token: Arc::from(""),
                 identity: None,
                 expires_at: None,
             };
@@ -153,8 +161,9 @@ struct Session {
     state: AppState,
     thread_id: Option<String>,
     since_seq: Option<i64>,
-    request_id: String,
-    token: String,
+    request_id: Arc<str>,
+    /// Shared with the socket's subscription: one copy per socket.
+    token: Arc<str>,
     identity: Option<Identity>,
     expires_at: Option<Instant>,
 }
@@ -316,14 +325,14 @@ impl Session {
     }
 
     /// Checks a token: sets who the socket belongs to and when it expires.
-    fn authenticate(&mut self, token: &str) -> Result<(), Closing> {
+    fn authenticate(&mut self, token: String) -> Result<(), Closing> {
         let identity = self
             .state
             .verifier
-            .verify(token)
+            .verify(&token)
             .map_err(|_| Closing(close::UNAUTHORIZED, "invalid token"))?;
-        self.expires_at = token_expiry(token);
-        self.token = token.to_owned();
+        self.expires_at = token_expiry(&token);
+        self.token = token.into();
         self.identity = Some(identity);
         Ok(())
     }
@@ -361,17 +370,16 @@ impl Session {
                 _ => return Err(Closing(close::UNAUTHORIZED, "no token")),
             },
         };
-        self.authenticate(&token)?;
-        let mut feed: Feed = self
-            .state
-            .upstream
-            .open_feed(FeedRequest {
-                token: self.token.clone(),
-                request_id: self.request_id.clone(),
-                thread_id: self.thread_id.clone(),
-                since_seq: self.since_seq,
-            })
-            .await?;
+        self.authenticate(token)?;
+        // Boxed: opening is done once, and its state would otherwise sit in
+        // every idle socket's task for the socket's whole life.
+        let mut feed: Feed = Box::pin(self.state.upstream.open_feed(FeedRequest {
+            token: self.token.clone(),
+            request_id: self.request_id.clone(),
+            thread_id: self.thread_id.clone(),
+            since_seq: self.since_seq,
+        }))
+        .await?;
         if via_frame {
             let user_id = self.identity.as_ref().map(|i| i.subject.clone());
             self.send(socket, text(json!({"type": "auth_ok", "user_id": user_id})))

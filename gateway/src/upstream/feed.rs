@@ -23,9 +23,9 @@
 //! duplicate.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{
-        Arc, OnceLock,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
@@ -36,7 +36,7 @@ use chat_proto::v1::{
     relay_service_client::RelayServiceClient,
 };
 use tokio::{
-    sync::{mpsc, oneshot},
+    sync::{Notify, mpsc, oneshot},
     time::{Instant, sleep_until},
 };
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -61,9 +61,9 @@ const RETRY_AFTER: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone)]
 pub struct FeedRequest {
     /// The user's token, passed to chat-core (which checks it again).
-    pub token: String,
+    pub token: Arc<str>,
     /// For chat-core's logs.
-    pub request_id: String,
+    pub request_id: Arc<str>,
     /// One thread, or `None` for every thread of the user.
     pub thread_id: Option<String>,
     /// On a thread feed: resume after this seq.
@@ -95,27 +95,71 @@ impl FeedEnd {
     }
 }
 
+/// A socket's queue of events, filled by its link and drained by the
+/// socket. A plain locked deque rather than a channel: an idle socket's
+/// queue then costs a few dozen bytes, not a channel's preallocated block.
+#[derive(Debug, Default)]
+struct Queue {
+    events: Mutex<VecDeque<Box<pb::Event>>>,
+    ready: Notify,
+    end: OnceLock<FeedEnd>,
+}
+
+impl Queue {
+    /// Queues an event; false when the socket has [`FEED_CAPACITY`]
+    /// events waiting already.
+    fn push(&self, event: Box<pb::Event>) -> bool {
+        let Ok(mut events) = self.events.lock() else {
+            return false;
+        };
+        if events.len() >= FEED_CAPACITY {
+            return false;
+        }
+        events.push_back(event);
+        drop(events);
+        self.ready.notify_one();
+        true
+    }
+
+    fn pop(&self) -> Option<Box<pb::Event>> {
+        self.events.lock().ok()?.pop_front()
+    }
+
+    /// Ends the feed: the socket learns why once it has read what is
+    /// queued (at once, for [`FeedEnd::TooSlow`]).
+    fn finish(&self, end: FeedEnd) {
+        let _ = self.end.set(end);
+        self.ready.notify_one();
+    }
+}
+
 /// A socket's stream of events, deduplicated and in seq order per thread.
 /// Dropping it closes the subscription.
 #[derive(Debug)]
 pub struct Feed {
     id: u64,
-    events: mpsc::Receiver<Box<pb::Event>>,
-    end: Arc<OnceLock<FeedEnd>>,
+    queue: Arc<Queue>,
     link: mpsc::UnboundedSender<Control>,
 }
 
 impl Feed {
     /// The next event, or why the feed ended.
     pub async fn next(&mut self) -> Result<Box<pb::Event>, FeedEnd> {
-        // A socket that fell behind is closed at once rather than after it
-        // has worked through the backlog it could not keep up with.
-        if self.end.get() == Some(&FeedEnd::TooSlow) {
-            return Err(FeedEnd::TooSlow);
-        }
-        match self.events.recv().await {
-            Some(event) => Ok(event),
-            None => Err(self.end.get().copied().unwrap_or(FeedEnd::Unavailable)),
+        loop {
+            // A socket that fell behind is closed at once rather than after
+            // it has worked through the backlog it could not keep up with.
+            let end = self.queue.end.get().copied();
+            if end == Some(FeedEnd::TooSlow) {
+                return Err(FeedEnd::TooSlow);
+            }
+            if let Some(event) = self.queue.pop() {
+                return Ok(event);
+            }
+            if let Some(end) = end {
+                return Err(end);
+            }
+            // A notification sent since the checks above is kept for this.
+            self.queue.ready.notified().await;
         }
     }
 }
@@ -166,13 +210,11 @@ impl Relays {
         let link =
             self.links[self.next_link.fetch_add(1, Ordering::Relaxed) % self.links.len()].clone();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (sender, events) = mpsc::channel(FEED_CAPACITY);
         let (opened, answer) = oneshot::channel();
-        let end = Arc::new(OnceLock::new());
+        let queue = Arc::new(Queue::default());
         let subscription = Subscription {
             request,
-            events: sender,
-            end: end.clone(),
+            queue: queue.clone(),
             delivered: HashMap::new(),
             opened: Some(opened),
             attempts: 0,
@@ -183,12 +225,7 @@ impl Relays {
         })
         .map_err(|_| FeedEnd::Unavailable)?;
         // From here the feed closes the subscription if opening fails.
-        let feed = Feed {
-            id,
-            events,
-            end,
-            link,
-        };
+        let feed = Feed { id, queue, link };
         match tokio::time::timeout(OPEN_TIMEOUT, answer).await {
             Ok(Ok(Ok(()))) => Ok(feed),
             Ok(Ok(Err(end))) => Err(end),
@@ -213,8 +250,7 @@ enum Control {
 #[derive(Debug)]
 struct Subscription {
     request: FeedRequest,
-    events: mpsc::Sender<Box<pb::Event>>,
-    end: Arc<OnceLock<FeedEnd>>,
+    queue: Arc<Queue>,
     /// The last message seq passed on, per thread.
     delivered: HashMap<String, i64>,
     /// Told when chat-core has the subscription in place.
@@ -238,13 +274,13 @@ impl Subscription {
         pb::RelayRequest {
             kind: Some(Command::Open(pb::RelayOpen {
                 id,
-                token: request.token.clone(),
+                token: request.token.to_string(),
                 subscribe: Some(pb::SubscribeRequest {
                     thread_id: request.thread_id.clone(),
                     since_seq,
                     since_seqs,
                 }),
-                request_id: request.request_id.clone(),
+                request_id: request.request_id.to_string(),
             })),
         }
     }
@@ -278,10 +314,9 @@ impl Subscription {
         }
     }
 
-    /// Ends the feed: the socket learns why once it has read what is queued
-    /// (at once, for [`FeedEnd::TooSlow`]).
+    /// Ends the feed (see [`Queue::finish`]), or its opening.
     fn finish(mut self, end: FeedEnd) {
-        let _ = self.end.set(end);
+        self.queue.finish(end);
         if let Some(opened) = self.opened.take() {
             let _ = opened.send(Err(end));
         }
@@ -414,16 +449,11 @@ impl Link {
                     return;
                 }
                 subscription.attempts = 0;
-                match subscription.events.try_send(Box::new(event)) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        if let Some(subscription) = self.subscriptions.remove(&id) {
-                            subscription.finish(FeedEnd::TooSlow);
-                        }
-                        let _ = outbound.send(close_command(id));
+                if !subscription.queue.push(Box::new(event)) {
+                    if let Some(subscription) = self.subscriptions.remove(&id) {
+                        subscription.finish(FeedEnd::TooSlow);
                     }
-                    // The socket is gone; its close is on the way.
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    let _ = outbound.send(close_command(id));
                 }
             }
             Some(RelayKind::Ended(ended)) => {

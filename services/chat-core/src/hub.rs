@@ -4,14 +4,14 @@
 //! growing memory or slowing the publisher and everyone else.
 
 use std::{
-    collections::{HashMap, hash_map::Entry},
+    collections::{HashMap, VecDeque, hash_map::Entry},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
 
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use crate::events::{ChatEvent, EventKind, SharedEvent, Topic};
 
@@ -19,10 +19,39 @@ use crate::events::{ChatEvent, EventKind, SharedEvent, Topic};
 /// slow and is cut off.
 pub const SUBSCRIBER_QUEUE: usize = 256;
 
+/// One subscriber's queue. A locked deque rather than a channel: with tens
+/// of thousands of idle subscribers (a gateway's sockets), a channel's
+/// preallocated block per subscriber costs more than everything else the
+/// subscriber holds.
+#[derive(Default)]
+struct Inbox {
+    events: Mutex<VecDeque<SharedEvent>>,
+    ready: Notify,
+    /// Set when the queue was full: the subscriber is cut off.
+    lagged: AtomicBool,
+}
+
+impl Inbox {
+    /// Queues an event without waiting; false (and cut off) when full.
+    fn offer(&self, event: &SharedEvent) -> bool {
+        let queued = match self.events.lock() {
+            Ok(mut events) if events.len() < SUBSCRIBER_QUEUE => {
+                events.push_back(event.clone());
+                true
+            }
+            _ => false,
+        };
+        if !queued {
+            self.lagged.store(true, Ordering::Release);
+        }
+        self.ready.notify_one();
+        queued
+    }
+}
+
 struct Registration {
     id: u64,
-    tx: mpsc::Sender<SharedEvent>,
-    lagged: Arc<AtomicBool>,
+    inbox: Arc<Inbox>,
 }
 
 #[derive(Default)]
@@ -71,13 +100,10 @@ impl Hub {
     /// Registers a subscriber on `topics`. Events published from now on
     /// reach it.
     pub fn subscribe(&self, topics: impl IntoIterator<Item = Topic>) -> Subscription {
-        let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
         let mut subscription = Subscription {
             hub: self.clone(),
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            tx,
-            rx,
-            lagged: Arc::new(AtomicBool::new(false)),
+            inbox: Arc::default(),
             topics: Vec::new(),
         };
         for topic in topics {
@@ -97,14 +123,7 @@ impl Hub {
             let Some(entries) = registry.topics.get_mut(topic) else {
                 return;
             };
-            entries.retain(|entry| match entry.tx.try_send(event.clone()) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    entry.lagged.store(true, Ordering::Release);
-                    false
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            });
+            entries.retain(|entry| entry.inbox.offer(event));
             if entries.is_empty() {
                 registry.topics.remove(topic);
                 emptied = true;
@@ -130,8 +149,8 @@ impl Hub {
         let mut told = std::collections::HashSet::new();
         for entries in registry.topics.values() {
             for entry in entries {
-                if told.insert(entry.id) && entry.tx.try_send(event.clone()).is_err() {
-                    entry.lagged.store(true, Ordering::Release);
+                if told.insert(entry.id) {
+                    entry.inbox.offer(&event);
                 }
             }
         }
@@ -153,21 +172,14 @@ impl Hub {
             .unwrap_or(0)
     }
 
-    fn add(
-        &self,
-        topic: &Topic,
-        id: u64,
-        tx: &mpsc::Sender<SharedEvent>,
-        lagged: &Arc<AtomicBool>,
-    ) {
+    fn add(&self, topic: &Topic, id: u64, inbox: &Arc<Inbox>) {
         let first = {
             let Ok(mut registry) = self.registry.lock() else {
                 return;
             };
             let entry = Registration {
                 id,
-                tx: tx.clone(),
-                lagged: lagged.clone(),
+                inbox: inbox.clone(),
             };
             match registry.topics.entry(topic.clone()) {
                 Entry::Occupied(mut entries) => {
@@ -211,9 +223,7 @@ impl Hub {
 pub struct Subscription {
     hub: Hub,
     id: u64,
-    tx: mpsc::Sender<SharedEvent>,
-    rx: mpsc::Receiver<SharedEvent>,
-    lagged: Arc<AtomicBool>,
+    inbox: Arc<Inbox>,
     topics: Vec<Topic>,
 }
 
@@ -222,26 +232,32 @@ impl Subscription {
     /// The caller adds each topic once: a user with thousands of threads
     /// must not pay a search per topic.
     pub fn add_topic(&mut self, topic: Topic) {
-        self.hub.add(&topic, self.id, &self.tx, &self.lagged);
+        self.hub.add(&topic, self.id, &self.inbox);
         self.topics.push(topic);
     }
 
     /// The next event; `None` once the subscriber was cut off for lagging.
     pub async fn recv(&mut self) -> Option<SharedEvent> {
-        if self.lagged() {
-            return None;
+        loop {
+            if self.lagged() {
+                return None;
+            }
+            if let Some(event) = self.try_recv() {
+                return Some(event);
+            }
+            // A notification sent since the checks above is kept for this.
+            self.inbox.ready.notified().await;
         }
-        self.rx.recv().await
     }
 
     /// Whether the hub cut this subscriber off because its queue was full.
     pub fn lagged(&self) -> bool {
-        self.lagged.load(Ordering::Acquire)
+        self.inbox.lagged.load(Ordering::Acquire)
     }
 
     /// Takes a queued event without waiting.
     pub fn try_recv(&mut self) -> Option<SharedEvent> {
-        self.rx.try_recv().ok()
+        self.inbox.events.lock().ok()?.pop_front()
     }
 }
 

@@ -10,7 +10,11 @@
 //! Every open is authenticated by its own token, as `Subscribe` is by its
 //! metadata; the stream grants nothing by itself.
 
-use std::{collections::HashMap, pin::Pin};
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
 
 use chat_proto::v1::{self as pb, relay_event::Kind as RelayKind, relay_request::Kind as Command};
 use futures_util::{
@@ -85,8 +89,32 @@ impl pb::relay_service_server::RelayService for RelayGrpc {
 
 /// Where a relay's answers wait for the transport.
 type Outbound = mpsc::Sender<Result<pb::RelayEvent, Status>>;
-/// An item of one subscription, tagged with its id.
-type Tagged = (u64, Result<pb::Event, Status>);
+/// One subscription's events in wire form, tagged with its id; ends when
+/// the subscription is closed.
+struct Tagged {
+    id: u64,
+    caller: Caller,
+    events: Abortable<EventStream>,
+}
+
+impl Stream for Tagged {
+    type Item = (u64, Result<pb::Event, Status>);
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            let item = match ready!(self.events.poll_next_unpin(cx)) {
+                None => return Poll::Ready(None),
+                // Internal signals have no wire form.
+                Some(Ok(event)) => match event_to_proto(&event, &self.caller) {
+                    Some(event) => Ok(event),
+                    None => continue,
+                },
+                Some(Err(err)) => Err(Status::from(err)),
+            };
+            return Poll::Ready(Some((self.id, item)));
+        }
+    }
+}
 /// A subscription being opened: its id and then its stream (or why it
 /// failed) with its caller; nothing when it was closed while opening.
 type Opening = BoxFuture<'static, (u64, Option<(Result<EventStream, ChatError>, Caller)>)>;
@@ -99,7 +127,7 @@ struct Relay {
     /// Open (or opening) subscriptions, to close them by id.
     subscriptions: HashMap<u64, AbortHandle>,
     opening: FuturesUnordered<Opening>,
-    live: SelectAll<Pin<Box<dyn Stream<Item = Tagged> + Send>>>,
+    live: SelectAll<Tagged>,
 }
 
 impl Relay {
@@ -191,14 +219,11 @@ impl Relay {
             Ok(events) => {
                 let (abort, registration) = AbortHandle::new_pair();
                 self.subscriptions.insert(id, abort);
-                let events = Abortable::new(events, registration).filter_map(move |item| {
-                    let tagged = match item {
-                        Ok(event) => event_to_proto(&event, &caller).map(|event| (id, Ok(event))),
-                        Err(err) => Some((id, Err(Status::from(err)))),
-                    };
-                    std::future::ready(tagged)
+                self.live.push(Tagged {
+                    id,
+                    caller,
+                    events: Abortable::new(events, registration),
                 });
-                self.live.push(Box::pin(events));
                 send(&self.outbound, id, RelayKind::Opened(pb::RelayOpened {})).await
             }
             Err(err) => {
