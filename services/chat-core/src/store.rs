@@ -8,7 +8,9 @@
 //! databases accept (`$n` parameters, `RETURNING`, `ON CONFLICT`, row
 //! values).
 
-use std::{borrow::Cow, future::Future, path::Path, pin::Pin, str::FromStr, time::Duration};
+use std::{
+    borrow::Cow, future::Future, path::Path, pin::Pin, str::FromStr, sync::Arc, time::Duration,
+};
 
 use sqlx::{
     ColumnIndex, Decode, QueryBuilder, Row, Type,
@@ -39,6 +41,28 @@ pub enum StoreError {
     /// A stored value that the code cannot read back.
     #[error("unreadable stored value: {0}")]
     Corrupt(&'static str),
+    /// The batch this message was written in failed as a whole, for a
+    /// reason that retrying it message by message would not cure (the
+    /// database is unreachable): every message of the batch gets this,
+    /// sharing the one cause.
+    #[error("batched write failed")]
+    Batch(#[source] Arc<StoreError>),
+    /// The message writer has stopped (the server is shutting down), so
+    /// nothing more is appended here; another replica can take it.
+    #[error("message writer stopped")]
+    WriterStopped,
+}
+
+impl StoreError {
+    /// Whether trying again later (or elsewhere) may succeed: what clients
+    /// are told as UNAVAILABLE rather than INTERNAL.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Unavailable(_) | StoreError::WriterStopped => true,
+            StoreError::Batch(cause) => cause.is_unavailable(),
+            StoreError::Database(_) | StoreError::Migrate(_) | StoreError::Corrupt(_) => false,
+        }
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -1191,3 +1215,6 @@ pub fn sqlite_file(location: &DatabaseLocation) -> Option<String> {
         DatabaseLocation::Postgres(_) => None,
     }
 }
+
+// After the macros above, which it uses.
+mod batch;
