@@ -22,6 +22,7 @@ use chat_core::{
     writer::{MessageWriter, WriterSettings},
 };
 use chat_proto::v1::{self as pb, MessageType, event::Kind};
+use sqlx::{Connection, Executor};
 use support::{Backend, Client, TestApp};
 use tokio::task::JoinHandle;
 use tonic::{Code, Status, Streaming};
@@ -117,17 +118,23 @@ async fn received(stream: &mut Streaming<pb::Event>, count: usize) -> Vec<pb::Me
 
 /// Every stored message of a thread, ascending by seq.
 async fn stored(client: &mut Client, thread_id: &str) -> Vec<pb::Message> {
-    let page = client
-        .list_messages(pb::ListMessagesRequest {
-            thread_id: thread_id.to_owned(),
-            limit: 100,
-            ..Default::default()
-        })
-        .await
-        .expect("list messages")
-        .into_inner();
-    assert!(!page.has_more);
-    page.messages
+    let mut all: Vec<pb::Message> = Vec::new();
+    loop {
+        let page = client
+            .list_messages(pb::ListMessagesRequest {
+                thread_id: thread_id.to_owned(),
+                after_seq: Some(all.last().map_or(0, |m| m.seq)),
+                limit: 200,
+                ..Default::default()
+            })
+            .await
+            .expect("list messages")
+            .into_inner();
+        all.extend(page.messages);
+        if !page.has_more {
+            return all;
+        }
+    }
 }
 
 async fn last_seq(client: &mut Client, thread_id: &str) -> i64 {
@@ -540,8 +547,9 @@ mod two_replicas {
     /// failed batch retried one by one), no gap, no duplicate.
     #[tokio::test]
     async fn replicas_sending_to_shared_threads_neither_deadlock_nor_skip_seqs() {
-        const THREADS: usize = 8;
-        const TASKS: usize = 12;
+        const THREADS: usize = 4;
+        const TASKS: usize = 32;
+        const ROUNDS: usize = 4;
         let a = support::spawn_app(Backend::Postgres).await;
         let b = a.replica().await;
         let mut alice = a.user("alice").await;
@@ -562,12 +570,18 @@ mod two_replicas {
                 order.reverse();
             }
             for task in 0..TASKS {
-                let (client, order) = (client.clone(), order.clone());
+                // Each task starts at a different thread, so that concurrent
+                // batches hold different threads first.
+                let mut order = order.clone();
+                order.rotate_left(task % THREADS);
+                let client = client.clone();
                 sends.push(tokio::spawn(async move {
                     let mut acks = Vec::new();
-                    for t in order {
-                        let content = format!("{task} {reversed}");
-                        acks.push(send_text(client.clone(), t, content, None).await);
+                    for round in 0..ROUNDS {
+                        for t in &order {
+                            let content = format!("{task}/{round} {reversed}");
+                            acks.push(send_text(client.clone(), t.clone(), content, None).await);
+                        }
                     }
                     acks
                 }));
@@ -586,16 +600,102 @@ mod two_replicas {
             let mut acked = acks.remove(t).expect("acks");
             acked.sort_by_key(|m| m.seq);
             let seqs: Vec<i64> = acked.iter().map(|m| m.seq).collect();
-            assert_eq!(seqs, (1..=2 * TASKS as i64).collect::<Vec<_>>());
+            assert_eq!(seqs, (1..=(2 * TASKS * ROUNDS) as i64).collect::<Vec<_>>());
             assert_eq!(stored(&mut alice, t).await, acked);
         }
         assert_eq!(a.metric(FALLBACKS).await, 0);
         assert_eq!(b.metric(FALLBACKS).await, 0);
         assert_eq!(
             a.metric(BATCHED).await + b.metric(BATCHED).await,
-            (2 * TASKS * THREADS) as u64
+            (2 * TASKS * ROUNDS * THREADS) as u64
         );
     }
+}
+
+/// Deadlock freedom rests on every batch locking its threads in id order;
+/// a race between replicas rarely shows it, so this checks the order
+/// itself. A batch whose first message is in the higher thread waits for
+/// the lower thread's lock without holding the higher one.
+#[tokio::test]
+async fn postgres_batches_lock_their_threads_in_id_order() {
+    let db = support::TestDatabase::create(Backend::Postgres).await;
+    let store = connect(&db.url).await;
+    let mut ids = [Uuid::now_v7(), Uuid::now_v7()];
+    ids.sort_unstable();
+    let [low, high] = ids;
+    for id in ids {
+        create_thread(&store, id).await;
+    }
+
+    let block = support::block_writes(Backend::Postgres, &db.url, &low.to_string()).await;
+    let batch = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .append_batch(&[text(high, "alice", "high"), text(low, "alice", "low")])
+                .await
+        })
+    };
+    let mut probe = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut probe)
+        .await
+        .expect("pg_stat_activity");
+        if waiting == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the batch never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    probe.execute("BEGIN").await.expect("begin");
+    sqlx::query("SELECT 1 FROM threads WHERE id = $1 FOR UPDATE NOWAIT")
+        .bind(high)
+        .fetch_one(&mut probe)
+        .await
+        .expect("the higher thread is not locked while the lower one is awaited");
+    probe.execute("ROLLBACK").await.expect("rollback");
+    block.release().await;
+
+    let outcomes = batch.await.expect("batch task").expect("batch");
+    let seqs: Vec<(String, i64)> = outcomes
+        .into_iter()
+        .map(|outcome| match outcome {
+            Some(Appended::Created(message, None)) => (message.content, message.seq),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(seqs, vec![("high".into(), 1), ("low".into(), 1)]);
+    store.close().await;
+}
+
+async fn connect(url: &str) -> Store {
+    let location = DatabaseLocation::parse(url).expect("url");
+    let store = Store::connect(&location, 5).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    store
+}
+
+async fn create_thread(store: &Store, id: Uuid) {
+    store
+        .create_thread(&NewThread {
+            id,
+            participants: vec!["alice".into(), "bob".into()],
+            // One thread per (participants, job): a job each keeps them apart.
+            job_id: Some(format!("job-{id}")),
+            title: None,
+            created_by: "alice".into(),
+            created_at: chat_core::domain::now_micros(),
+        })
+        .await
+        .expect("thread");
 }
 
 /// `MessageWriter::close`, driven through the library: what is queued when
@@ -651,9 +751,7 @@ async fn wait_until(what: &str, condition: impl Fn() -> bool) {
 
 async fn close_commits_what_is_queued(backend: Backend) {
     let db = support::TestDatabase::create(backend).await;
-    let location = DatabaseLocation::parse(&db.url).expect("url");
-    let store = Store::connect(&location, 5).await.expect("connect");
-    store.migrate().await.expect("migrate");
+    let store = connect(&db.url).await;
     let (_stop, stopped) = tokio::sync::watch::channel(false);
     let live = LiveEvents::new(store.clone(), EventBus::in_process(), stopped);
     let writer = MessageWriter::start(
@@ -666,17 +764,7 @@ async fn close_commits_what_is_queued(backend: Backend) {
         },
     );
     let thread_id = Uuid::now_v7();
-    store
-        .create_thread(&NewThread {
-            id: thread_id,
-            participants: vec!["alice".into(), "bob".into()],
-            job_id: None,
-            title: None,
-            created_by: "alice".into(),
-            created_at: chat_core::domain::now_micros(),
-        })
-        .await
-        .expect("thread");
+    create_thread(&store, thread_id).await;
 
     let block = support::block_writes(backend, &db.url, &thread_id.to_string()).await;
     let append = |content: &str| {
