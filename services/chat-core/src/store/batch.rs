@@ -455,19 +455,8 @@ mod postgres {
                 e.created_at.push(entry.new.created_at);
             }
         }
-        let t: (Vec<Uuid>, Vec<i64>, Vec<i64>) = (
-            plan.threads.iter().map(|t| t.id).collect(),
-            plan.threads.iter().map(|t| t.last_seq).collect(),
-            plan.threads.iter().map(|t| t.at).collect(),
-        );
-        let p = &plan.participants;
-        let p: (Vec<Uuid>, Vec<&str>, Vec<i64>, Vec<i64>, Vec<i64>) = (
-            p.iter().map(|p| p.thread_id).collect(),
-            p.iter().map(|p| p.user_id.as_str()).collect(),
-            p.iter().map(|p| p.last_seq).collect(),
-            p.iter().map(|p| p.at).collect(),
-            p.iter().map(|p| p.read_seq).collect(),
-        );
+        let threads = &plan.threads;
+        let participants = &plan.participants;
         // The event insert numbers its rows from the advanced counter, in
         // array order (WITH ORDINALITY), which is arrival order. The
         // counter is only touched when there are events, so plain chat
@@ -513,14 +502,19 @@ mod postgres {
         .bind(&m.posted_by)
         .bind(&m.idempotency_key)
         .bind(&m.created_at)
-        .bind(&t.0)
-        .bind(&t.1)
-        .bind(&t.2)
-        .bind(&p.0)
-        .bind(&p.1)
-        .bind(&p.2)
-        .bind(&p.3)
-        .bind(&p.4)
+        .bind(threads.iter().map(|t| t.id).collect::<Vec<_>>())
+        .bind(threads.iter().map(|t| t.last_seq).collect::<Vec<_>>())
+        .bind(threads.iter().map(|t| t.at).collect::<Vec<_>>())
+        .bind(participants.iter().map(|p| p.thread_id).collect::<Vec<_>>())
+        .bind(
+            participants
+                .iter()
+                .map(|p| p.user_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(participants.iter().map(|p| p.last_seq).collect::<Vec<_>>())
+        .bind(participants.iter().map(|p| p.at).collect::<Vec<_>>())
+        .bind(participants.iter().map(|p| p.read_seq).collect::<Vec<_>>())
         .bind(&e.message_id)
         .bind(&e.event_type)
         .bind(&e.thread_id)
