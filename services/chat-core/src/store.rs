@@ -25,6 +25,8 @@ use uuid::Uuid;
 
 use crate::domain::{Message, MessageKind, Thread, ThreadView, UnixMicros};
 
+mod batch;
+
 /// Why a storage call failed. Callers only distinguish "try again later"
 /// from "something is wrong"; details go to the logs, never to clients.
 #[derive(Debug, thiserror::Error)]
@@ -860,8 +862,11 @@ impl Store {
     /// in one transaction. `None` when the thread does not exist or the
     /// sender is not in it.
     ///
-    /// This is the one place where seq is assigned; the thread row's update
-    /// serialises concurrent senders, so seqs have no gap and no duplicate.
+    /// The message writer batches appends through `append_batch` and comes
+    /// here only when a batch fails as a whole, to give each of its
+    /// messages its own fate. The thread row's update serialises this path
+    /// with batches (which lock the same row), so seqs have no gap and no
+    /// duplicate either way.
     pub async fn append_message(&self, new: &NewMessage) -> Result<Option<Appended>, StoreError> {
         let outcome = with_pools!(self, |reader, writer, Db| {
             let mut tx = writer.begin().await?;
@@ -1215,6 +1220,3 @@ pub fn sqlite_file(location: &DatabaseLocation) -> Option<String> {
         DatabaseLocation::Postgres(_) => None,
     }
 }
-
-// After the macros above, which it uses.
-mod batch;

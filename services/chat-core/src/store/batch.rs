@@ -12,11 +12,12 @@
 //!    when some messages of the batch are refused or turn out duplicates.
 //! 3. **Write** what the plan created, then commit.
 //!
-//! PostgreSQL gets set-based statements (arrays through `UNNEST`) so that a
-//! batch costs the same handful of round trips whatever its size; at
-//! 10,000 messages/s round trips, not rows, are the price. SQLite runs in
-//! process, where statements are cheap and the fsync at commit is the cost,
-//! so it keeps plain per-row statements inside the one transaction.
+//! Both backends use set-based statements, so that a batch costs the same
+//! few statements whatever its size: PostgreSQL through arrays and
+//! `UNNEST` (one prepared statement for any batch size), where each
+//! statement is a network round trip; SQLite through multi-row `VALUES`,
+//! where each statement is a round trip to sqlx's worker thread. At
+//! 10,000 messages/s those round trips, not the rows, are the price.
 //!
 //! Rows derived from each message (a transcript entry, a search-index row)
 //! belong in the write phase, built from [`Plan::created`], which is in
@@ -47,7 +48,8 @@ enum IdempotencyKey {
 }
 
 impl IdempotencyKey {
-    /// The key `new` is deduplicated on, if any; mirrors `duplicate_of!`.
+    /// The key `new` is deduplicated on, if any (as `duplicate_of!` in
+    /// the per-message path).
     fn of(new: &NewMessage) -> Option<Self> {
         match (
             &new.sender_id,
@@ -289,9 +291,9 @@ impl Store {
     /// message, in order, each what [`Store::append_message`] would have
     /// returned had the messages been appended one after the other.
     ///
-    /// An error means nothing was written (or, for an error while
-    /// committing, possibly everything): the caller decides whether the
-    /// batch is worth retrying one message at a time.
+    /// An error means nothing was written, except an unavailable one,
+    /// which may come from a COMMIT whose outcome is unknown: only the
+    /// other errors are safe to retry one message at a time.
     pub async fn append_batch(
         &self,
         batch: &[NewMessage],
@@ -306,6 +308,14 @@ impl Store {
     }
 }
 
+/// A failed COMMIT leaves the batch's fate unknown (the connection may
+/// have dropped after the database committed): reported as unavailable, so
+/// the writer does not retry it message by message and risk storing
+/// messages twice; clients retry with their idempotency keys instead.
+fn commit_failed(err: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(err)
+}
+
 /// The distinct thread ids of a batch.
 fn thread_ids(batch: &[NewMessage]) -> Vec<Uuid> {
     let mut ids: Vec<Uuid> = batch.iter().map(|m| m.thread_id).collect();
@@ -314,11 +324,44 @@ fn thread_ids(batch: &[NewMessage]) -> Vec<Uuid> {
     ids
 }
 
+/// Files a stored message read by its idempotency key (columns: the
+/// message's, then `posted_by` and `idempotency_key`) under every key that
+/// names it.
+fn add_original<R>(
+    originals: &mut HashMap<IdempotencyKey, Message>,
+    row: &R,
+) -> Result<(), sqlx::Error>
+where
+    R: Row,
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> Uuid: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let message = message_at(row, 0)?;
+    let posted_by: Option<String> = row.try_get(11)?;
+    let key: Option<String> = row.try_get(12)?;
+    if let (Some(sender), Some(client_msg_id)) = (&message.sender_id, &message.client_msg_id) {
+        originals.insert(
+            IdempotencyKey::Client {
+                thread_id: message.thread_id,
+                sender: sender.clone(),
+                client_msg_id: client_msg_id.clone(),
+            },
+            message.clone(),
+        );
+    }
+    if let (Some(posted_by), Some(key)) = (posted_by, key) {
+        originals.insert(IdempotencyKey::Service { posted_by, key }, message);
+    }
+    Ok(())
+}
+
 mod postgres {
     use super::*;
 
-    /// Five round trips whatever the batch size (six with idempotency
-    /// keys): begin, lock and read, originals, write, commit.
+    /// Four round trips whatever the batch size (five when messages carry
+    /// idempotency keys): begin, lock and read, (originals,) write, commit.
     pub(super) async fn append_batch(
         pool: &PgPool,
         batch: &[NewMessage],
@@ -326,12 +369,15 @@ mod postgres {
         let mut tx = pool.begin().await?;
         let ids = thread_ids(batch);
 
-        // FOR UPDATE OF t after ORDER BY: rows are locked in id order, so
-        // two batches sharing threads wait for each other, never deadlock.
+        // FOR UPDATE after ORDER BY: rows are locked in id order, so two
+        // batches sharing threads wait for each other, never deadlock. The
+        // participants come from a subquery per thread, which PostgreSQL
+        // runs as an index lookup; as a join, small tables invite a scan of
+        // the whole (update-heavy, so bloated) participants table.
         let rows = sqlx::query(
-            "SELECT t.id, t.last_seq, tp.user_id FROM threads t \
-             LEFT JOIN thread_participants tp ON tp.thread_id = t.id \
-             WHERE t.id = ANY($1) ORDER BY t.id FOR UPDATE OF t",
+            "SELECT t.id, t.last_seq, ARRAY(SELECT p.user_id FROM thread_participants p \
+             WHERE p.thread_id = t.id) FROM threads t \
+             WHERE t.id = ANY($1) ORDER BY t.id FOR UPDATE",
         )
         .bind(&ids)
         .fetch_all(&mut *tx)
@@ -340,9 +386,7 @@ mod postgres {
         for row in &rows {
             let id: Uuid = row.try_get(0)?;
             locked.last_seq.insert(id, row.try_get(1)?);
-            let user: Option<String> = row.try_get(2)?;
-            let users = locked.participants.entry(id).or_default();
-            users.extend(user);
+            locked.participants.insert(id, row.try_get(2)?);
         }
 
         read_originals(&mut tx, batch, &mut locked).await?;
@@ -351,7 +395,7 @@ mod postgres {
         if !plan.created.is_empty() {
             write(&mut tx, &mut plan).await?;
         }
-        tx.commit().await?;
+        tx.commit().await.map_err(commit_failed)?;
         Ok(plan.outcomes())
     }
 
@@ -409,28 +453,7 @@ mod postgres {
         .fetch_all(&mut *tx)
         .await?;
         for row in &rows {
-            let message = message_at(row, 0)?;
-            let posted_by: Option<String> = row.try_get(11)?;
-            let key: Option<String> = row.try_get(12)?;
-            // A row can match through both indexes only if it has both
-            // keys, which no message has; either way both names apply.
-            if let (Some(sender), Some(client_msg_id)) =
-                (&message.sender_id, &message.client_msg_id)
-            {
-                locked.originals.insert(
-                    IdempotencyKey::Client {
-                        thread_id: message.thread_id,
-                        sender: sender.clone(),
-                        client_msg_id: client_msg_id.clone(),
-                    },
-                    message.clone(),
-                );
-            }
-            if let (Some(posted_by), Some(key)) = (posted_by, key) {
-                locked
-                    .originals
-                    .insert(IdempotencyKey::Service { posted_by, key }, message);
-            }
+            add_original(&mut locked.originals, row)?;
         }
         Ok(())
     }
@@ -593,10 +616,22 @@ mod postgres {
 }
 
 mod sqlite {
+    use sqlx::{QueryBuilder, Sqlite};
+
     use super::*;
 
-    /// The same phases with per-row statements: in process they cost
-    /// microseconds, and the one commit's fsync is what the batch saves.
+    /// Bound parameters per statement, under SQLite's limit of 32,766:
+    /// longer batches are written in several statements.
+    const MAX_PARAMETERS: usize = 32_000;
+
+    /// Rows of `columns` parameters that one statement may carry.
+    fn rows_per_statement(columns: usize) -> usize {
+        (MAX_PARAMETERS / columns).max(1)
+    }
+
+    /// The same phases as on PostgreSQL, as multi-row statements: each
+    /// statement is a round trip to sqlx's SQLite worker thread, which at
+    /// thousands of messages per second costs more CPU than the SQL.
     pub(super) async fn append_batch(
         pool: &SqlitePool,
         batch: &[NewMessage],
@@ -605,86 +640,148 @@ mod sqlite {
         // the state the writes build on.
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut locked = Locked::default();
-        for id in thread_ids(batch) {
-            let last_seq: Option<i64> =
-                sqlx::query_scalar("SELECT last_seq FROM threads WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            let Some(last_seq) = last_seq else { continue };
-            locked.last_seq.insert(id, last_seq);
-            let users: Vec<String> =
-                sqlx::query_scalar("SELECT user_id FROM thread_participants WHERE thread_id = $1")
-                    .bind(id)
-                    .fetch_all(&mut *tx)
-                    .await?;
-            locked.participants.insert(id, users);
-        }
-        for new in batch {
-            let Some(key) = IdempotencyKey::of(new) else {
-                continue;
-            };
-            if locked.originals.contains_key(&key) {
-                continue;
+        let ids = thread_ids(batch);
+        for chunk in ids.chunks(rows_per_statement(1)) {
+            let mut query = QueryBuilder::<Sqlite>::new(
+                "SELECT t.id, t.last_seq, tp.user_id FROM threads t \
+                 LEFT JOIN thread_participants tp ON tp.thread_id = t.id WHERE t.id IN (",
+            );
+            let mut list = query.separated(", ");
+            for id in chunk {
+                list.push_bind(*id);
             }
-            if let Some(original) = duplicate_of!(&mut *tx, new) {
-                locked.originals.insert(key, original);
+            query.push(")");
+            for row in &query.build().fetch_all(&mut *tx).await? {
+                let id: Uuid = row.try_get(0)?;
+                locked.last_seq.insert(id, row.try_get(1)?);
+                let user: Option<String> = row.try_get(2)?;
+                locked.participants.entry(id).or_default().extend(user);
             }
         }
+        read_originals(&mut tx, batch, &mut locked).await?;
 
         let mut plan = plan(batch, &locked);
         if !plan.created.is_empty() {
             write(&mut tx, &mut plan).await?;
         }
-        tx.commit().await?;
+        tx.commit().await.map_err(commit_failed)?;
         Ok(plan.outcomes())
     }
 
+    /// The stored messages that the batch's keys name. CROSS JOIN keeps
+    /// SQLite's planner on the keys as the outer loop, so each is one
+    /// index search rather than a scan of the whole index.
+    async fn read_originals(
+        tx: &mut sqlx::SqliteConnection,
+        batch: &[NewMessage],
+        locked: &mut Locked,
+    ) -> Result<(), StoreError> {
+        let mut client = Vec::new();
+        let mut service = Vec::new();
+        for new in batch {
+            match (
+                &new.sender_id,
+                &new.client_msg_id,
+                &new.posted_by,
+                &new.idempotency_key,
+            ) {
+                (Some(sender), Some(client_msg_id), _, _) => {
+                    client.push((new.thread_id, sender.as_str(), client_msg_id.as_str()));
+                }
+                (None, _, Some(posted_by), Some(key)) => {
+                    service.push((posted_by.as_str(), key.as_str()));
+                }
+                _ => {}
+            }
+        }
+        for chunk in client.chunks(rows_per_statement(3)) {
+            let mut query =
+                QueryBuilder::<Sqlite>::new("WITH k(thread_id, sender_id, client_msg_id) AS (");
+            query.push_values(chunk, |mut row, (thread_id, sender, client_msg_id)| {
+                row.push_bind(*thread_id)
+                    .push_bind(*sender)
+                    .push_bind(*client_msg_id);
+            });
+            query.push(format!(
+                ") SELECT {MESSAGE_COLUMNS}, m.posted_by, m.idempotency_key \
+                 FROM k CROSS JOIN messages m ON m.thread_id = k.thread_id \
+                 AND m.sender_id = k.sender_id AND m.client_msg_id = k.client_msg_id \
+                 WHERE m.client_msg_id IS NOT NULL AND m.sender_id IS NOT NULL"
+            ));
+            for row in &query.build().fetch_all(&mut *tx).await? {
+                add_original(&mut locked.originals, row)?;
+            }
+        }
+        for chunk in service.chunks(rows_per_statement(2)) {
+            let mut query = QueryBuilder::<Sqlite>::new("WITH k(posted_by, idempotency_key) AS (");
+            query.push_values(chunk, |mut row, (posted_by, key)| {
+                row.push_bind(*posted_by).push_bind(*key);
+            });
+            query.push(format!(
+                ") SELECT {MESSAGE_COLUMNS}, m.posted_by, m.idempotency_key \
+                 FROM k CROSS JOIN messages m ON m.posted_by = k.posted_by \
+                 AND m.idempotency_key = k.idempotency_key WHERE m.idempotency_key IS NOT NULL"
+            ));
+            for row in &query.build().fetch_all(&mut *tx).await? {
+                add_original(&mut locked.originals, row)?;
+            }
+        }
+        Ok(())
+    }
+
     async fn write(tx: &mut sqlx::SqliteConnection, plan: &mut Plan<'_>) -> Result<(), StoreError> {
-        for entry in &plan.created {
-            let new = entry.new;
-            sqlx::query(
+        for chunk in plan.created.chunks(rows_per_statement(11)) {
+            let mut query = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO messages (id, thread_id, seq, sender_id, message_type, content, \
-                 metadata, client_msg_id, posted_by, idempotency_key, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            )
-            .bind(new.id)
-            .bind(new.thread_id)
-            .bind(entry.seq)
-            .bind(&new.sender_id)
-            .bind(new.kind.as_str())
-            .bind(&new.content)
-            .bind(&new.metadata)
-            .bind(&new.client_msg_id)
-            .bind(&new.posted_by)
-            .bind(&new.idempotency_key)
-            .bind(new.created_at)
-            .execute(&mut *tx)
-            .await?;
+                 metadata, client_msg_id, posted_by, idempotency_key, created_at) ",
+            );
+            query.push_values(chunk, |mut row, entry| {
+                let new = entry.new;
+                row.push_bind(new.id)
+                    .push_bind(new.thread_id)
+                    .push_bind(entry.seq)
+                    .push_bind(new.sender_id.as_deref())
+                    .push_bind(new.kind.as_str())
+                    .push_bind(new.content.as_str())
+                    .push_bind(new.metadata.as_str())
+                    .push_bind(new.client_msg_id.as_deref())
+                    .push_bind(new.posted_by.as_deref())
+                    .push_bind(new.idempotency_key.as_deref())
+                    .push_bind(new.created_at);
+            });
+            query.build().execute(&mut *tx).await?;
         }
-        for tail in &plan.threads {
-            sqlx::query(
-                "UPDATE threads SET last_seq = $2, last_message_at = $3, activity_at = $3 \
-                 WHERE id = $1",
-            )
-            .bind(tail.id)
-            .bind(tail.last_seq)
-            .bind(tail.at)
-            .execute(&mut *tx)
-            .await?;
+        for chunk in plan.threads.chunks(rows_per_statement(3)) {
+            let mut query = QueryBuilder::<Sqlite>::new("WITH u(id, last_seq, at) AS (");
+            query.push_values(chunk, |mut row, tail| {
+                row.push_bind(tail.id)
+                    .push_bind(tail.last_seq)
+                    .push_bind(tail.at);
+            });
+            query.push(
+                ") UPDATE threads SET last_seq = u.last_seq, last_message_at = u.at, \
+                 activity_at = u.at FROM u WHERE threads.id = u.id",
+            );
+            query.build().execute(&mut *tx).await?;
         }
-        for tail in &plan.participants {
-            sqlx::query(
-                "UPDATE thread_participants SET last_seq = $3, activity_at = $4, \
-                 last_read_seq = MAX(last_read_seq, $5) WHERE thread_id = $1 AND user_id = $2",
-            )
-            .bind(tail.thread_id)
-            .bind(&tail.user_id)
-            .bind(tail.last_seq)
-            .bind(tail.at)
-            .bind(tail.read_seq)
-            .execute(&mut *tx)
-            .await?;
+        for chunk in plan.participants.chunks(rows_per_statement(5)) {
+            let mut query = QueryBuilder::<Sqlite>::new(
+                "WITH u(thread_id, user_id, last_seq, at, read_seq) AS (",
+            );
+            query.push_values(chunk, |mut row, tail| {
+                row.push_bind(tail.thread_id)
+                    .push_bind(tail.user_id.as_str())
+                    .push_bind(tail.last_seq)
+                    .push_bind(tail.at)
+                    .push_bind(tail.read_seq);
+            });
+            query.push(
+                ") UPDATE thread_participants SET last_seq = u.last_seq, activity_at = u.at, \
+                 last_read_seq = MAX(last_read_seq, u.read_seq) FROM u \
+                 WHERE thread_participants.thread_id = u.thread_id \
+                 AND thread_participants.user_id = u.user_id",
+            );
+            query.build().execute(&mut *tx).await?;
         }
         if plan.events > 0 {
             let last_id: i64 = sqlx::query_scalar(
@@ -695,23 +792,26 @@ mod sqlite {
             .fetch_one(&mut *tx)
             .await?;
             plan.number_events(last_id);
-            for entry in &plan.created {
-                let (Some(event), Some(id)) = (&entry.new.event, entry.event_id) else {
-                    continue;
-                };
-                sqlx::query(
+            let events: Vec<(&Created<'_>, &crate::store::NewIntegrationEvent, i64)> = plan
+                .created
+                .iter()
+                .filter_map(|entry| Some((entry, entry.new.event.as_ref()?, entry.event_id?)))
+                .collect();
+            for chunk in events.chunks(rows_per_statement(7)) {
+                let mut query = QueryBuilder::<Sqlite>::new(
                     "INSERT INTO integration_events (id, event_type, thread_id, message_id, \
-                     actor_id, payload, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
-                .bind(id)
-                .bind(&event.event_type)
-                .bind(entry.new.thread_id)
-                .bind(entry.new.id)
-                .bind(&event.actor_id)
-                .bind(&event.payload)
-                .bind(entry.new.created_at)
-                .execute(&mut *tx)
-                .await?;
+                     actor_id, payload, created_at) ",
+                );
+                query.push_values(chunk, |mut row, (entry, event, id)| {
+                    row.push_bind(*id)
+                        .push_bind(event.event_type.as_str())
+                        .push_bind(entry.new.thread_id)
+                        .push_bind(entry.new.id)
+                        .push_bind(event.actor_id.as_deref())
+                        .push_bind(event.payload.as_str())
+                        .push_bind(entry.new.created_at);
+                });
+                query.build().execute(&mut *tx).await?;
             }
         }
         Ok(())
