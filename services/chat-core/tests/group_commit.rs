@@ -698,6 +698,95 @@ async fn create_thread(store: &Store, id: Uuid) {
         .expect("thread");
 }
 
+/// Four shards commit concurrently: integration event ids still come out
+/// contiguous, each with its message, in seq order within every thread
+/// (the counter row orders the shards' transactions).
+mod sharded {
+    use super::*;
+
+    #[tokio::test]
+    async fn sqlite() {
+        shards_keep_event_ids_contiguous_and_in_seq_order(Backend::Sqlite).await;
+    }
+
+    #[tokio::test]
+    async fn postgres() {
+        shards_keep_event_ids_contiguous_and_in_seq_order(Backend::Postgres).await;
+    }
+}
+
+async fn shards_keep_event_ids_contiguous_and_in_seq_order(backend: Backend) {
+    const THREADS: usize = 8;
+    const PER_THREAD: usize = 25;
+    let db = support::TestDatabase::create(backend).await;
+    let store = connect(&db.url).await;
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let live = LiveEvents::new(store.clone(), EventBus::in_process(), stopped);
+    let writer = MessageWriter::start(
+        store.clone(),
+        live,
+        WriterSettings {
+            shards: 4,
+            queue_capacity: 16,
+            max_batch: 8,
+        },
+    );
+    let mut threads = Vec::new();
+    for _ in 0..THREADS {
+        let id = Uuid::now_v7();
+        create_thread(&store, id).await;
+        threads.push(id);
+    }
+    let mut appends = Vec::new();
+    for i in 0..PER_THREAD {
+        for &thread_id in &threads {
+            let mut message = text(thread_id, "alice", &format!("{i}"));
+            message.kind = MessageKind::Payment;
+            message.event = Some(chat_core::store::NewIntegrationEvent {
+                event_type: "payment.initiated".into(),
+                actor_id: Some("alice".into()),
+                payload: "{}".into(),
+            });
+            let writer = writer.clone();
+            appends.push(tokio::spawn(async move { writer.append(message).await }));
+        }
+    }
+    let mut by_thread: HashMap<Uuid, Vec<(i64, i64)>> = HashMap::new();
+    let mut ids = Vec::new();
+    for append in appends {
+        match append.await.expect("append task") {
+            Ok(Some(Appended::Created(message, Some(event_id)))) => {
+                by_thread
+                    .entry(message.thread_id)
+                    .or_default()
+                    .push((message.seq, event_id));
+                ids.push(event_id);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=(THREADS * PER_THREAD) as i64).collect::<Vec<_>>());
+    for (thread_id, mut pairs) in by_thread {
+        pairs.sort_unstable();
+        let seqs: Vec<i64> = pairs.iter().map(|(seq, _)| *seq).collect();
+        assert_eq!(seqs, (1..=PER_THREAD as i64).collect::<Vec<_>>());
+        assert!(
+            pairs.windows(2).all(|w| w[0].1 < w[1].1),
+            "{thread_id}: event ids out of seq order: {pairs:?}"
+        );
+    }
+    let stored = store
+        .integration_events(0, &[], 1000)
+        .await
+        .expect("events");
+    assert_eq!(stored.len(), THREADS * PER_THREAD);
+    assert!(writer_metric(&writer, BATCHES) >= (THREADS * PER_THREAD / 8) as u64);
+    assert_eq!(writer_metric(&writer, FALLBACKS), 0);
+    writer.close(Duration::from_secs(60)).await;
+    store.close().await;
+}
+
 /// `MessageWriter::close`, driven through the library: what is queued when
 /// the writer stops is committed, even for callers that stopped waiting,
 /// and later appends are refused.
