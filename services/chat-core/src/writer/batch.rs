@@ -16,7 +16,7 @@ use crate::{
     store::{Appended, IntegrationEventRecord, NewMessage, Store, StoreError},
 };
 
-/// What one append asks of the writer.
+/// What one append gets back.
 pub(super) type Outcome = Result<Option<Appended>, StoreError>;
 
 /// A queued append and where its outcome goes.
