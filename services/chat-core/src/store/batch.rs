@@ -480,6 +480,12 @@ mod postgres {
         }
         let threads = &plan.threads;
         let participants = &plan.participants;
+        // The `= ANY` conditions repeat the joins as restrictions on the
+        // updated tables, which PostgreSQL always answers from the primary
+        // key: joined to an array alone, a custom plan for a few dozen rows
+        // may hash-join a scan of the whole (update-heavy, so bloated)
+        // table instead.
+        //
         // The event insert numbers its rows from the advanced counter, in
         // array order (WITH ORDINALITY), which is arrival order. The
         // counter is only touched when there are events, so plain chat
@@ -494,13 +500,14 @@ mod postgres {
                UPDATE threads t SET last_seq = u.last_seq, last_message_at = u.at, \
                activity_at = u.at \
                FROM UNNEST($12::uuid[], $13::int8[], $14::int8[]) AS u(id, last_seq, at) \
-               WHERE t.id = u.id \
+               WHERE t.id = u.id AND t.id = ANY($12::uuid[]) \
              ), participants_moved AS ( \
                UPDATE thread_participants tp SET last_seq = u.last_seq, activity_at = u.at, \
                last_read_seq = GREATEST(tp.last_read_seq, u.read_seq) \
                FROM UNNEST($15::uuid[], $16::text[], $17::int8[], $18::int8[], $19::int8[]) \
                AS u(thread_id, user_id, last_seq, at, read_seq) \
                WHERE tp.thread_id = u.thread_id AND tp.user_id = u.user_id \
+               AND tp.thread_id = ANY($15::uuid[]) \
              ), counter AS ( \
                UPDATE integration_event_counter SET last_id = last_id + cardinality($20::uuid[]) \
                WHERE id = 1 AND cardinality($20::uuid[]) > 0 RETURNING last_id \
