@@ -56,9 +56,10 @@ impl From<Invalid> for ChatError {
 
 impl From<StoreError> for ChatError {
     fn from(err: StoreError) -> Self {
-        match err {
-            StoreError::Unavailable(_) => ChatError::Unavailable(err),
-            _ => ChatError::Internal(err),
+        if err.is_unavailable() {
+            ChatError::Unavailable(err)
+        } else {
+            ChatError::Internal(err)
         }
     }
 }

@@ -5,20 +5,26 @@ use std::sync::Arc;
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 
-use crate::{metrics::RpcMetrics, store::Store};
+use crate::{metrics::RpcMetrics, store::Store, writer::MessageWriter};
 
 #[derive(Clone)]
 struct HttpState {
     store: Store,
     metrics: Arc<RpcMetrics>,
+    writer: MessageWriter,
 }
 
-/// The router for the operator endpoints.
-pub fn router(store: Store, metrics: Arc<RpcMetrics>) -> Router {
+/// The router for the operator endpoints; `writer` for its batching
+/// figures.
+pub fn router(store: Store, metrics: Arc<RpcMetrics>, writer: MessageWriter) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(render_metrics))
-        .with_state(HttpState { store, metrics })
+        .with_state(HttpState {
+            store,
+            metrics,
+            writer,
+        })
 }
 
 async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
@@ -32,11 +38,13 @@ async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn render_metrics(State(state): State<HttpState>) -> impl IntoResponse {
+    let mut text = state.metrics.render(state.store.pool_stats());
+    text.push_str(&state.writer.metrics().render(state.writer.queue_depth()));
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(state.store.pool_stats()),
+        text,
     )
 }

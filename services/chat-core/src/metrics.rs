@@ -2,15 +2,19 @@
 //! gRPC server, and their Prometheus text rendering.
 //!
 //! Hand-rolled rather than a metrics framework: a handful of counters and
-//! one histogram family is all chat-core exports, and the hot path costs one
-//! short uncontended lock per request.
+//! two histogram families is all chat-core exports, and the hot path costs
+//! one short uncontended lock per request (atomics per batch for the
+//! writer's figures).
 
 use std::{
     collections::HashMap,
     fmt::Write as _,
     future::Future,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
     time::Instant,
 };
@@ -175,6 +179,74 @@ impl RpcMetrics {
     }
 }
 
+/// Batch size bucket bounds, in messages: powers of two up to the largest
+/// batch the writer forms.
+const BATCH_BUCKETS: [u64; 10] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512];
+
+/// The group-commit writer's figures. Batch sizes tell whether load is
+/// being batched at all (all ones: the database keeps up message by
+/// message); fallbacks count batches that failed as a whole and were
+/// retried one message at a time, which should stay rare.
+#[derive(Debug, Default)]
+pub struct WriterMetrics {
+    batches: AtomicU64,
+    messages: AtomicU64,
+    buckets: [AtomicU64; BATCH_BUCKETS.len()],
+    fallbacks: AtomicU64,
+}
+
+impl WriterMetrics {
+    /// Records a batch of `size` messages taken from the queue.
+    pub fn observe_batch(&self, size: usize) {
+        let size = u64::try_from(size).unwrap_or(u64::MAX);
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.messages.fetch_add(size, Ordering::Relaxed);
+        for (bucket, bound) in self.buckets.iter().zip(BATCH_BUCKETS) {
+            if size <= bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Records a batch retried message by message.
+    pub fn observe_fallback(&self) {
+        self.fallbacks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition, with the current queue depth (sends
+    /// waiting for a batch).
+    pub fn render(&self, queue_depth: usize) -> String {
+        let mut out = String::with_capacity(1024);
+        out.push_str(
+            "# HELP chat_core_writer_batch_size Messages per group-commit batch.\n\
+             # TYPE chat_core_writer_batch_size histogram\n",
+        );
+        for (bound, count) in BATCH_BUCKETS.iter().zip(&self.buckets) {
+            let _ = writeln!(
+                out,
+                "chat_core_writer_batch_size_bucket{{le=\"{bound}\"}} {}",
+                count.load(Ordering::Relaxed)
+            );
+        }
+        let batches = self.batches.load(Ordering::Relaxed);
+        let _ = write!(
+            out,
+            "chat_core_writer_batch_size_bucket{{le=\"+Inf\"}} {batches}\n\
+             chat_core_writer_batch_size_sum {}\n\
+             chat_core_writer_batch_size_count {batches}\n\
+             # HELP chat_core_writer_fallbacks_total Batches that failed and were retried message by message.\n\
+             # TYPE chat_core_writer_fallbacks_total counter\n\
+             chat_core_writer_fallbacks_total {}\n\
+             # HELP chat_core_writer_queue_depth Sends queued for the next batch.\n\
+             # TYPE chat_core_writer_queue_depth gauge\n\
+             chat_core_writer_queue_depth {queue_depth}\n",
+            self.messages.load(Ordering::Relaxed),
+            self.fallbacks.load(Ordering::Relaxed),
+        );
+        out
+    }
+}
+
 /// Wraps every gRPC call in a span carrying its request id (the caller's
 /// `x-request-id`, or a new one) and records its status and latency.
 #[derive(Debug, Clone)]
@@ -281,6 +353,25 @@ mod tests {
         ));
         assert!(text.contains("chat_core_db_pool_connections 3"));
         assert!(text.contains("chat_core_db_pool_max_connections 10"));
+    }
+
+    #[test]
+    fn renders_batch_sizes_and_queue_depth() {
+        let metrics = WriterMetrics::default();
+        metrics.observe_batch(1);
+        metrics.observe_batch(3);
+        metrics.observe_batch(300);
+        metrics.observe_fallback();
+        let text = metrics.render(7);
+        assert!(text.contains("chat_core_writer_batch_size_bucket{le=\"1\"} 1\n"));
+        assert!(text.contains("chat_core_writer_batch_size_bucket{le=\"4\"} 2\n"));
+        assert!(text.contains("chat_core_writer_batch_size_bucket{le=\"256\"} 2\n"));
+        assert!(text.contains("chat_core_writer_batch_size_bucket{le=\"512\"} 3\n"));
+        assert!(text.contains("chat_core_writer_batch_size_bucket{le=\"+Inf\"} 3\n"));
+        assert!(text.contains("chat_core_writer_batch_size_sum 304\n"));
+        assert!(text.contains("chat_core_writer_batch_size_count 3\n"));
+        assert!(text.contains("chat_core_writer_fallbacks_total 1\n"));
+        assert!(text.contains("chat_core_writer_queue_depth 7\n"));
     }
 
     #[test]

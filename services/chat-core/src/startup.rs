@@ -26,6 +26,10 @@ use crate::{
     store::{Store, sqlite_file},
 };
 
+/// How long, at least, the message writer may take at shutdown to commit
+/// what is still queued: a few batches' worth, even with a short grace.
+const WRITER_DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
 /// A built chat-core: storage connected and migrated, listeners bound.
 pub struct Application {
     grpc_listener: TcpListener,
@@ -128,6 +132,7 @@ impl Application {
         let metrics = Arc::new(RpcMetrics::default());
         let live = LiveEvents::new(self.store.clone(), self.bus, stop_rx.clone());
         let chat = Chat::new(self.store.clone(), live);
+        let writer = chat.writer().clone();
         let integrations = IntegrationGrpc::new(Integrations::new(
             chat.writer().clone(),
             chat.live().clone(),
@@ -171,7 +176,7 @@ impl Application {
 
         let http = axum::serve(
             self.http_listener,
-            http::router(self.store.clone(), metrics.clone()),
+            http::router(self.store.clone(), metrics.clone(), writer.clone()),
         )
         .with_graceful_shutdown(stopped(stop_rx.clone()));
 
@@ -220,6 +225,9 @@ impl Application {
                 Ok(())
             }
         };
+        // No call can queue a message any more: commit what is queued
+        // before the pool goes.
+        writer.close(grace.max(WRITER_DRAIN_LIMIT)).await;
         self.store.close().await;
         tracing::info!("chat-core stopped");
         result

@@ -8,7 +8,9 @@
 //! databases accept (`$n` parameters, `RETURNING`, `ON CONFLICT`, row
 //! values).
 
-use std::{borrow::Cow, future::Future, path::Path, pin::Pin, str::FromStr, time::Duration};
+use std::{
+    borrow::Cow, future::Future, path::Path, pin::Pin, str::FromStr, sync::Arc, time::Duration,
+};
 
 use sqlx::{
     ColumnIndex, Decode, QueryBuilder, Row, Type,
@@ -22,6 +24,8 @@ use sqlx::{
 use uuid::Uuid;
 
 use crate::domain::{Message, MessageKind, Thread, ThreadView, UnixMicros};
+
+mod batch;
 
 /// Why a storage call failed. Callers only distinguish "try again later"
 /// from "something is wrong"; details go to the logs, never to clients.
@@ -39,6 +43,28 @@ pub enum StoreError {
     /// A stored value that the code cannot read back.
     #[error("unreadable stored value: {0}")]
     Corrupt(&'static str),
+    /// The batch this message was written in failed as a whole, for a
+    /// reason that retrying it message by message would not cure (the
+    /// database is unreachable): every message of the batch gets this,
+    /// sharing the one cause.
+    #[error("batched write failed")]
+    Batch(#[source] Arc<StoreError>),
+    /// The message writer has stopped (the server is shutting down), so
+    /// nothing more is appended here; another replica can take it.
+    #[error("message writer stopped")]
+    WriterStopped,
+}
+
+impl StoreError {
+    /// Whether trying again later (or elsewhere) may succeed: what clients
+    /// are told as UNAVAILABLE rather than INTERNAL.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Unavailable(_) | StoreError::WriterStopped => true,
+            StoreError::Batch(cause) => cause.is_unavailable(),
+            StoreError::Database(_) | StoreError::Migrate(_) | StoreError::Corrupt(_) => false,
+        }
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -836,8 +862,11 @@ impl Store {
     /// in one transaction. `None` when the thread does not exist or the
     /// sender is not in it.
     ///
-    /// This is the one place where seq is assigned; the thread row's update
-    /// serialises concurrent senders, so seqs have no gap and no duplicate.
+    /// The message writer batches appends through `append_batch` and comes
+    /// here only when a batch fails as a whole, to give each of its
+    /// messages its own fate. The thread row's update serialises this path
+    /// with batches (which lock the same row), so seqs have no gap and no
+    /// duplicate either way.
     pub async fn append_message(&self, new: &NewMessage) -> Result<Option<Appended>, StoreError> {
         let outcome = with_pools!(self, |reader, writer, Db| {
             let mut tx = writer.begin().await?;

@@ -93,6 +93,24 @@ impl Drop for TestApp {
 pub async fn spawn_app(backend: Backend) -> TestApp {
     let db = TestDatabase::create(backend).await;
     let secret = format!("test-secret-{}", uuid::Uuid::new_v4());
+    spawn_on(db, backend, secret).await
+}
+
+impl TestApp {
+    /// A second chat-core over this one's database, accepting the same
+    /// tokens: another replica. PostgreSQL only (SQLite is one process's
+    /// file).
+    pub async fn replica(&self) -> TestApp {
+        assert_eq!(self.backend, Backend::Postgres, "replicas share PostgreSQL");
+        let db = TestDatabase {
+            url: self.db_url.clone(),
+            _dir: None,
+        };
+        spawn_on(db, self.backend, self.secret.clone()).await
+    }
+}
+
+async fn spawn_on(db: TestDatabase, backend: Backend, secret: String) -> TestApp {
     let vars = [
         ("CHAT_CORE_GRPC_ADDR", "127.0.0.1:0".to_owned()),
         ("CHAT_CORE_HTTP_ADDR", "127.0.0.1:0".to_owned()),
@@ -329,4 +347,133 @@ pub async fn send_with(
         .expect("send message")
         .into_inner();
     (response.message.expect("message"), response.created)
+}
+
+impl TestApp {
+    /// The `/metrics` page.
+    pub async fn metrics(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(self.http_addr)
+            .await
+            .expect("connect to /metrics");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: chat-core\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("request /metrics");
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .await
+            .expect("read /metrics");
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        response
+    }
+
+    /// One unlabelled (or exactly labelled) sample of `/metrics`, e.g.
+    /// `chat_core_writer_queue_depth` or
+    /// `chat_core_writer_batch_size_bucket{le="4"}`.
+    pub async fn metric(&self, sample: &str) -> u64 {
+        let page = self.metrics().await;
+        page.lines()
+            .find_map(|line| {
+                line.strip_prefix(sample)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .unwrap_or_else(|| panic!("{sample} not in /metrics"))
+            .parse()
+            .unwrap_or_else(|err| panic!("{sample}: {err}"))
+    }
+
+    /// Waits until `sample` reads `value`. Not a timing assertion: the
+    /// limit only turns a hang into a failure.
+    pub async fn wait_for_metric(&self, sample: &str, value: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = self.metric(sample).await;
+            if now == value {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{sample} stayed at {now}, expected {value}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Makes the message writer's next transaction wait until
+    /// [`WriteBlock::release`]: on PostgreSQL by locking a thread's row,
+    /// on SQLite by taking the database's write lock (the writer waits up
+    /// to its 5 s busy timeout, so release well before).
+    pub async fn block_writes(&self, thread_id: &str) -> WriteBlock {
+        block_writes(self.backend, &self.db_url, thread_id).await
+    }
+
+    /// Runs `statement` (one row, one BIGINT) directly on the database.
+    pub async fn count(&self, statement: &str) -> i64 {
+        match self.backend {
+            Backend::Postgres => {
+                let mut conn = PgConnection::connect(&self.db_url).await.expect("connect");
+                sqlx::query_scalar(statement)
+                    .fetch_one(&mut conn)
+                    .await
+                    .expect("count")
+            }
+            Backend::Sqlite => {
+                let mut conn = sqlx::SqliteConnection::connect(&self.db_url)
+                    .await
+                    .expect("connect");
+                sqlx::query_scalar(statement)
+                    .fetch_one(&mut conn)
+                    .await
+                    .expect("count")
+            }
+        }
+    }
+}
+
+/// See [`TestApp::block_writes`]; for tests that drive the library
+/// directly.
+pub async fn block_writes(backend: Backend, db_url: &str, thread_id: &str) -> WriteBlock {
+    match backend {
+        Backend::Postgres => {
+            let mut conn = PgConnection::connect(db_url).await.expect("connect");
+            conn.execute("BEGIN").await.expect("begin");
+            sqlx::query("SELECT 1 FROM threads WHERE id = $1 FOR UPDATE")
+                .bind(uuid::Uuid::parse_str(thread_id).expect("thread id"))
+                .fetch_one(&mut conn)
+                .await
+                .expect("lock the thread row");
+            WriteBlock::Postgres(conn)
+        }
+        Backend::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(db_url)
+                .await
+                .expect("connect");
+            conn.execute("BEGIN IMMEDIATE")
+                .await
+                .expect("take the write lock");
+            WriteBlock::Sqlite(conn)
+        }
+    }
+}
+
+/// A held lock that the message writer waits on; see
+/// [`TestApp::block_writes`].
+pub enum WriteBlock {
+    Postgres(PgConnection),
+    Sqlite(sqlx::SqliteConnection),
+}
+
+impl WriteBlock {
+    pub async fn release(self) {
+        match self {
+            WriteBlock::Postgres(mut conn) => {
+                conn.execute("ROLLBACK").await.expect("rollback");
+            }
+            WriteBlock::Sqlite(mut conn) => {
+                conn.execute("ROLLBACK").await.expect("rollback");
+            }
+        }
+    }
 }

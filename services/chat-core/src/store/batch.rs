@@ -1,0 +1,826 @@
+//! Group commit's storage half: many new messages, one transaction.
+//!
+//! A batch runs in three phases, the same on both backends:
+//!
+//! 1. **Lock and read.** The batch's thread rows are locked in id order (so
+//!    batches from other replicas that share threads queue behind each
+//!    other instead of deadlocking), and what the plan needs is read under
+//!    that lock: each thread's last seq, its participants, and the stored
+//!    messages that the batch's idempotency keys already name.
+//! 2. **Plan** ([`plan`]), in memory: each message's fate in arrival order.
+//!    Only that step assigns seqs, so they stay contiguous per thread even
+//!    when some messages of the batch are refused or turn out duplicates.
+//! 3. **Write** what the plan created, then commit.
+//!
+//! Both backends use set-based statements, so that a batch costs the same
+//! few statements whatever its size: PostgreSQL through arrays and
+//! `UNNEST` (one prepared statement for any batch size), where each
+//! statement is a network round trip; SQLite through multi-row `VALUES`,
+//! where each statement is a round trip to sqlx's worker thread. At
+//! 10,000 messages/s those round trips, not the rows, are the price.
+//!
+//! Rows derived from each message (a transcript entry, a search-index row)
+//! belong in the write phase, built from [`Plan::created`], which is in
+//! arrival order and so in seq order within each thread.
+
+use std::collections::HashMap;
+
+use sqlx::{PgPool, Row, SqlitePool};
+use uuid::Uuid;
+
+use super::{Appended, MESSAGE_COLUMNS, NewMessage, Store, StoreError, message_at};
+use crate::domain::{Message, UnixMicros};
+
+/// What names a message for idempotent retries: a user's client_msg_id in
+/// one thread, or a service's key across all threads (the two unique
+/// indexes on `messages`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum IdempotencyKey {
+    Client {
+        thread_id: Uuid,
+        sender: String,
+        client_msg_id: String,
+    },
+    Service {
+        posted_by: String,
+        key: String,
+    },
+}
+
+impl IdempotencyKey {
+    /// The key `new` is deduplicated on, if any (as `duplicate_of!` in
+    /// the per-message path).
+    fn of(new: &NewMessage) -> Option<Self> {
+        match (
+            &new.sender_id,
+            &new.client_msg_id,
+            &new.posted_by,
+            &new.idempotency_key,
+        ) {
+            (Some(sender), Some(client_msg_id), _, _) => Some(IdempotencyKey::Client {
+                thread_id: new.thread_id,
+                sender: sender.clone(),
+                client_msg_id: client_msg_id.clone(),
+            }),
+            (None, _, Some(posted_by), Some(key)) => Some(IdempotencyKey::Service {
+                posted_by: posted_by.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// What the batch's threads held once their rows were locked.
+#[derive(Debug, Default)]
+struct Locked {
+    /// The last seq of every thread of the batch that exists.
+    last_seq: HashMap<Uuid, i64>,
+    /// Every participant of those threads. Complete while the thread row is
+    /// locked: participants are only ever written together with their
+    /// thread row.
+    participants: HashMap<Uuid, Vec<String>>,
+    /// Stored messages named by the batch's idempotency keys.
+    originals: HashMap<IdempotencyKey, Message>,
+}
+
+/// One message's fate, decided before anything is written.
+#[derive(Debug)]
+enum Fate {
+    /// Stored: the index of its entry in [`Plan::created`].
+    Create(usize),
+    /// Its key names a message stored before this batch.
+    Original(Message),
+    /// Its key names an earlier message of this batch (index in
+    /// [`Plan::created`]): the second of two concurrent retries.
+    SameAs(usize),
+    /// No such thread, or the sender is not in it.
+    Refused,
+}
+
+/// A message the batch stores.
+#[derive(Debug)]
+struct Created<'a> {
+    new: &'a NewMessage,
+    seq: i64,
+    /// Filled in once the event counter has been advanced.
+    event_id: Option<i64>,
+}
+
+impl Created<'_> {
+    fn message(&self) -> Message {
+        let new = self.new;
+        Message {
+            id: new.id,
+            thread_id: new.thread_id,
+            seq: self.seq,
+            sender_id: new.sender_id.clone(),
+            kind: new.kind,
+            content: new.content.clone(),
+            metadata: new.metadata.clone(),
+            client_msg_id: new.client_msg_id.clone(),
+            created_at: new.created_at,
+            edited_at: None,
+            deleted_at: None,
+        }
+    }
+}
+
+/// A thread's new tail after the batch.
+#[derive(Debug)]
+struct ThreadTail {
+    id: Uuid,
+    last_seq: i64,
+    at: UnixMicros,
+}
+
+/// A participant's row after the batch: the thread's copies of last seq and
+/// activity, and (for someone who sent in this batch) the read cursor at
+/// their own last message, or 0 to leave it.
+#[derive(Debug)]
+struct ParticipantTail {
+    thread_id: Uuid,
+    user_id: String,
+    last_seq: i64,
+    at: UnixMicros,
+    read_seq: i64,
+}
+
+/// Everything the write phase does, decided in memory.
+#[derive(Debug)]
+struct Plan<'a> {
+    /// One per batch message, in batch order.
+    fates: Vec<Fate>,
+    /// The messages to insert, in arrival order (seq order per thread).
+    created: Vec<Created<'a>>,
+    threads: Vec<ThreadTail>,
+    participants: Vec<ParticipantTail>,
+    /// How many of `created` carry an integration event.
+    events: i64,
+}
+
+/// Decides each message's fate in arrival order, the way the per-message
+/// path would have one after the other: a duplicate first, then a missing
+/// thread or a sender outside it, else the thread's next seq.
+fn plan<'a>(batch: &'a [NewMessage], locked: &Locked) -> Plan<'a> {
+    let mut next_seq = locked.last_seq.clone();
+    let mut first_with_key: HashMap<IdempotencyKey, usize> = HashMap::new();
+    let mut fates = Vec::with_capacity(batch.len());
+    let mut created: Vec<Created<'a>> = Vec::with_capacity(batch.len());
+    for new in batch {
+        let key = IdempotencyKey::of(new);
+        if let Some(key) = &key {
+            if let Some(&earlier) = first_with_key.get(key) {
+                fates.push(Fate::SameAs(earlier));
+                continue;
+            }
+            if let Some(original) = locked.originals.get(key) {
+                fates.push(Fate::Original(original.clone()));
+                continue;
+            }
+        }
+        let Some(last) = next_seq.get_mut(&new.thread_id) else {
+            fates.push(Fate::Refused);
+            continue;
+        };
+        if let Some(sender) = &new.sender_id {
+            let member = locked
+                .participants
+                .get(&new.thread_id)
+                .is_some_and(|users| users.contains(sender));
+            if !member {
+                fates.push(Fate::Refused);
+                continue;
+            }
+        }
+        *last += 1;
+        let index = created.len();
+        created.push(Created {
+            new,
+            seq: *last,
+            event_id: None,
+        });
+        if let Some(key) = key {
+            first_with_key.insert(key, index);
+        }
+        fates.push(Fate::Create(index));
+    }
+
+    // Tails, in order of each thread's first appearance: the last message
+    // of a thread sets its activity, as it would have committed last.
+    let mut threads: Vec<ThreadTail> = Vec::new();
+    let mut thread_at: HashMap<Uuid, usize> = HashMap::new();
+    let mut read_seq: HashMap<(Uuid, &str), i64> = HashMap::new();
+    for entry in &created {
+        let new = entry.new;
+        match thread_at.get(&new.thread_id) {
+            Some(&i) => {
+                threads[i].last_seq = entry.seq;
+                threads[i].at = new.created_at;
+            }
+            None => {
+                thread_at.insert(new.thread_id, threads.len());
+                threads.push(ThreadTail {
+                    id: new.thread_id,
+                    last_seq: entry.seq,
+                    at: new.created_at,
+                });
+            }
+        }
+        if let Some(sender) = &new.sender_id {
+            read_seq.insert((new.thread_id, sender.as_str()), entry.seq);
+        }
+    }
+    let mut participants = Vec::new();
+    for tail in &threads {
+        for user in locked.participants.get(&tail.id).into_iter().flatten() {
+            participants.push(ParticipantTail {
+                thread_id: tail.id,
+                user_id: user.clone(),
+                last_seq: tail.last_seq,
+                at: tail.at,
+                read_seq: read_seq
+                    .get(&(tail.id, user.as_str()))
+                    .copied()
+                    .unwrap_or(0),
+            });
+        }
+    }
+    let events = created.iter().filter(|c| c.new.event.is_some()).count();
+    Plan {
+        fates,
+        created,
+        threads,
+        participants,
+        events: i64::try_from(events).unwrap_or(i64::MAX),
+    }
+}
+
+impl Plan<'_> {
+    /// Gives the events ids `last_id - events + 1 ..= last_id` in arrival
+    /// order: the counter row's lock makes ids commit in id order.
+    fn number_events(&mut self, last_id: i64) {
+        let mut next = last_id - self.events + 1;
+        for entry in &mut self.created {
+            if entry.new.event.is_some() {
+                entry.event_id = Some(next);
+                next += 1;
+            }
+        }
+    }
+
+    /// Each message's outcome, in batch order.
+    fn outcomes(self) -> Vec<Option<Appended>> {
+        let created = self.created;
+        self.fates
+            .into_iter()
+            .map(|fate| match fate {
+                Fate::Create(i) => created
+                    .get(i)
+                    .map(|c| Appended::Created(c.message(), c.event_id)),
+                Fate::SameAs(i) => created.get(i).map(|c| Appended::Duplicate(c.message())),
+                Fate::Original(message) => Some(Appended::Duplicate(message)),
+                Fate::Refused => None,
+            })
+            .collect()
+    }
+}
+
+impl Store {
+    /// Appends a batch of messages in one transaction: one outcome per
+    /// message, in order, each what [`Store::append_message`] would have
+    /// returned had the messages been appended one after the other.
+    ///
+    /// An error means nothing was written, except an unavailable one,
+    /// which may come from a COMMIT whose outcome is unknown: only the
+    /// other errors are safe to retry one message at a time.
+    pub async fn append_batch(
+        &self,
+        batch: &[NewMessage],
+    ) -> Result<Vec<Option<Appended>>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self {
+            Store::Postgres(backend) => postgres::append_batch(&backend.pool, batch).await,
+            Store::Sqlite(backend) => sqlite::append_batch(&backend.writer, batch).await,
+        }
+    }
+}
+
+/// A failed COMMIT leaves the batch's fate unknown (the connection may
+/// have dropped after the database committed): reported as unavailable, so
+/// the writer does not retry it message by message and risk storing
+/// messages twice; clients retry with their idempotency keys instead.
+fn commit_failed(err: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(err)
+}
+
+/// The distinct thread ids of a batch.
+fn thread_ids(batch: &[NewMessage]) -> Vec<Uuid> {
+    let mut ids: Vec<Uuid> = batch.iter().map(|m| m.thread_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Files a stored message read by its idempotency key (columns: the
+/// message's, then `posted_by` and `idempotency_key`) under every key that
+/// names it.
+fn add_original<R>(
+    originals: &mut HashMap<IdempotencyKey, Message>,
+    row: &R,
+) -> Result<(), sqlx::Error>
+where
+    R: Row,
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> Uuid: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let message = message_at(row, 0)?;
+    let posted_by: Option<String> = row.try_get(11)?;
+    let key: Option<String> = row.try_get(12)?;
+    if let (Some(sender), Some(client_msg_id)) = (&message.sender_id, &message.client_msg_id) {
+        originals.insert(
+            IdempotencyKey::Client {
+                thread_id: message.thread_id,
+                sender: sender.clone(),
+                client_msg_id: client_msg_id.clone(),
+            },
+            message.clone(),
+        );
+    }
+    if let (Some(posted_by), Some(key)) = (posted_by, key) {
+        originals.insert(IdempotencyKey::Service { posted_by, key }, message);
+    }
+    Ok(())
+}
+
+mod postgres {
+    use super::*;
+
+    /// Four round trips whatever the batch size (five when messages carry
+    /// idempotency keys): begin, lock and read, (originals,) write, commit.
+    pub(super) async fn append_batch(
+        pool: &PgPool,
+        batch: &[NewMessage],
+    ) -> Result<Vec<Option<Appended>>, StoreError> {
+        let mut tx = pool.begin().await?;
+        let ids = thread_ids(batch);
+
+        // FOR UPDATE after ORDER BY: rows are locked in id order, so two
+        // batches sharing threads wait for each other, never deadlock. The
+        // participants come from a subquery per thread, which PostgreSQL
+        // runs as an index lookup; as a join, small tables invite a scan of
+        // the whole (update-heavy, so bloated) participants table.
+        let rows = sqlx::query(
+            "SELECT t.id, t.last_seq, ARRAY(SELECT p.user_id FROM thread_participants p \
+             WHERE p.thread_id = t.id) FROM threads t \
+             WHERE t.id = ANY($1) ORDER BY t.id FOR UPDATE",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut locked = Locked::default();
+        for row in &rows {
+            let id: Uuid = row.try_get(0)?;
+            locked.last_seq.insert(id, row.try_get(1)?);
+            locked.participants.insert(id, row.try_get(2)?);
+        }
+
+        read_originals(&mut tx, batch, &mut locked).await?;
+
+        let mut plan = plan(batch, &locked);
+        if !plan.created.is_empty() {
+            write(&mut tx, &mut plan).await?;
+        }
+        tx.commit().await.map_err(commit_failed)?;
+        Ok(plan.outcomes())
+    }
+
+    /// The stored messages that the batch's keys name, in one query. The
+    /// thread locks are held, so nothing with a client key can commit in
+    /// these threads meanwhile; a service key is global, and a concurrent
+    /// use of it elsewhere surfaces as a unique violation at insert.
+    async fn read_originals(
+        tx: &mut sqlx::PgConnection,
+        batch: &[NewMessage],
+        locked: &mut Locked,
+    ) -> Result<(), StoreError> {
+        let mut client = (Vec::new(), Vec::new(), Vec::new());
+        let mut service = (Vec::new(), Vec::new());
+        for new in batch {
+            match IdempotencyKey::of(new) {
+                Some(IdempotencyKey::Client {
+                    thread_id,
+                    sender,
+                    client_msg_id,
+                }) => {
+                    client.0.push(thread_id);
+                    client.1.push(sender);
+                    client.2.push(client_msg_id);
+                }
+                Some(IdempotencyKey::Service { posted_by, key }) => {
+                    service.0.push(posted_by);
+                    service.1.push(key);
+                }
+                None => {}
+            }
+        }
+        if client.0.is_empty() && service.0.is_empty() {
+            return Ok(());
+        }
+        // The IS NOT NULL conditions let the planner use the partial unique
+        // indexes; join conditions alone do not prove their predicates.
+        let rows = sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS}, m.posted_by, m.idempotency_key \
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS k(thread_id, sender_id, client_msg_id) \
+             JOIN messages m ON m.thread_id = k.thread_id AND m.sender_id = k.sender_id \
+             AND m.client_msg_id = k.client_msg_id \
+             WHERE m.client_msg_id IS NOT NULL AND m.sender_id IS NOT NULL \
+             UNION ALL \
+             SELECT {MESSAGE_COLUMNS}, m.posted_by, m.idempotency_key \
+             FROM UNNEST($4::text[], $5::text[]) AS k(posted_by, idempotency_key) \
+             JOIN messages m ON m.posted_by = k.posted_by AND m.idempotency_key = k.idempotency_key \
+             WHERE m.idempotency_key IS NOT NULL"
+        ))
+        .bind(&client.0)
+        .bind(&client.1)
+        .bind(&client.2)
+        .bind(&service.0)
+        .bind(&service.1)
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in &rows {
+            add_original(&mut locked.originals, row)?;
+        }
+        Ok(())
+    }
+
+    /// Every write of the batch in one statement: data-modifying CTEs on
+    /// different tables, each set-based over arrays. The event ids come
+    /// from the counter in the same statement.
+    async fn write(tx: &mut sqlx::PgConnection, plan: &mut Plan<'_>) -> Result<(), StoreError> {
+        let created = &plan.created;
+        let mut m = MessageColumns::with_capacity(created.len());
+        for entry in created {
+            m.push(entry);
+        }
+        let mut e = EventColumns::default();
+        for entry in created {
+            if let Some(event) = &entry.new.event {
+                e.message_id.push(entry.new.id);
+                e.event_type.push(event.event_type.as_str());
+                e.thread_id.push(entry.new.thread_id);
+                e.actor_id.push(event.actor_id.as_deref());
+                e.payload.push(event.payload.as_str());
+                e.created_at.push(entry.new.created_at);
+            }
+        }
+        let threads = &plan.threads;
+        let participants = &plan.participants;
+        // The `= ANY` conditions repeat the joins as restrictions on the
+        // updated tables, which PostgreSQL always answers from the primary
+        // key: joined to an array alone, a custom plan for a few dozen rows
+        // may hash-join a scan of the whole (update-heavy, so bloated)
+        // table instead.
+        //
+        // The event insert numbers its rows from the advanced counter, in
+        // array order (WITH ORDINALITY), which is arrival order. The
+        // counter is only touched when there are events, so plain chat
+        // batches never contend on its row.
+        let last_event_id: Option<i64> = sqlx::query_scalar(
+            "WITH inserted AS ( \
+               INSERT INTO messages (id, thread_id, seq, sender_id, message_type, content, \
+               metadata, client_msg_id, posted_by, idempotency_key, created_at) \
+               SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::text[], $5::text[], \
+               $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::int8[]) \
+             ), threads_moved AS ( \
+               UPDATE threads t SET last_seq = u.last_seq, last_message_at = u.at, \
+               activity_at = u.at \
+               FROM UNNEST($12::uuid[], $13::int8[], $14::int8[]) AS u(id, last_seq, at) \
+               WHERE t.id = u.id AND t.id = ANY($12::uuid[]) \
+             ), participants_moved AS ( \
+               UPDATE thread_participants tp SET last_seq = u.last_seq, activity_at = u.at, \
+               last_read_seq = GREATEST(tp.last_read_seq, u.read_seq) \
+               FROM UNNEST($15::uuid[], $16::text[], $17::int8[], $18::int8[], $19::int8[]) \
+               AS u(thread_id, user_id, last_seq, at, read_seq) \
+               WHERE tp.thread_id = u.thread_id AND tp.user_id = u.user_id \
+               AND tp.thread_id = ANY($15::uuid[]) \
+             ), counter AS ( \
+               UPDATE integration_event_counter SET last_id = last_id + cardinality($20::uuid[]) \
+               WHERE id = 1 AND cardinality($20::uuid[]) > 0 RETURNING last_id \
+             ), events AS ( \
+               INSERT INTO integration_events (id, event_type, thread_id, message_id, actor_id, \
+               payload, created_at) \
+               SELECT counter.last_id - cardinality($20::uuid[]) + e.n, e.event_type, \
+               e.thread_id, e.message_id, e.actor_id, e.payload, e.created_at \
+               FROM counter, UNNEST($20::uuid[], $21::text[], $22::uuid[], $23::text[], \
+               $24::text[], $25::int8[]) WITH ORDINALITY \
+               AS e(message_id, event_type, thread_id, actor_id, payload, created_at, n) \
+             ) SELECT last_id FROM counter",
+        )
+        .bind(&m.id)
+        .bind(&m.thread_id)
+        .bind(&m.seq)
+        .bind(&m.sender_id)
+        .bind(&m.kind)
+        .bind(&m.content)
+        .bind(&m.metadata)
+        .bind(&m.client_msg_id)
+        .bind(&m.posted_by)
+        .bind(&m.idempotency_key)
+        .bind(&m.created_at)
+        .bind(threads.iter().map(|t| t.id).collect::<Vec<_>>())
+        .bind(threads.iter().map(|t| t.last_seq).collect::<Vec<_>>())
+        .bind(threads.iter().map(|t| t.at).collect::<Vec<_>>())
+        .bind(participants.iter().map(|p| p.thread_id).collect::<Vec<_>>())
+        .bind(
+            participants
+                .iter()
+                .map(|p| p.user_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(participants.iter().map(|p| p.last_seq).collect::<Vec<_>>())
+        .bind(participants.iter().map(|p| p.at).collect::<Vec<_>>())
+        .bind(participants.iter().map(|p| p.read_seq).collect::<Vec<_>>())
+        .bind(&e.message_id)
+        .bind(&e.event_type)
+        .bind(&e.thread_id)
+        .bind(&e.actor_id)
+        .bind(&e.payload)
+        .bind(&e.created_at)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if plan.events > 0 {
+            let last_id = last_event_id.ok_or(StoreError::Corrupt(
+                "the integration event counter row is missing",
+            ))?;
+            plan.number_events(last_id);
+        }
+        Ok(())
+    }
+
+    /// The integration events' columns as arrays, in arrival order.
+    #[derive(Default)]
+    struct EventColumns<'a> {
+        message_id: Vec<Uuid>,
+        event_type: Vec<&'a str>,
+        thread_id: Vec<Uuid>,
+        actor_id: Vec<Option<&'a str>>,
+        payload: Vec<&'a str>,
+        created_at: Vec<i64>,
+    }
+
+    /// The messages table's columns as arrays, borrowed from the batch.
+    struct MessageColumns<'a> {
+        id: Vec<Uuid>,
+        thread_id: Vec<Uuid>,
+        seq: Vec<i64>,
+        sender_id: Vec<Option<&'a str>>,
+        kind: Vec<&'static str>,
+        content: Vec<&'a str>,
+        metadata: Vec<&'a str>,
+        client_msg_id: Vec<Option<&'a str>>,
+        posted_by: Vec<Option<&'a str>>,
+        idempotency_key: Vec<Option<&'a str>>,
+        created_at: Vec<i64>,
+    }
+
+    impl<'a> MessageColumns<'a> {
+        fn with_capacity(n: usize) -> Self {
+            MessageColumns {
+                id: Vec::with_capacity(n),
+                thread_id: Vec::with_capacity(n),
+                seq: Vec::with_capacity(n),
+                sender_id: Vec::with_capacity(n),
+                kind: Vec::with_capacity(n),
+                content: Vec::with_capacity(n),
+                metadata: Vec::with_capacity(n),
+                client_msg_id: Vec::with_capacity(n),
+                posted_by: Vec::with_capacity(n),
+                idempotency_key: Vec::with_capacity(n),
+                created_at: Vec::with_capacity(n),
+            }
+        }
+
+        fn push(&mut self, entry: &Created<'a>) {
+            let new = entry.new;
+            self.id.push(new.id);
+            self.thread_id.push(new.thread_id);
+            self.seq.push(entry.seq);
+            self.sender_id.push(new.sender_id.as_deref());
+            self.kind.push(new.kind.as_str());
+            self.content.push(&new.content);
+            self.metadata.push(&new.metadata);
+            self.client_msg_id.push(new.client_msg_id.as_deref());
+            self.posted_by.push(new.posted_by.as_deref());
+            self.idempotency_key.push(new.idempotency_key.as_deref());
+            self.created_at.push(new.created_at);
+        }
+    }
+}
+
+mod sqlite {
+    use sqlx::{QueryBuilder, Sqlite};
+
+    use super::*;
+
+    /// Bound parameters per statement, under SQLite's limit of 32,766:
+    /// longer batches are written in several statements.
+    const MAX_PARAMETERS: usize = 32_000;
+
+    /// Rows of `columns` parameters that one statement may carry.
+    fn rows_per_statement(columns: usize) -> usize {
+        (MAX_PARAMETERS / columns).max(1)
+    }
+
+    /// The same phases as on PostgreSQL, as multi-row statements: each
+    /// statement is a round trip to sqlx's SQLite worker thread, which at
+    /// thousands of messages per second costs more CPU than the SQL.
+    pub(super) async fn append_batch(
+        pool: &SqlitePool,
+        batch: &[NewMessage],
+    ) -> Result<Vec<Option<Appended>>, StoreError> {
+        // IMMEDIATE takes the write lock up front: the reads below then see
+        // the state the writes build on.
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut locked = Locked::default();
+        let ids = thread_ids(batch);
+        for chunk in ids.chunks(rows_per_statement(1)) {
+            let mut query = QueryBuilder::<Sqlite>::new(
+                "SELECT t.id, t.last_seq, tp.user_id FROM threads t \
+                 LEFT JOIN thread_participants tp ON tp.thread_id = t.id WHERE t.id IN (",
+            );
+            let mut list = query.separated(", ");
+            for id in chunk {
+                list.push_bind(*id);
+            }
+            query.push(")");
+            for row in &query.build().fetch_all(&mut *tx).await? {
+                let id: Uuid = row.try_get(0)?;
+                locked.last_seq.insert(id, row.try_get(1)?);
+                let user: Option<String> = row.try_get(2)?;
+                locked.participants.entry(id).or_default().extend(user);
+            }
+        }
+        read_originals(&mut tx, batch, &mut locked).await?;
+
+        let mut plan = plan(batch, &locked);
+        if !plan.created.is_empty() {
+            write(&mut tx, &mut plan).await?;
+        }
+        tx.commit().await.map_err(commit_failed)?;
+        Ok(plan.outcomes())
+    }
+
+    /// The stored messages that the batch's keys name. CROSS JOIN keeps
+    /// SQLite's planner on the keys as the outer loop, so each is one
+    /// index search rather than a scan of the whole index.
+    async fn read_originals(
+        tx: &mut sqlx::SqliteConnection,
+        batch: &[NewMessage],
+        locked: &mut Locked,
+    ) -> Result<(), StoreError> {
+        let mut client = Vec::new();
+        let mut service = Vec::new();
+        for new in batch {
+            match (
+                &new.sender_id,
+                &new.client_msg_id,
+                &new.posted_by,
+                &new.idempotency_key,
+            ) {
+                (Some(sender), Some(client_msg_id), _, _) => {
+                    client.push((new.thread_id, sender.as_str(), client_msg_id.as_str()));
+                }
+                (None, _, Some(posted_by), Some(key)) => {
+                    service.push((posted_by.as_str(), key.as_str()));
+                }
+                _ => {}
+            }
+        }
+        for chunk in client.chunks(rows_per_statement(3)) {
+            let mut query =
+                QueryBuilder::<Sqlite>::new("WITH k(thread_id, sender_id, client_msg_id) AS (");
+            query.push_values(chunk, |mut row, (thread_id, sender, client_msg_id)| {
+                row.push_bind(*thread_id)
+                    .push_bind(*sender)
+                    .push_bind(*client_msg_id);
+            });
+            query.push(format!(
+                ") SELECT {MESSAGE_COLUMNS}, m.posted_by, m.idempotency_key \
+                 FROM k CROSS JOIN messages m ON m.thread_id = k.thread_id \
+                 AND m.sender_id = k.sender_id AND m.client_msg_id = k.client_msg_id \
+                 WHERE m.client_msg_id IS NOT NULL AND m.sender_id IS NOT NULL"
+            ));
+            for row in &query.build().fetch_all(&mut *tx).await? {
+                add_original(&mut locked.originals, row)?;
+            }
+        }
+        for chunk in service.chunks(rows_per_statement(2)) {
+            let mut query = QueryBuilder::<Sqlite>::new("WITH k(posted_by, idempotency_key) AS (");
+            query.push_values(chunk, |mut row, (posted_by, key)| {
+                row.push_bind(*posted_by).push_bind(*key);
+            });
+            query.push(format!(
+                ") SELECT {MESSAGE_COLUMNS}, m.posted_by, m.idempotency_key \
+                 FROM k CROSS JOIN messages m ON m.posted_by = k.posted_by \
+                 AND m.idempotency_key = k.idempotency_key WHERE m.idempotency_key IS NOT NULL"
+            ));
+            for row in &query.build().fetch_all(&mut *tx).await? {
+                add_original(&mut locked.originals, row)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn write(tx: &mut sqlx::SqliteConnection, plan: &mut Plan<'_>) -> Result<(), StoreError> {
+        for chunk in plan.created.chunks(rows_per_statement(11)) {
+            let mut query = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO messages (id, thread_id, seq, sender_id, message_type, content, \
+                 metadata, client_msg_id, posted_by, idempotency_key, created_at) ",
+            );
+            query.push_values(chunk, |mut row, entry| {
+                let new = entry.new;
+                row.push_bind(new.id)
+                    .push_bind(new.thread_id)
+                    .push_bind(entry.seq)
+                    .push_bind(new.sender_id.as_deref())
+                    .push_bind(new.kind.as_str())
+                    .push_bind(new.content.as_str())
+                    .push_bind(new.metadata.as_str())
+                    .push_bind(new.client_msg_id.as_deref())
+                    .push_bind(new.posted_by.as_deref())
+                    .push_bind(new.idempotency_key.as_deref())
+                    .push_bind(new.created_at);
+            });
+            query.build().execute(&mut *tx).await?;
+        }
+        for chunk in plan.threads.chunks(rows_per_statement(3)) {
+            let mut query = QueryBuilder::<Sqlite>::new("WITH u(id, last_seq, at) AS (");
+            query.push_values(chunk, |mut row, tail| {
+                row.push_bind(tail.id)
+                    .push_bind(tail.last_seq)
+                    .push_bind(tail.at);
+            });
+            query.push(
+                ") UPDATE threads SET last_seq = u.last_seq, last_message_at = u.at, \
+                 activity_at = u.at FROM u WHERE threads.id = u.id",
+            );
+            query.build().execute(&mut *tx).await?;
+        }
+        for chunk in plan.participants.chunks(rows_per_statement(5)) {
+            let mut query = QueryBuilder::<Sqlite>::new(
+                "WITH u(thread_id, user_id, last_seq, at, read_seq) AS (",
+            );
+            query.push_values(chunk, |mut row, tail| {
+                row.push_bind(tail.thread_id)
+                    .push_bind(tail.user_id.as_str())
+                    .push_bind(tail.last_seq)
+                    .push_bind(tail.at)
+                    .push_bind(tail.read_seq);
+            });
+            query.push(
+                ") UPDATE thread_participants SET last_seq = u.last_seq, activity_at = u.at, \
+                 last_read_seq = MAX(last_read_seq, u.read_seq) FROM u \
+                 WHERE thread_participants.thread_id = u.thread_id \
+                 AND thread_participants.user_id = u.user_id",
+            );
+            query.build().execute(&mut *tx).await?;
+        }
+        if plan.events > 0 {
+            let last_id: i64 = sqlx::query_scalar(
+                "UPDATE integration_event_counter SET last_id = last_id + $1 \
+                 WHERE id = 1 RETURNING last_id",
+            )
+            .bind(plan.events)
+            .fetch_one(&mut *tx)
+            .await?;
+            plan.number_events(last_id);
+            let events: Vec<(&Created<'_>, &crate::store::NewIntegrationEvent, i64)> = plan
+                .created
+                .iter()
+                .filter_map(|entry| Some((entry, entry.new.event.as_ref()?, entry.event_id?)))
+                .collect();
+            for chunk in events.chunks(rows_per_statement(7)) {
+                let mut query = QueryBuilder::<Sqlite>::new(
+                    "INSERT INTO integration_events (id, event_type, thread_id, message_id, \
+                     actor_id, payload, created_at) ",
+                );
+                query.push_values(chunk, |mut row, (entry, event, id)| {
+                    row.push_bind(*id)
+                        .push_bind(event.event_type.as_str())
+                        .push_bind(entry.new.thread_id)
+                        .push_bind(entry.new.id)
+                        .push_bind(event.actor_id.as_deref())
+                        .push_bind(event.payload.as_str())
+                        .push_bind(entry.new.created_at);
+                });
+                query.build().execute(&mut *tx).await?;
+            }
+        }
+        Ok(())
+    }
+}
