@@ -12,6 +12,7 @@ use std::{
 use anyhow::Context as _;
 use axum::{
     Router, ServiceExt as _,
+    serve::ListenerExt as _,
     extract::{Request, State},
     http::{HeaderValue, StatusCode},
     middleware::{self, Next},
@@ -123,8 +124,13 @@ impl Application {
         let mut deadline_rx = stop_rx.clone();
         let grace = self.shutdown_grace;
         let mut serve_rx = stop_rx;
+        // No Nagle: a socket writes small frames (an ack, then the event)
+        // that must not wait for the browser's delayed ACK (up to 40 ms).
+        let listener = self.listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let server = axum::serve(
-            self.listener,
+            listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(async move {
