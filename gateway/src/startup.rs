@@ -12,12 +12,12 @@ use std::{
 use anyhow::Context as _;
 use axum::{
     Router, ServiceExt as _,
-    serve::ListenerExt as _,
     extract::{Request, State},
     http::{HeaderValue, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
+    serve::ListenerExt as _,
 };
 use chat_auth::TokenVerifier;
 use tokio::net::TcpListener;
