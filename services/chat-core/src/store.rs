@@ -173,6 +173,26 @@ pub struct NewMessage {
     pub event: Option<NewIntegrationEvent>,
 }
 
+impl NewMessage {
+    /// The message as stored with `seq`: both send paths (one at a time
+    /// and batched) answer with exactly this.
+    pub fn stored(&self, seq: i64) -> Message {
+        Message {
+            id: self.id,
+            thread_id: self.thread_id,
+            seq,
+            sender_id: self.sender_id.clone(),
+            kind: self.kind,
+            content: self.content.clone(),
+            metadata: self.metadata.clone(),
+            client_msg_id: self.client_msg_id.clone(),
+            created_at: self.created_at,
+            edited_at: None,
+            deleted_at: None,
+        }
+    }
+}
+
 /// An outbox entry to write with its message.
 #[derive(Debug, Clone)]
 pub struct NewIntegrationEvent {
@@ -970,22 +990,7 @@ impl Store {
             (seq, event_id)
         });
         let (seq, event_id) = outcome;
-        Ok(Some(Appended::Created(
-            Message {
-                id: new.id,
-                thread_id: new.thread_id,
-                seq,
-                sender_id: new.sender_id.clone(),
-                kind: new.kind,
-                content: new.content.clone(),
-                metadata: new.metadata.clone(),
-                client_msg_id: new.client_msg_id.clone(),
-                created_at: new.created_at,
-                edited_at: None,
-                deleted_at: None,
-            },
-            event_id,
-        )))
+        Ok(Some(Appended::Created(new.stored(seq), event_id)))
     }
 
     /// A page of a thread's messages in ascending seq order, and whether

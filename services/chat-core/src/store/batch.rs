@@ -109,20 +109,7 @@ struct Created<'a> {
 
 impl Created<'_> {
     fn message(&self) -> Message {
-        let new = self.new;
-        Message {
-            id: new.id,
-            thread_id: new.thread_id,
-            seq: self.seq,
-            sender_id: new.sender_id.clone(),
-            kind: new.kind,
-            content: new.content.clone(),
-            metadata: new.metadata.clone(),
-            client_msg_id: new.client_msg_id.clone(),
-            created_at: new.created_at,
-            edited_at: None,
-            deleted_at: None,
-        }
+        self.new.stored(self.seq)
     }
 }
 
