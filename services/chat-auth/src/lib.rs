@@ -224,9 +224,14 @@ pub enum AuthError {
     /// no `exp`.
     #[error("malformed token")]
     MalformedToken,
-    /// `exp` is in the past (no leeway).
+    /// `exp` is in the past (allowing [`CLOCK_LEEWAY_SECONDS`]).
     #[error("token expired")]
     Expired,
+    /// `nbf` or `iat` is in the future (allowing [`CLOCK_LEEWAY_SECONDS`]):
+    /// a token minted for later, or by a clock that cannot be trusted, is
+    /// refused until its time comes.
+    #[error("token not yet valid")]
+    NotYetValid,
     /// The signature does not match the configured key.
     #[error("invalid token signature")]
     InvalidSignature,
@@ -248,12 +253,21 @@ pub enum AuthError {
     InvalidAudience,
 }
 
+/// How far, in seconds, `exp`, `nbf` and `iat` may be off the verifier's
+/// clock. One value for all three, so that a token is never valid by one
+/// rule and already or not yet by another; zero because SPEC §2 refuses an
+/// expired token outright.
+pub const CLOCK_LEEWAY_SECONDS: u64 = 0;
+
 #[derive(Deserialize)]
 struct Claims {
     #[serde(default)]
     sub: serde_json::Value,
     #[serde(default)]
     role: Option<serde_json::Value>,
+    /// Checked here: jsonwebtoken reads `nbf` but never `iat`.
+    #[serde(default)]
+    iat: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -315,8 +329,10 @@ impl TokenVerifier {
             }
         };
         let mut validation = Validation::new(settings.algorithm.as_jsonwebtoken());
-        validation.leeway = 0;
+        validation.leeway = CLOCK_LEEWAY_SECONDS;
         validation.validate_exp = true;
+        // A token minted for later must not work now.
+        validation.validate_nbf = true;
         // `sub` is checked in `verify`: jsonwebtoken would report a
         // non-string `sub` as missing rather than invalid.
         let mut required = vec!["exp"];
@@ -366,6 +382,7 @@ impl TokenVerifier {
         let data = jsonwebtoken::decode::<Claims>(token, &inner.key, &inner.validation).map_err(
             |err| match err.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
                 ErrorKind::InvalidSignature => AuthError::InvalidSignature,
                 ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
                     AuthError::WrongAlgorithm
@@ -380,6 +397,19 @@ impl TokenVerifier {
                 _ => AuthError::MalformedToken,
             },
         )?;
+        match data.claims.iat {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::Number(iat)) => {
+                let now = jsonwebtoken::get_current_timestamp();
+                // A float `iat` counts as its whole seconds, as jsonwebtoken
+                // reads `exp` and `nbf`.
+                let iat = iat.as_f64().ok_or(AuthError::MalformedToken)?;
+                if iat > (now + CLOCK_LEEWAY_SECONDS) as f64 {
+                    return Err(AuthError::NotYetValid);
+                }
+            }
+            Some(_) => return Err(AuthError::MalformedToken),
+        }
         let subject = match data.claims.sub {
             serde_json::Value::String(sub) if is_valid_user_id(&sub) => sub,
             serde_json::Value::Null => return Err(AuthError::MissingSubject),

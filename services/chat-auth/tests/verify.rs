@@ -184,6 +184,45 @@ fn expired_tokens_are_refused() {
 }
 
 #[test]
+fn tokens_not_yet_valid_are_refused() {
+    let verifier = hs_verifier();
+    for claims in [
+        json!({"sub": "alice", "exp": now() + 7200, "nbf": now() + 3600}),
+        json!({"sub": "alice", "exp": now() + 7200, "nbf": now() + 1}),
+        json!({"sub": "alice", "exp": now() + 7200, "iat": now() + 3600}),
+        json!({"sub": "alice", "exp": now() + 7200, "iat": now() + 1}),
+        json!({"sub": "alice", "exp": now() + 7200, "iat": (now() + 60) as f64 + 0.5}),
+    ] {
+        assert_eq!(
+            verifier.verify(&hs256(&claims)),
+            Err(AuthError::NotYetValid),
+            "{claims}"
+        );
+    }
+    assert_eq!(AuthError::NotYetValid.to_string(), "token not yet valid");
+    // Now, or in the past, is fine; so is a token without them.
+    for claims in [
+        json!({"sub": "alice", "exp": now() + 600, "nbf": now(), "iat": now()}),
+        json!({"sub": "alice", "exp": now() + 600, "nbf": now() - 60, "iat": now() - 60}),
+        json!({"sub": "alice", "exp": now() + 600, "iat": null}),
+    ] {
+        assert!(verifier.verify(&hs256(&claims)).is_ok(), "{claims}");
+    }
+    // Claims that are not times are malformed, not ignored.
+    for claims in [
+        json!({"sub": "alice", "exp": now() + 600, "nbf": "later"}),
+        json!({"sub": "alice", "exp": now() + 600, "iat": "now"}),
+        json!({"sub": "alice", "exp": now() + 600, "iat": [1]}),
+    ] {
+        assert_eq!(
+            verifier.verify(&hs256(&claims)),
+            Err(AuthError::MalformedToken),
+            "{claims}"
+        );
+    }
+}
+
+#[test]
 fn exp_is_required() {
     for claims in [
         json!({"sub": "alice"}),
