@@ -24,6 +24,10 @@ pub const ENVIRONMENT: &[&str] = &[
     "GATEWAY_CONNECT_BURST",
     "GATEWAY_WS_PING_SECONDS",
     "GATEWAY_WS_SEND_TIMEOUT_MS",
+    "GATEWAY_HEADER_TIMEOUT_SECONDS",
+    "GATEWAY_IDLE_TIMEOUT_SECONDS",
+    "GATEWAY_MAX_CONNECTIONS",
+    "GATEWAY_MAX_CONNECTIONS_PER_ADDRESS",
     "JWT_SECRET",
     "JWT_PUBLIC_KEY_FILE",
     "JWT_ALGORITHM",
@@ -82,6 +86,20 @@ pub struct Settings {
     /// `GATEWAY_WS_SEND_TIMEOUT_MS`: a browser that cannot take a frame
     /// within this long is too slow and is closed with 4008.
     pub ws_send_timeout: Duration,
+    /// `GATEWAY_HEADER_TIMEOUT_SECONDS`: how long a request's head may take
+    /// to arrive, from the connection's opening or its previous response;
+    /// so also how long a kept-alive connection may sit idle.
+    pub header_timeout: Duration,
+    /// `GATEWAY_IDLE_TIMEOUT_SECONDS`: a request in progress where no byte
+    /// moves for this long (a trickled body, an unread response) is cut.
+    pub idle_timeout: Duration,
+    /// `GATEWAY_MAX_CONNECTIONS`: open client connections, WebSockets
+    /// included; beyond it new ones are refused so the process never runs
+    /// out of files (default: the open-file limit less some headroom).
+    pub max_connections: usize,
+    /// `GATEWAY_MAX_CONNECTIONS_PER_ADDRESS`: open connections from one
+    /// client address.
+    pub max_connections_per_address: usize,
 }
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -181,6 +199,29 @@ impl Settings {
             1..=600_000,
             Duration::from_secs(10),
         )?;
+        let header_timeout = chat_runtime::duration(
+            "GATEWAY_HEADER_TIMEOUT_SECONDS",
+            get("GATEWAY_HEADER_TIMEOUT_SECONDS").as_deref(),
+            SECOND,
+            1..=3600,
+            Duration::from_secs(10),
+        )?;
+        let idle_timeout = chat_runtime::duration(
+            "GATEWAY_IDLE_TIMEOUT_SECONDS",
+            get("GATEWAY_IDLE_TIMEOUT_SECONDS").as_deref(),
+            SECOND,
+            1..=86_400,
+            Duration::from_secs(30),
+        )?;
+        let max_connections = chat_runtime::connections::max_connections(
+            "GATEWAY_MAX_CONNECTIONS",
+            get("GATEWAY_MAX_CONNECTIONS").as_deref(),
+        )?;
+        let max_connections_per_address = chat_runtime::connections::count(
+            "GATEWAY_MAX_CONNECTIONS_PER_ADDRESS",
+            get("GATEWAY_MAX_CONNECTIONS_PER_ADDRESS").as_deref(),
+            1000,
+        )?;
         Ok(Settings {
             addr,
             chat_core_urls,
@@ -193,6 +234,10 @@ impl Settings {
             connect_rate,
             ws_ping,
             ws_send_timeout,
+            header_timeout,
+            idle_timeout,
+            max_connections,
+            max_connections_per_address,
         })
     }
 }

@@ -6,6 +6,7 @@ pub mod config;
 pub mod edge;
 pub mod error;
 pub mod json;
+pub mod listener;
 pub mod openapi;
 pub mod rest;
 pub mod startup;

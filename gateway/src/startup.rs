@@ -11,13 +11,12 @@ use std::{
 
 use anyhow::Context as _;
 use axum::{
-    Router, ServiceExt as _,
+    Router,
     extract::{Request, State},
     http::{HeaderValue, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
-    serve::ListenerExt as _,
 };
 use chat_auth::TokenVerifier;
 use tokio::net::TcpListener;
@@ -37,6 +36,7 @@ pub struct Application {
     state: AppState,
     stop: tokio::sync::watch::Sender<bool>,
     shutdown_grace: std::time::Duration,
+    timeouts: crate::listener::Timeouts,
 }
 
 impl Application {
@@ -66,9 +66,18 @@ impl Application {
                 )),
                 ws_ping: settings.ws_ping,
                 ws_send_timeout: settings.ws_send_timeout,
+                connections: chat_runtime::connections::ConnectionLimiter::new(
+                    "chat-gateway",
+                    settings.max_connections,
+                    settings.max_connections_per_address,
+                ),
             },
             stop,
             shutdown_grace: settings.shutdown_grace,
+            timeouts: crate::listener::Timeouts {
+                header: settings.header_timeout,
+                idle: settings.idle_timeout,
+            },
         })
     }
 
@@ -123,22 +132,24 @@ impl Application {
         });
         let mut deadline_rx = stop_rx.clone();
         let grace = self.shutdown_grace;
-        let mut serve_rx = stop_rx;
-        // No Nagle: a socket writes small frames (an ack, then the event)
-        // that must not wait for the browser's delayed ACK (up to 40 ms).
-        let listener = self.listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let server = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = serve_rx.wait_for(|stop| *stop).await;
-        });
-        tracing::info!(addr = %addr, "chat-gateway listening");
+        let (max_connections, max_per_address) = self.state.connections.caps();
+        let server = crate::listener::serve(
+            self.listener,
+            app,
+            self.state.connections.clone(),
+            self.timeouts,
+            stop_rx,
+        );
+        tracing::info!(
+            addr = %addr,
+            max_connections,
+            max_per_address,
+            header_timeout_s = self.timeouts.header.as_secs(),
+            idle_timeout_s = self.timeouts.idle.as_secs(),
+            "chat-gateway listening"
+        );
         tokio::select! {
-            result = server => result.context("HTTP server")?,
+            () = server => {}
             () = async move {
                 let _ = deadline_rx.wait_for(|stop| *stop).await;
                 tokio::time::sleep(grace).await;
@@ -204,14 +215,16 @@ async fn access_log(mut request: Request, next: Next) -> Response {
 }
 
 async fn render_metrics(State(state): State<AppState>) -> Response {
+    let mut body = state
+        .metrics
+        .render(state.open_sockets.load(Ordering::Acquire));
+    crate::listener::render_metrics(&state.connections, &mut body);
     (
         [(
             http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state
-            .metrics
-            .render(state.open_sockets.load(Ordering::Acquire)),
+        body,
     )
         .into_response()
 }

@@ -152,3 +152,142 @@ async fn tokens_not_valid_yet_are_refused_on_rest_and_every_socket_path() {
         json!({"type": "auth_ok", "user_id": "alice"})
     );
 }
+
+/// Reads until the server closes the connection; what it sent.
+async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> String {
+    use tokio::io::AsyncReadExt as _;
+    let mut got = Vec::new();
+    tokio::time::timeout(within, async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the server closes the connection in time");
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// A TCP connection to the gateway from `source` (any 127.0.0.0/8 address
+/// is loopback), so tests can play several clients.
+async fn connect_from(stack: &TestStack, source: &str) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(format!("{source}:0").parse().unwrap())
+        .expect("bind a loopback source");
+    socket.connect(stack.gateway).await.expect("connect")
+}
+
+#[tokio::test]
+async fn silent_slow_and_idle_connections_are_closed() {
+    use tokio::io::AsyncWriteExt as _;
+    let stack = support::spawn_stack_with(
+        false,
+        &[
+            ("GATEWAY_HEADER_TIMEOUT_SECONDS", "1"),
+            ("GATEWAY_IDLE_TIMEOUT_SECONDS", "1"),
+        ],
+    )
+    .await;
+    // Nothing sent at all.
+    let mut silent = TcpStream::connect(stack.gateway).await.unwrap();
+    let started = std::time::Instant::now();
+    read_until_closed(&mut silent, Duration::from_secs(5)).await;
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    // Headers a byte at a time (slowloris): the head must be complete in
+    // time, however steadily it trickles.
+    let mut slow = TcpStream::connect(stack.gateway).await.unwrap();
+    let trickle = async {
+        for byte in b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-a: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+            if slow.write_all(&[*byte]).await.is_err() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), trickle)
+            .await
+            .expect("cut off before the trickle ends"),
+        "the connection was closed mid-header"
+    );
+    // A kept-alive connection that asks nothing more.
+    let mut kept = TcpStream::connect(stack.gateway).await.unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answered = read_until_closed(&mut kept, Duration::from_secs(5)).await;
+    assert!(answered.starts_with("HTTP/1.1 200 OK"), "{answered}");
+    // A body announced and never sent.
+    let mut stalled = TcpStream::connect(stack.gateway).await.unwrap();
+    stalled
+        .write_all(
+            b"POST /api/chat/threads/ HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"par",
+        )
+        .await
+        .unwrap();
+    let answered = read_until_closed(&mut stalled, Duration::from_secs(5)).await;
+    assert!(!answered.contains("201"), "{answered}");
+
+    // An authenticated WebSocket outlives both timeouts.
+    let thread = new_thread(&stack, "alice", &["bob"]).await;
+    let mut socket = connect(&stack, &format!("/ws/chat/{thread}/"), &[]).await;
+    send(
+        &mut socket,
+        json!({"type": "auth", "token": token(&stack.secret, "alice")}),
+    )
+    .await;
+    assert_eq!(next(&mut socket).await["type"], "auth_ok");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    send(&mut socket, json!({"type": "ping"})).await;
+    assert_eq!(next(&mut socket).await, json!({"type": "pong"}));
+}
+
+#[tokio::test]
+async fn connections_over_the_caps_are_refused_at_once() {
+    let stack = support::spawn_stack_with(
+        false,
+        &[
+            ("GATEWAY_MAX_CONNECTIONS", "6"),
+            ("GATEWAY_MAX_CONNECTIONS_PER_ADDRESS", "3"),
+        ],
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect_from(&stack, "127.0.0.2").await);
+    }
+    // Let the gateway accept them before the next one knocks.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut refused = connect_from(&stack, "127.0.0.2").await;
+    let answer = read_until_closed(&mut refused, Duration::from_secs(2)).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+        "{answer:?}"
+    );
+    // Other addresses still get in, up to the total.
+    for _ in 0..3 {
+        held.push(connect_from(&stack, "127.0.0.3").await);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut over_total = connect_from(&stack, "127.0.0.4").await;
+    let answer = read_until_closed(&mut over_total, Duration::from_secs(2)).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+    // Places come back when connections close.
+    held.truncate(4);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let metrics = support::raw_get(stack.gateway, "/metrics").await;
+    let metrics = String::from_utf8(metrics).unwrap();
+    for line in [
+        "chat_gateway_connections_refused_total{cap=\"total\"} 1\n",
+        "chat_gateway_connections_refused_total{cap=\"per_address\"} 1\n",
+        // The held four and this request's own.
+        "chat_gateway_open_connections 5\n",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+}

@@ -5,6 +5,8 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+pub mod connections;
+
 /// A variable that holds a value the service cannot use. Start-up stops
 /// with this message, which names the variable (and never a secret).
 #[derive(Debug, thiserror::Error)]
