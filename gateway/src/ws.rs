@@ -53,7 +53,20 @@ pub mod close {
     pub const TOO_SLOW: u16 = 4008;
     pub const POLICY: u16 = 1008;
     pub const INTERNAL: u16 = 1011;
+    /// RFC 6455: a frame the protocol does not allow.
+    pub const PROTOCOL: u16 = 1002;
+    /// RFC 6455: a text message that is not UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
+    /// RFC 6455: a message over [`super::MAX_MESSAGE`].
+    pub const TOO_BIG: u16 = 1009;
+    /// A normal end: the browser closed, or went away.
+    pub const NORMAL: u16 = 1000;
 }
+
+/// The largest message a browser may send, whole or in fragments: a frame
+/// is refused from its header, before its payload is buffered, and a
+/// fragmented message as soon as its fragments pass it.
+pub const MAX_MESSAGE: usize = 64 * 1024;
 
 /// The WebSocket read buffer, allocated per socket up front.
 const READ_BUFFER: usize = 512;
@@ -141,7 +154,8 @@ fn open(
         // grows the buffer only while it is read.
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
-        .max_message_size(64 * 1024)
+        .max_message_size(MAX_MESSAGE)
+        .max_frame_size(MAX_MESSAGE)
         .on_upgrade(move |socket| {
             let session = Session {
                 state,
@@ -181,6 +195,23 @@ impl From<FeedEnd> for Closing {
                 Closing(close::RESTARTING, "chat service unavailable; reconnect")
             }
         }
+    }
+}
+
+/// How a socket ends after a frame that could not be read: the RFC 6455
+/// code that says why, so a client can tell its own bug from a server
+/// fault.
+fn read_failure(err: &axum::Error) -> Closing {
+    use tungstenite::{Error, error::ProtocolError};
+    match std::error::Error::source(err).and_then(|e| e.downcast_ref::<Error>()) {
+        Some(Error::Capacity(_)) => Closing(close::TOO_BIG, "message too big"),
+        Some(Error::Utf8(_)) => Closing(close::INVALID_DATA, "text is not UTF-8"),
+        // The peer is gone: there is no one to tell.
+        Some(Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)) | None => {
+            Closing(close::NORMAL, "bye")
+        }
+        Some(Error::Protocol(_)) => Closing(close::PROTOCOL, "protocol error"),
+        Some(_) => Closing(close::NORMAL, "bye"),
     }
 }
 
@@ -367,6 +398,7 @@ impl Session {
                     .filter(|f| f.kind == "auth")
                     .and_then(|f| f.token)
                     .ok_or(Closing(close::UNAUTHORIZED, "expected an auth frame"))?,
+                Ok(Some(Err(err))) => return Err(read_failure(&err)),
                 _ => return Err(Closing(close::UNAUTHORIZED, "no token")),
             },
         };
@@ -427,9 +459,10 @@ impl Session {
                         Some(Ok(Message::Binary(_))) => {
                             self.send(socket, error_frame("invalid_frame", "frames are JSON text", None)).await?;
                         }
-                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                            return Ok(Closing(1000, "bye"));
+                        Some(Ok(Message::Close(_))) | None => {
+                            return Ok(Closing(close::NORMAL, "bye"));
                         }
+                        Some(Err(err)) => return Ok(read_failure(&err)),
                         Some(Ok(_)) => {}
                     }
                 }

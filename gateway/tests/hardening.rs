@@ -291,3 +291,103 @@ async fn connections_over_the_caps_are_refused_at_once() {
         assert!(metrics.contains(line), "{line} in\n{metrics}");
     }
 }
+
+/// One client frame as raw bytes: masked (with a zero key, which leaves
+/// the payload as is), any opcode, fin or not, any announced length.
+fn raw_frame(first_byte: u8, payload: &[u8], announced: Option<u64>) -> Vec<u8> {
+    let len = announced.unwrap_or(payload.len() as u64);
+    let mut frame = vec![first_byte];
+    if len < 126 {
+        frame.push(0x80 | len as u8);
+    } else if len <= u64::from(u16::MAX) {
+        frame.push(0x80 | 126);
+        frame.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        frame.push(0x80 | 127);
+        frame.extend_from_slice(&len.to_be_bytes());
+    }
+    frame.extend_from_slice(&[0, 0, 0, 0]);
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Writes raw bytes under the WebSocket client's framing.
+async fn write_raw(socket: &mut Socket, bytes: &[u8]) {
+    use tokio::io::AsyncWriteExt as _;
+    let MaybeTlsStream::Plain(stream) = socket.get_mut() else {
+        panic!("plain TCP");
+    };
+    stream.write_all(bytes).await.expect("write raw frame");
+}
+
+#[tokio::test]
+async fn bad_frames_close_with_the_rfc_6455_codes() {
+    let stack = spawn_stack(false).await;
+    let thread = new_thread(&stack, "alice", &["bob"]).await;
+    let alice = token(&stack.secret, "alice");
+    let path = format!("/ws/chat/{thread}/?token={alice}");
+    const FIN_TEXT: u8 = 0x81;
+    const TEXT: u8 = 0x01;
+    const CONTINUATION: u8 = 0x00;
+
+    // One frame over 64 KiB.
+    let mut socket = connect(&stack, &path, &[]).await;
+    let big = "x".repeat(64 * 1024 + 1);
+    write_raw(&mut socket, &raw_frame(FIN_TEXT, big.as_bytes(), None)).await;
+    assert_eq!(
+        closed_with(&mut socket).await,
+        (1009, "message too big".into())
+    );
+
+    // A header announcing 2^40 bytes: refused from the header alone.
+    let mut socket = connect(&stack, &path, &[]).await;
+    write_raw(&mut socket, &raw_frame(FIN_TEXT, b"{", Some(1 << 40))).await;
+    assert_eq!(closed_with(&mut socket).await.0, 1009);
+
+    // Fragments that together pass 64 KiB, each well under it.
+    let mut socket = connect(&stack, &path, &[]).await;
+    let chunk = vec![b' '; 30 * 1024];
+    write_raw(&mut socket, &raw_frame(TEXT, &chunk, None)).await;
+    write_raw(&mut socket, &raw_frame(CONTINUATION, &chunk, None)).await;
+    write_raw(&mut socket, &raw_frame(CONTINUATION, &chunk, None)).await;
+    assert_eq!(closed_with(&mut socket).await.0, 1009);
+
+    // Fragments within the limit make one message as usual.
+    let mut socket = connect(&stack, &path, &[]).await;
+    write_raw(&mut socket, &raw_frame(TEXT, br#"{"type""#, None)).await;
+    write_raw(&mut socket, &raw_frame(0x80, br#":"ping"}"#, None)).await;
+    assert_eq!(next(&mut socket).await, json!({"type": "pong"}));
+
+    // Text that is not UTF-8.
+    let mut socket = connect(&stack, &path, &[]).await;
+    write_raw(
+        &mut socket,
+        &raw_frame(FIN_TEXT, b"{\"type\": \"\xff\xfe\"}", None),
+    )
+    .await;
+    assert_eq!(
+        closed_with(&mut socket).await,
+        (1007, "text is not UTF-8".into())
+    );
+
+    // Protocol errors: reserved bits, a continuation with nothing to
+    // continue, a fragmented ping.
+    for bad in [
+        raw_frame(0x80 | 0x40 | 0x01, b"{}", None),
+        raw_frame(0x80, b"{}", None),
+        raw_frame(0x09, b"", None),
+    ] {
+        let mut socket = connect(&stack, &path, &[]).await;
+        write_raw(&mut socket, &bad).await;
+        assert_eq!(
+            closed_with(&mut socket).await,
+            (1002, "protocol error".into())
+        );
+    }
+
+    // Before authentication too: an oversized first frame is 1009, not
+    // 4401.
+    let mut socket = connect(&stack, &format!("/ws/chat/{thread}/"), &[]).await;
+    write_raw(&mut socket, &raw_frame(FIN_TEXT, b"{", Some(1 << 20))).await;
+    assert_eq!(closed_with(&mut socket).await.0, 1009);
+}
