@@ -8,6 +8,7 @@ pub mod error;
 pub mod json;
 pub mod listener;
 pub mod openapi;
+pub mod page;
 pub mod rest;
 pub mod startup;
 pub mod upstream;

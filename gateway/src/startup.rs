@@ -100,16 +100,13 @@ impl Application {
             .route("/readyz", get(readyz))
             .route("/metrics", get(render_metrics))
             .route(
-                "/",
-                get(|| async { axum::response::Html(include_str!("../static/index.html")) }),
-            )
-            .route(
                 "/api/openapi.json",
                 get(|| async { axum::Json(crate::openapi::document()) }),
             )
             .route("/ws/chat", get(ws::user_socket))
             .route("/ws/chat/{thread_id}", get(ws::thread_socket))
             .with_state(self.state.clone())
+            .merge(crate::page::router())
             .merge(rest::router(self.state.clone()))
             .layer(middleware::from_fn_with_state(
                 self.state.clone(),
@@ -119,7 +116,8 @@ impl Application {
             .layer(middleware::from_fn_with_state(
                 self.state.clone(),
                 edge::cors,
-            ));
+            ))
+            .layer(middleware::from_fn(crate::page::nosniff));
         // Trailing slashes are optional: strip one before routing.
         let app = axum::middleware::map_request(strip_trailing_slash).layer(router);
         let stop_tx = self.stop;

@@ -391,3 +391,65 @@ async fn bad_frames_close_with_the_rfc_6455_codes() {
     write_raw(&mut socket, &raw_frame(FIN_TEXT, b"{", Some(1 << 20))).await;
     assert_eq!(closed_with(&mut socket).await.0, 1009);
 }
+
+#[tokio::test]
+async fn every_answer_is_nosniff_and_the_page_runs_under_a_strict_policy() {
+    let stack = spawn_stack(false).await;
+    let alice = token(&stack.secret, "alice");
+    for (method, path, token) in [
+        ("GET", "/healthz", None),
+        ("GET", "/metrics", None),
+        ("GET", "/api/openapi.json", None),
+        ("GET", "/api/chat/threads/", None),
+        ("GET", "/api/chat/threads/", Some(alice.as_str())),
+        ("GET", "/api/chat/nowhere/", Some(alice.as_str())),
+        ("DELETE", "/api/chat/unread-count/", Some(alice.as_str())),
+        ("GET", "/ws/chat/", None),
+        ("GET", "/", None),
+    ] {
+        let answer = call(stack.gateway, method, path, token, None).await;
+        assert_eq!(
+            answer.headers["x-content-type-options"], "nosniff",
+            "{method} {path}: {answer:?}"
+        );
+    }
+    let policy = "default-src 'none'; script-src 'self'; style-src 'self'; \
+                  connect-src 'self'; img-src 'self'; base-uri 'none'; \
+                  form-action 'self'; frame-ancestors 'none'";
+    for (path, content_type) in [
+        ("/", "text/html; charset=utf-8"),
+        ("/app.js", "text/javascript; charset=utf-8"),
+        ("/app.css", "text/css; charset=utf-8"),
+    ] {
+        let answer = call(stack.gateway, "GET", path, None, None).await;
+        assert_eq!(answer.status, 200, "{path}");
+        assert_eq!(answer.headers["content-type"], content_type, "{path}");
+        assert_eq!(answer.headers["content-security-policy"], policy, "{path}");
+        assert_eq!(answer.headers["referrer-policy"], "no-referrer", "{path}");
+        assert_eq!(answer.headers["x-frame-options"], "DENY", "{path}");
+    }
+    // No inline script or style for the policy to block.
+    let page = String::from_utf8(support::raw_get(stack.gateway, "/").await).unwrap();
+    assert_eq!(page.matches("<script").count(), 1, "{page}");
+    assert!(
+        page.contains(r#"<script src="/app.js"></script>"#),
+        "{page}"
+    );
+    assert!(
+        !page.contains("<style") && !page.contains("style="),
+        "{page}"
+    );
+    for inline in ["onclick=", "onload=", "onsubmit=", "javascript:"] {
+        assert!(!page.contains(inline), "{inline} in {page}");
+    }
+    // Each message and thread name is isolated from its neighbours' bidi
+    // controls (U+202E and friends).
+    let script = String::from_utf8(support::raw_get(stack.gateway, "/app.js").await).unwrap();
+    assert!(script.contains(r#"body.dir = "auto";"#), "{script}");
+    assert!(script.contains(r#"name.dir = "auto";"#), "{script}");
+    let style = String::from_utf8(support::raw_get(stack.gateway, "/app.css").await).unwrap();
+    assert!(
+        style.contains(".message .text, .thread .name, #title { unicode-bidi: isolate; }"),
+        "{style}"
+    );
+}

@@ -58,8 +58,17 @@ test("two people chat through the web client", async (t) => {
   t.after(() => browser.close());
   const base = `http://${gateway.addr}/`;
 
+  // The page runs under its Content Security Policy: anything it blocks
+  // (an inline script, a connection elsewhere) fails the test.
+  const violations = [];
+  const watch = (page) => page.on("console", (message) => {
+    if (/Content Security Policy/i.test(message.text())) violations.push(message.text());
+  });
+
   const alicePage = await browser.newPage();
-  await alicePage.goto(base);
+  watch(alicePage);
+  const answer = await alicePage.goto(base);
+  assert.match(answer.headers()["content-security-policy"], /connect-src 'self'/);
   await alicePage.fill("#token", alice);
   await alicePage.click("#connect");
   await alicePage.waitForSelector("text=signed in as alice");
@@ -71,6 +80,7 @@ test("two people chat through the web client", async (t) => {
   await alicePage.waitForSelector(".message");
 
   const bobPage = await browser.newPage();
+  watch(bobPage);
   await bobPage.goto(base);
   await bobPage.fill("#token", bob);
   await bobPage.click("#connect");
@@ -92,4 +102,13 @@ test("two people chat through the web client", async (t) => {
     // The markup arrived as text: no <b> element was made from it.
     assert.equal(await page.$$eval("#log b", (bs) => bs.length), 0);
   }
+
+  // A right-to-left override stays inside its own message.
+  await alicePage.fill("#text", "\u202Egnp.exe");
+  await alicePage.press("#text", "Enter");
+  await seen(bobPage, 3);
+  const isolated = await bobPage.$$eval(".message .text", (spans) => spans.map((span) =>
+    [span.dir, getComputedStyle(span).unicodeBidi]));
+  assert.deepEqual(isolated, Array(3).fill(["auto", "isolate"]));
+  assert.deepEqual(violations, []);
 });
