@@ -3,7 +3,123 @@
 //! RFC 3339 UTC.
 
 use chat_proto::{Timestamp, v1 as pb};
+use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value, json};
+
+/// Why a client's JSON was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum JsonInputError {
+    /// Not JSON at all (or nested too deep).
+    #[error("not valid JSON")]
+    Syntax,
+    /// An object names the same key twice. Parsers disagree on which one
+    /// wins (a proxy or a WAF in front may check the other one), so the
+    /// input is refused instead of picking one.
+    #[error("duplicate key {0:?}")]
+    DuplicateKey(String),
+}
+
+/// Parses a client's JSON (a REST body, a WebSocket frame) as
+/// `serde_json` does, except that an object with a duplicate key is an
+/// error rather than last-one-wins.
+pub fn parse_client_json(input: &[u8]) -> Result<Value, JsonInputError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(input);
+    let value = Strict
+        .deserialize(&mut deserializer)
+        .and_then(|value| deserializer.end().map(|()| value))
+        .map_err(|err| match err.classify() {
+            serde_json::error::Category::Data => {
+                // The one data error `Strict` makes: "duplicate key K at
+                // line L column C".
+                let message = err.to_string();
+                let key = message.strip_prefix(DUPLICATE).unwrap_or(&message);
+                let key = key.rsplit_once(" at line ").map_or(key, |(key, _)| key);
+                JsonInputError::DuplicateKey(key.to_owned())
+            }
+            _ => JsonInputError::Syntax,
+        })?;
+    Ok(value)
+}
+
+const DUPLICATE: &str = "duplicate key ";
+
+/// Longest key quoted back in an error.
+const MAX_QUOTED_KEY: usize = 64;
+
+/// A `Value` seed that refuses duplicate keys at every depth.
+struct Strict;
+
+impl<'de> DeserializeSeed<'de> for Strict {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Strict {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(Strict)? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
+        let mut map = Map::new();
+        while let Some(key) = access.next_key::<String>()? {
+            if map.contains_key(&key) {
+                let mut quoted = key;
+                if quoted.len() > MAX_QUOTED_KEY {
+                    let mut end = MAX_QUOTED_KEY;
+                    while !quoted.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    quoted.truncate(end);
+                }
+                return Err(A::Error::custom(format_args!("{DUPLICATE}{quoted}")));
+            }
+            let value = access.next_value_seed(Strict)?;
+            map.insert(key, value);
+        }
+        Ok(Value::Object(map))
+    }
+}
 
 /// `2026-11-25T10:04:05.123456Z`: RFC 3339, UTC, microseconds.
 pub fn rfc3339(timestamp: &Timestamp) -> String {
@@ -85,6 +201,33 @@ pub fn thread(thread: &pb::Thread) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn duplicate_keys_are_refused_at_every_depth() {
+        assert_eq!(
+            parse_client_json(br#"{"a": [1, {"b": null}], "c": 1.5}"#).unwrap(),
+            json!({"a": [1, {"b": null}], "c": 1.5})
+        );
+        for (input, key) in [
+            (&br#"{"a": 1, "a": 2}"#[..], "a"),
+            (br#"{"m": {"x": 1, "y": 2, "x": 3}}"#, "x"),
+            (br#"[{"k": 1, "\u006b": 2}]"#, "k"),
+        ] {
+            match parse_client_json(input) {
+                Err(JsonInputError::DuplicateKey(found)) => assert_eq!(found, key),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(matches!(
+            parse_client_json(b"{\"a\": 1} x"),
+            Err(JsonInputError::Syntax)
+        ));
+        let long = format!(r#"{{"{0}": 1, "{0}": 2}}"#, "é".repeat(100));
+        match parse_client_json(long.as_bytes()) {
+            Err(JsonInputError::DuplicateKey(found)) => assert_eq!(found, "é".repeat(32)),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn formats_rfc3339_utc() {

@@ -117,8 +117,12 @@ impl<T: DeserializeOwned> axum::extract::FromRequest<AppState> for JsonBody<T> {
         } else {
             &bytes
         };
-        let value: Value = serde_json::from_slice(bytes)
-            .map_err(|_| ApiError::invalid("the body must be valid JSON"))?;
+        let value = json::parse_client_json(bytes).map_err(|err| match err {
+            json::JsonInputError::Syntax => ApiError::invalid("the body must be valid JSON"),
+            json::JsonInputError::DuplicateKey(key) => {
+                ApiError::invalid(format!("the body names {key:?} twice"))
+            }
+        })?;
         if !value.is_object() {
             return Err(ApiError::invalid("the body must be a JSON object"));
         }
@@ -337,7 +341,9 @@ async fn find_thread(
         .get("participants")
         .ok_or_else(|| ApiError::invalid("participants: required, comma-separated"))?
         .split(',')
-        .map(|p| p.trim().to_owned())
+        // Not trimmed: an id with a space or a control character is refused
+        // by chat-core, as on every other route.
+        .map(str::to_owned)
         .collect();
     let response = unary(
         &state,

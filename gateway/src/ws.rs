@@ -247,6 +247,13 @@ struct ClientFrame {
     is_typing: Option<Value>,
 }
 
+/// A browser frame: JSON with no duplicate key (see
+/// [`json::parse_client_json`]) in the shape of [`ClientFrame`].
+fn parse_frame(frame: &str) -> Result<ClientFrame, json::JsonInputError> {
+    let value = json::parse_client_json(frame.as_bytes())?;
+    ClientFrame::deserialize(value).map_err(|_| json::JsonInputError::Syntax)
+}
+
 fn text(value: Value) -> Message {
     Message::Text(value.to_string().into())
 }
@@ -393,7 +400,7 @@ impl Session {
         let token = match token {
             Some(token) => token,
             None => match timeout(AUTH_WINDOW, socket.recv()).await {
-                Ok(Some(Ok(Message::Text(frame)))) => serde_json::from_str::<ClientFrame>(&frame)
+                Ok(Some(Ok(Message::Text(frame)))) => parse_frame(&frame)
                     .ok()
                     .filter(|f| f.kind == "auth")
                     .and_then(|f| f.token)
@@ -495,12 +502,22 @@ impl Session {
     /// One frame from the browser. A bad frame gets an `error` frame and
     /// the socket stays open.
     fn handle(&self, frame: &str) -> Action {
-        let Ok(frame) = serde_json::from_str::<ClientFrame>(frame) else {
-            return Action::Reply(error_frame(
-                "invalid_frame",
-                "frames are JSON objects with a type",
-                None,
-            ));
+        let frame = match parse_frame(frame) {
+            Ok(frame) => frame,
+            Err(json::JsonInputError::DuplicateKey(key)) => {
+                return Action::Reply(error_frame(
+                    "invalid_frame",
+                    &format!("the frame names {key:?} twice"),
+                    None,
+                ));
+            }
+            Err(json::JsonInputError::Syntax) => {
+                return Action::Reply(error_frame(
+                    "invalid_frame",
+                    "frames are JSON objects with a type",
+                    None,
+                ));
+            }
         };
         let thread_id = match (&self.thread_id, &frame.thread_id) {
             (Some(own), _) => Some(own.clone()),

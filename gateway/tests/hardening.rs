@@ -453,3 +453,90 @@ async fn every_answer_is_nosniff_and_the_page_runs_under_a_strict_policy() {
         "{style}"
     );
 }
+
+#[tokio::test]
+async fn duplicate_keys_and_untrimmed_ids_are_refused() {
+    let stack = spawn_stack(false).await;
+    let alice = token(&stack.secret, "alice");
+    let answer = call(
+        stack.gateway,
+        "POST",
+        "/api/chat/threads/",
+        Some(&alice),
+        Some(r#"{"participants": ["bob"], "participants": ["carol"]}"#),
+    )
+    .await;
+    assert_eq!(answer.error(400), r#"the body names "participants" twice"#);
+    assert_eq!(answer.json["error"]["code"], "invalid_request");
+    let listed = call(
+        stack.gateway,
+        "GET",
+        "/api/chat/threads/",
+        Some(&alice),
+        None,
+    )
+    .await;
+    assert_eq!(listed.json["results"], json!([]), "nothing was created");
+
+    let thread = new_thread(&stack, "alice", &["bob"]).await;
+    let messages = format!("/api/chat/threads/{thread}/messages/");
+    let answer = call(
+        stack.gateway,
+        "POST",
+        &messages,
+        Some(&alice),
+        Some(r#"{"content": "hi", "metadata": {"order": 1, "order": 2}}"#),
+    )
+    .await;
+    assert_eq!(answer.error(400), r#"the body names "order" twice"#);
+
+    // On a socket: an error frame, and the socket stays open.
+    let mut socket = connect(&stack, &format!("/ws/chat/{thread}/?token={alice}"), &[]).await;
+    socket
+        .send(Message::Text(
+            r#"{"type": "chat_message", "content": "shown", "content": "checked"}"#.into(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut socket).await,
+        json!({"type": "error", "code": "invalid_frame",
+               "message": "the frame names \"content\" twice", "client_msg_id": null})
+    );
+    send(&mut socket, json!({"type": "ping"})).await;
+    assert_eq!(next(&mut socket).await, json!({"type": "pong"}));
+    let stored = call(stack.gateway, "GET", &messages, Some(&alice), None).await;
+    assert_eq!(stored.json["results"], json!([]), "nothing was sent");
+
+    // by-participants checks ids as every other route does: no trimming.
+    for participants in [
+        "alice,bob%20",
+        "alice,bob%C2%85",
+        "alice,%20bob",
+        "alice,,bob",
+    ] {
+        let answer = call(
+            stack.gateway,
+            "GET",
+            &format!("/api/chat/threads/by-participants/?participants={participants}"),
+            Some(&alice),
+            None,
+        )
+        .await;
+        answer.error(400);
+        assert_eq!(
+            answer.json["error"]["code"], "invalid_request",
+            "{participants}"
+        );
+    }
+    let found = call(
+        stack.gateway,
+        "GET",
+        "/api/chat/threads/by-participants/?participants=alice,bob",
+        Some(&alice),
+        None,
+    )
+    .await;
+    assert_eq!(found.status, 200, "{found:?}");
+    assert_eq!(found.json["id"], thread.as_str());
+}
