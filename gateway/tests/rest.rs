@@ -695,7 +695,10 @@ async fn the_web_client_is_served_at_the_root() {
     assert!(page.contains("<title>Marketplace chat</title>"));
     assert!(page.contains(r#"<script src="/app.js">"#));
     let script = String::from_utf8(support::raw_get(stack.gateway, "/app.js").await).unwrap();
-    assert!(script.contains("/ws/chat/"), "the client uses the WebSocket");
+    assert!(
+        script.contains("/ws/chat/"),
+        "the client uses the WebSocket"
+    );
     assert!(
         !script.contains("innerHTML"),
         "content is never inserted as HTML"

@@ -1,6 +1,8 @@
 //! The `chat.v1` contract as Rust types, confined to this crate so that
 //! services see generated code only through these re-exports.
 
+pub mod codec;
+
 /// Generated messages, clients and servers of package `chat.v1`.
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]

@@ -59,3 +59,47 @@ async fn tokens_not_valid_yet_are_refused_on_every_call() {
     .await
     .expect("a token due now works");
 }
+
+/// A request of the wrong shape: field 1 as a number where `chat.v1`
+/// requests carry a string, and bytes that are not UTF-8 in field 2.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Garbage {
+    #[prost(uint64, tag = "1")]
+    number: u64,
+    #[prost(bytes = "vec", tag = "2")]
+    bytes: Vec<u8>,
+}
+
+#[tokio::test]
+async fn malformed_protobuf_is_invalid_argument() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let token = app.user_token("alice");
+    for path in [
+        "/chat.v1.ChatService/GetThread",
+        "/chat.v1.ChatService/CreateThread",
+        "/chat.v1.IntegrationService/RequestDispute",
+    ] {
+        let mut grpc = tonic::client::Grpc::new(app.channel().await);
+        grpc.ready().await.expect("ready");
+        let mut request = tonic::Request::new(Garbage {
+            number: 7,
+            bytes: vec![0xff, 0xfe],
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let status = grpc
+            .unary::<_, pb::GetThreadResponse, _>(
+                request,
+                http::uri::PathAndQuery::from_static(path),
+                chat_proto::codec::StrictCodec::default(),
+            )
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{path}: {status:?}");
+        assert!(
+            status.message().starts_with("malformed message: "),
+            "{path}: {status:?}"
+        );
+    }
+}
