@@ -28,6 +28,7 @@ pub const ENVIRONMENT: &[&str] = &[
     "GATEWAY_IDLE_TIMEOUT_SECONDS",
     "GATEWAY_MAX_CONNECTIONS",
     "GATEWAY_MAX_CONNECTIONS_PER_ADDRESS",
+    "GATEWAY_MAX_SOCKETS_PER_USER",
     "JWT_SECRET",
     "JWT_PUBLIC_KEY_FILE",
     "JWT_ALGORITHM",
@@ -100,6 +101,9 @@ pub struct Settings {
     /// `GATEWAY_MAX_CONNECTIONS_PER_ADDRESS`: open connections from one
     /// client address.
     pub max_connections_per_address: usize,
+    /// `GATEWAY_MAX_SOCKETS_PER_USER`: open WebSockets of one user (service
+    /// tokens are not capped); one more closes with 4429.
+    pub max_sockets_per_user: usize,
 }
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -222,6 +226,11 @@ impl Settings {
             get("GATEWAY_MAX_CONNECTIONS_PER_ADDRESS").as_deref(),
             1000,
         )?;
+        let max_sockets_per_user = chat_runtime::connections::count(
+            "GATEWAY_MAX_SOCKETS_PER_USER",
+            get("GATEWAY_MAX_SOCKETS_PER_USER").as_deref(),
+            32,
+        )?;
         Ok(Settings {
             addr,
             chat_core_urls,
@@ -238,6 +247,7 @@ impl Settings {
             idle_timeout,
             max_connections,
             max_connections_per_address,
+            max_sockets_per_user,
         })
     }
 }

@@ -73,6 +73,65 @@ impl RateLimiter {
     }
 }
 
+/// Open WebSockets per user, capped: one user (one stolen token) cannot
+/// hold an unbounded share of the gateway's sockets and chat-core's
+/// subscriptions. Only users with an open socket are kept.
+#[derive(Debug)]
+pub struct UserSockets {
+    max: usize,
+    open: Mutex<HashMap<String, usize>>,
+}
+
+impl UserSockets {
+    /// At most `max` sockets per user.
+    pub fn new(max: usize) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(UserSockets {
+            max,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A place for one more socket of `user`, or `None` at the cap.
+    pub fn take(self: &std::sync::Arc<Self>, user: &str) -> Option<UserSlot> {
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let held = open.entry(user.to_owned()).or_insert(0);
+        if *held >= self.max {
+            return None;
+        }
+        *held += 1;
+        Some(UserSlot {
+            sockets: self.clone(),
+            user: user.into(),
+        })
+    }
+}
+
+/// One socket's place under its user's cap, given back when dropped.
+#[derive(Debug)]
+pub struct UserSlot {
+    sockets: std::sync::Arc<UserSockets>,
+    user: Box<str>,
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .sockets
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(held) = open.get_mut(&*self.user) {
+            *held -= 1;
+            if *held == 0 {
+                open.remove(&*self.user);
+            }
+        }
+    }
+}
+
 /// The 429 answer for a refusal.
 pub fn rate_limited(retry_after: Duration) -> Response {
     let mut response = ApiError {

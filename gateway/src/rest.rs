@@ -43,6 +43,8 @@ pub struct AppState {
     pub ws_ping: std::time::Duration,
     /// How long a socket may take to accept one frame.
     pub ws_send_timeout: std::time::Duration,
+    /// Open WebSockets per user, capped.
+    pub user_sockets: std::sync::Arc<crate::edge::UserSockets>,
     /// Open client connections and the caps on them.
     pub connections: std::sync::Arc<chat_runtime::connections::ConnectionLimiter>,
 }

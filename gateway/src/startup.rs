@@ -66,6 +66,7 @@ impl Application {
                 )),
                 ws_ping: settings.ws_ping,
                 ws_send_timeout: settings.ws_send_timeout,
+                user_sockets: edge::UserSockets::new(settings.max_sockets_per_user),
                 connections: chat_runtime::connections::ConnectionLimiter::new(
                     "chat-gateway",
                     settings.max_connections,

@@ -61,6 +61,8 @@ pub mod close {
     pub const TOO_BIG: u16 = 1009;
     /// A normal end: the browser closed, or went away.
     pub const NORMAL: u16 = 1000;
+    /// The user holds as many sockets as allowed (as HTTP's 429).
+    pub const TOO_MANY: u16 = 4429;
 }
 
 /// The largest message a browser may send, whole or in fragments: a frame
@@ -165,6 +167,7 @@ fn open(
                 token: Arc::from(""),
                 identity: None,
                 expires_at: None,
+                slot: None,
             };
             session.run(socket, token)
         })
@@ -180,6 +183,8 @@ struct Session {
     token: Arc<str>,
     identity: Option<Identity>,
     expires_at: Option<Instant>,
+    /// The socket's place under the user's cap, once authenticated.
+    slot: Option<crate::edge::UserSlot>,
 }
 
 /// Why a socket ends.
@@ -191,6 +196,7 @@ impl From<FeedEnd> for Closing {
             FeedEnd::TooSlow => Closing(close::TOO_SLOW, "too slow; reconnect with since_seq"),
             FeedEnd::NotFound => Closing(close::NOT_FOUND, "thread not found"),
             FeedEnd::Unauthenticated => Closing(close::UNAUTHORIZED, "invalid token"),
+            FeedEnd::TooMany => Closing(close::TOO_MANY, "too many sockets for this user"),
             FeedEnd::Unavailable => {
                 Closing(close::RESTARTING, "chat service unavailable; reconnect")
             }
@@ -369,6 +375,15 @@ impl Session {
             .verifier
             .verify(&token)
             .map_err(|_| Closing(close::UNAUTHORIZED, "invalid token"))?;
+        // Services are trusted integrations: their sockets are not capped.
+        if !identity.is_service() {
+            self.slot = Some(
+                self.state
+                    .user_sockets
+                    .take(&identity.subject)
+                    .ok_or(Closing(close::TOO_MANY, "too many sockets for this user"))?,
+            );
+        }
         self.expires_at = token_expiry(&token);
         self.token = token.into();
         self.identity = Some(identity);

@@ -540,3 +540,59 @@ async fn duplicate_keys_and_untrimmed_ids_are_refused() {
     assert_eq!(found.status, 200, "{found:?}");
     assert_eq!(found.json["id"], thread.as_str());
 }
+
+#[tokio::test]
+async fn a_user_holds_at_most_the_allowed_sockets() {
+    let stack = support::spawn_stack_with(false, &[("GATEWAY_MAX_SOCKETS_PER_USER", "2")]).await;
+    let thread = new_thread(&stack, "alice", &["bob"]).await;
+    let alice = token(&stack.secret, "alice");
+    let open = |path: String| {
+        let stack = &stack;
+        async move {
+            let mut socket = connect(stack, &path, &[]).await;
+            send(&mut socket, json!({"type": "ping"})).await;
+            assert_eq!(next(&mut socket).await, json!({"type": "pong"}));
+            socket
+        }
+    };
+    let first = open(format!("/ws/chat/{thread}/?token={alice}")).await;
+    let _second = open(format!("/ws/chat/?token={alice}")).await;
+    // A third, whichever way it authenticates, is refused.
+    let mut third = connect(&stack, &format!("/ws/chat/{thread}/?token={alice}"), &[]).await;
+    assert_eq!(
+        closed_with(&mut third).await,
+        (4429, "too many sockets for this user".into())
+    );
+    let mut by_frame = connect(&stack, "/ws/chat/", &[]).await;
+    send(&mut by_frame, json!({"type": "auth", "token": alice})).await;
+    assert_eq!(closed_with(&mut by_frame).await.0, 4429);
+    // Other users are not affected; nor are service tokens.
+    let _bob = open(format!(
+        "/ws/chat/{thread}/?token={}",
+        token(&stack.secret, "bob")
+    ))
+    .await;
+    let service = token_with(
+        &stack.secret,
+        &json!({"sub": "payments", "role": "service", "exp": now() + 600}),
+    );
+    let mut services = Vec::new();
+    for _ in 0..3 {
+        services.push(open(format!("/ws/chat/{thread}/?token={service}")).await);
+    }
+    // A closed socket gives its place back.
+    drop(first);
+    let mut reopened = None;
+    for _ in 0..50 {
+        let mut socket = connect(&stack, &format!("/ws/chat/{thread}/?token={alice}"), &[]).await;
+        send(&mut socket, json!({"type": "ping"})).await;
+        match tokio::time::timeout(WAIT, socket.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) if text.contains("pong") => {
+                reopened = Some(socket);
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert!(reopened.is_some(), "a place came back");
+}

@@ -81,6 +81,8 @@ pub enum FeedEnd {
     Unauthenticated,
     /// chat-core could not be reached, or the gateway is stopping.
     Unavailable,
+    /// chat-core refused to open one more subscription for this user.
+    TooMany,
 }
 
 impl FeedEnd {
@@ -458,7 +460,11 @@ impl Link {
             }
             Some(RelayKind::Ended(ended)) => {
                 let code = Code::from_i32(ended.code);
-                let end = FeedEnd::from_code(code).or_else(|| {
+                // Refused at open (not cut off later for lagging): the
+                // user's cap on subscriptions; opening again would not help.
+                let capped = code == Code::ResourceExhausted && subscription.opened.is_some();
+                let end = capped.then_some(FeedEnd::TooMany);
+                let end = end.or_else(|| FeedEnd::from_code(code)).or_else(|| {
                     subscription.attempts += 1;
                     (subscription.attempts > REOPEN_ATTEMPTS).then_some(FeedEnd::Unavailable)
                 });
