@@ -596,3 +596,42 @@ async fn a_user_holds_at_most_the_allowed_sockets() {
     }
     assert!(reopened.is_some(), "a place came back");
 }
+
+#[tokio::test]
+async fn thread_creations_past_the_cap_are_429() {
+    let stack =
+        support::spawn_stack_with(false, &[("CHAT_CORE_THREAD_CREATES_PER_MINUTE", "2")]).await;
+    new_thread(&stack, "alice", &["b1"]).await;
+    new_thread(&stack, "alice", &["b2"]).await;
+    let answer = call(
+        stack.gateway,
+        "POST",
+        "/api/chat/threads/",
+        Some(&token(&stack.secret, "alice")),
+        Some(&json!({"participants": ["b3"]}).to_string()),
+    )
+    .await;
+    assert_eq!(
+        answer.error(429),
+        "too many new threads; try again in a minute"
+    );
+    assert_eq!(answer.json["error"]["code"], "rate_limited");
+    assert_eq!(answer.headers["retry-after"], "1");
+}
+
+#[tokio::test]
+async fn a_subscription_refused_by_chat_core_closes_the_socket_with_4429() {
+    let stack =
+        support::spawn_stack_with(false, &[("CHAT_CORE_MAX_SUBSCRIPTIONS_PER_USER", "1")]).await;
+    let thread = new_thread(&stack, "alice", &["bob"]).await;
+    let alice = token(&stack.secret, "alice");
+    let mut first = connect(&stack, &format!("/ws/chat/{thread}/?token={alice}"), &[]).await;
+    send(&mut first, json!({"type": "ping"})).await;
+    assert_eq!(next(&mut first).await, json!({"type": "pong"}));
+    let mut second = connect(&stack, &format!("/ws/chat/{thread}/"), &[]).await;
+    send(&mut second, json!({"type": "auth", "token": alice})).await;
+    assert_eq!(
+        closed_with(&mut second).await,
+        (4429, "too many sockets for this user".into())
+    );
+}

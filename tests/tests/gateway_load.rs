@@ -30,6 +30,9 @@ fn start_core(dir: &Path, env: &[(&str, &str)]) -> (Process, String) {
         ("CHAT_CORE_GRPC_ADDR", "127.0.0.1:0"),
         ("CHAT_CORE_HTTP_ADDR", "127.0.0.1:0"),
         ("RUST_LOG", "warn,chat_core=info"),
+        // The load's users hold many sockets and create many threads.
+        ("CHAT_CORE_MAX_SUBSCRIPTIONS_PER_USER", "1000000"),
+        ("CHAT_CORE_THREAD_CREATES_PER_MINUTE", "1000000"),
     ];
     all.extend_from_slice(env);
     let mut process = Process::start(&binary("chat-core"), &[], dir, &all);
@@ -38,8 +41,8 @@ fn start_core(dir: &Path, env: &[(&str, &str)]) -> (Process, String) {
     (process, format!("http://{addr}"))
 }
 
-/// A gateway whose per-user send and per-address connect limits are out
-/// of the way of the load.
+/// A gateway whose per-user and per-address limits are out of the way of
+/// the load (it all comes from one address).
 fn start_gateway(dir: &Path, core: &str) -> (Process, SocketAddr) {
     let mut process = Process::start(
         &binary("chat-gateway"),
@@ -53,6 +56,8 @@ fn start_gateway(dir: &Path, core: &str) -> (Process, SocketAddr) {
             ("GATEWAY_SEND_BURST", "1000000"),
             ("GATEWAY_CONNECT_RATE", "1000000"),
             ("GATEWAY_CONNECT_BURST", "1000000"),
+            ("GATEWAY_MAX_CONNECTIONS_PER_ADDRESS", "1000000"),
+            ("GATEWAY_MAX_SOCKETS_PER_USER", "1000000"),
             ("RUST_LOG", "warn,chat_gateway=info"),
         ],
     );

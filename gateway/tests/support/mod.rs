@@ -95,18 +95,27 @@ pub async fn spawn_stack(postgres: bool) -> TestStack {
     spawn_stack_with(postgres, &[]).await
 }
 
-/// The same, with extra gateway settings.
+/// The same, with extra settings (`CHAT_CORE_*` ones for chat-core, the
+/// rest for the gateway).
 pub async fn spawn_stack_with(postgres: bool, extra: &[(&'static str, &str)]) -> TestStack {
     let db = TestDatabase::create(postgres);
     let secret = format!("gateway-test-{}", uuid::Uuid::new_v4());
-    let core_settings = chat_core::config::Settings::from_lookup(lookup(vec![
+    let mut core_vars = vec![
         ("CHAT_CORE_GRPC_ADDR", "127.0.0.1:0".into()),
         ("CHAT_CORE_HTTP_ADDR", "127.0.0.1:0".into()),
         ("DATABASE_URL", db.url.clone()),
         ("JWT_SECRET", secret.clone()),
         ("SHUTDOWN_GRACE_SECONDS", "1".into()),
-    ]))
-    .expect("core settings");
+    ];
+    // chat-core's own settings among the extras go to chat-core.
+    core_vars.extend(
+        extra
+            .iter()
+            .filter(|(k, _)| k.starts_with("CHAT_CORE_"))
+            .map(|(k, v)| (*k, (*v).to_owned())),
+    );
+    let core_settings =
+        chat_core::config::Settings::from_lookup(lookup(core_vars)).expect("core settings");
     let core = chat_core::startup::Application::build(&core_settings)
         .await
         .expect("chat-core");

@@ -46,6 +46,10 @@ pub enum ChatError {
     /// The server is stopping; live subscribers should reconnect elsewhere.
     #[error("server shutting down; subscribe again with since_seq")]
     ShuttingDown,
+    /// The caller reached a per-user cap ([`crate::caps`]); the message
+    /// says which.
+    #[error("{0}")]
+    CapReached(&'static str),
 }
 
 impl From<Invalid> for ChatError {
@@ -113,6 +117,7 @@ pub struct Chat {
     store: Store,
     writer: MessageWriter,
     live: LiveEvents,
+    caps: std::sync::Arc<crate::caps::Caps>,
 }
 
 fn thread_id(id: &str) -> Result<Uuid, ChatError> {
@@ -166,7 +171,14 @@ impl Chat {
             store,
             writer,
             live,
+            caps: crate::caps::Caps::new(crate::caps::CapSettings::default()),
         }
+    }
+
+    /// The same, with per-user caps of `settings` instead of the defaults.
+    pub fn with_caps(mut self, settings: crate::caps::CapSettings) -> Self {
+        self.caps = crate::caps::Caps::new(settings);
+        self
     }
 
     /// Live events, shared with the integration operations.
@@ -202,7 +214,33 @@ impl Chat {
             created_by: caller.subject().to_owned(),
             created_at: now_micros(),
         };
-        let (thread, created) = self.store.create_thread(&new).await?;
+        // A user's allowance counts threads created, not found: at the cap,
+        // asking for an existing thread still answers it.
+        let user = caller.user_id();
+        let mut took = false;
+        if let Some(user) = user {
+            took = self.caps.take_creation(user).is_ok();
+            if !took
+                && self
+                    .store
+                    .find_thread(&new.participants, new.job_id.as_deref(), None)
+                    .await?
+                    .is_none()
+            {
+                return Err(ChatError::CapReached(
+                    "too many new threads; try again in a minute",
+                ));
+            }
+        }
+        let stored = self.store.create_thread(&new).await;
+        if let Some(user) = user
+            && took
+            && !matches!(stored, Ok((_, true)))
+        {
+            // Nothing was created: finding a thread is not limited.
+            self.caps.return_creation(user);
+        }
+        let (thread, created) = stored?;
         if created {
             self.live.publish_thread_created(thread.clone());
             let view = ThreadView {
@@ -537,7 +575,14 @@ impl Chat {
         caller: &Caller,
         request: SubscribeRequest,
     ) -> Result<EventStream, ChatError> {
-        self.live.subscribe(caller, request).await
+        let Some(user) = caller.user_id() else {
+            return self.live.subscribe(caller, request).await;
+        };
+        let slot = self.caps.subscription(user).ok_or(ChatError::CapReached(
+            "too many live subscriptions for this user",
+        ))?;
+        let events = self.live.subscribe(caller, request).await?;
+        Ok(Box::pin(crate::caps::Capped::new(events, slot)))
     }
 
     /// Tells the thread's other participants the caller is (or stopped)

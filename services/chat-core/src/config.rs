@@ -56,6 +56,10 @@ pub struct Settings {
     /// start. Deployments that run `chat-core migrate` once per rollout set
     /// it to false so replicas do not race.
     pub migrate_on_start: bool,
+    /// `CHAT_CORE_MAX_SUBSCRIPTIONS_PER_USER` and
+    /// `CHAT_CORE_THREAD_CREATES_PER_MINUTE`: per-user caps (see
+    /// [`crate::caps`]).
+    pub caps: crate::caps::CapSettings,
 }
 
 /// Every environment variable chat-core reads (SPEC §7 and the extras in
@@ -76,6 +80,8 @@ pub const ENVIRONMENT: &[&str] = &[
     "LOG_FORMAT",
     "RUST_LOG",
     "SHUTDOWN_GRACE_SECONDS",
+    "CHAT_CORE_MAX_SUBSCRIPTIONS_PER_USER",
+    "CHAT_CORE_THREAD_CREATES_PER_MINUTE",
 ];
 
 /// The directory of the embedded default's files (database, dev secret).
@@ -174,6 +180,20 @@ impl Settings {
             }
         };
 
+        let defaults = crate::caps::CapSettings::default();
+        let caps = crate::caps::CapSettings {
+            subscriptions_per_user: chat_runtime::connections::count(
+                "CHAT_CORE_MAX_SUBSCRIPTIONS_PER_USER",
+                get("CHAT_CORE_MAX_SUBSCRIPTIONS_PER_USER").as_deref(),
+                defaults.subscriptions_per_user,
+            )?,
+            thread_creations_per_minute: chat_runtime::connections::count(
+                "CHAT_CORE_THREAD_CREATES_PER_MINUTE",
+                get("CHAT_CORE_THREAD_CREATES_PER_MINUTE").as_deref(),
+                defaults.thread_creations_per_minute as usize,
+            )? as u32,
+        };
+
         Ok(Settings {
             grpc_addr,
             http_addr,
@@ -185,6 +205,7 @@ impl Settings {
             log_format,
             shutdown_grace,
             migrate_on_start,
+            caps,
         })
     }
 }
@@ -300,6 +321,8 @@ mod tests {
             ("SHUTDOWN_GRACE_SECONDS", "-1"),
             ("JWT_ALGORITHM", "HS512"),
             ("CHAT_CORE_MIGRATE_ON_START", "maybe"),
+            ("CHAT_CORE_MAX_SUBSCRIPTIONS_PER_USER", "0"),
+            ("CHAT_CORE_THREAD_CREATES_PER_MINUTE", "lots"),
         ] {
             let err = settings(&[(var, value), ("JWT_SECRET", "s3cret")]).unwrap_err();
             assert_eq!(err.variable, var, "{err}");

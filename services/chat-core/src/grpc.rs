@@ -88,6 +88,7 @@ impl From<ChatError> for Status {
                 Status::unavailable("storage unavailable, try again")
             }
             ChatError::Lagging => Status::resource_exhausted(err.to_string()),
+            ChatError::CapReached(message) => Status::resource_exhausted(*message),
             ChatError::ShuttingDown => Status::unavailable(err.to_string()),
             ChatError::Internal(source) => {
                 tracing::error!(error = %source, cause = ?std::error::Error::source(source), "internal error");

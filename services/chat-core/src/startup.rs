@@ -39,6 +39,7 @@ pub struct Application {
     stop: (watch::Sender<bool>, watch::Receiver<bool>),
     verifier: TokenVerifier,
     shutdown_grace: Duration,
+    caps: crate::caps::CapSettings,
 }
 
 impl Application {
@@ -98,6 +99,7 @@ impl Application {
             stop,
             verifier,
             shutdown_grace: settings.shutdown_grace,
+            caps: settings.caps,
         })
     }
 
@@ -131,7 +133,7 @@ impl Application {
 
         let metrics = Arc::new(RpcMetrics::default());
         let live = LiveEvents::new(self.store.clone(), self.bus, stop_rx.clone());
-        let chat = Chat::new(self.store.clone(), live);
+        let chat = Chat::new(self.store.clone(), live).with_caps(self.caps);
         let writer = chat.writer().clone();
         let integrations = IntegrationGrpc::new(Integrations::new(
             chat.writer().clone(),

@@ -103,3 +103,131 @@ async fn malformed_protobuf_is_invalid_argument() {
         );
     }
 }
+
+#[tokio::test]
+async fn live_subscriptions_are_capped_per_user_across_subscribe_and_relays() {
+    use chat_proto::v1::{
+        relay_event::Kind as RelayKind, relay_request::Kind as Command,
+        relay_service_client::RelayServiceClient,
+    };
+    let app = support::spawn_app_with(
+        Backend::Sqlite,
+        &[("CHAT_CORE_MAX_SUBSCRIPTIONS_PER_USER", "2")],
+    )
+    .await;
+    let mut alice = app.user("alice").await;
+    let thread = support::create(&mut alice, &["bob"], None).await;
+    let subscribe = || pb::SubscribeRequest {
+        thread_id: Some(thread.id.clone()),
+        ..Default::default()
+    };
+    let first = alice.subscribe(subscribe()).await.expect("first");
+    let _second = alice.subscribe(subscribe()).await.expect("second");
+    let status = alice.subscribe(subscribe()).await.expect_err("third");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert_eq!(
+        status.message(),
+        "too many live subscriptions for this user"
+    );
+
+    // Relay subscriptions count too.
+    let (commands, requests) = tokio::sync::mpsc::channel(8);
+    let mut relay = RelayServiceClient::new(app.channel().await)
+        .relay(tokio_stream::wrappers::ReceiverStream::new(requests))
+        .await
+        .expect("relay")
+        .into_inner();
+    commands
+        .send(pb::RelayRequest {
+            kind: Some(Command::Open(pb::RelayOpen {
+                id: 1,
+                token: app.user_token("alice"),
+                subscribe: Some(subscribe()),
+                request_id: "test".into(),
+            })),
+        })
+        .await
+        .unwrap();
+    let answer = relay.message().await.unwrap().unwrap();
+    match answer.kind {
+        Some(RelayKind::Ended(ended)) => {
+            assert_eq!(ended.code, Code::ResourceExhausted as i32);
+            assert_eq!(ended.message, "too many live subscriptions for this user");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Other users and service tokens are not affected.
+    let mut bob = app.user("bob").await;
+    bob.subscribe(subscribe()).await.expect("bob's own cap");
+    let mut service = app.service("payments").await;
+    let mut services = Vec::new();
+    for _ in 0..3 {
+        services.push(
+            service
+                .subscribe(subscribe())
+                .await
+                .expect("services are not capped"),
+        );
+    }
+
+    // A stream that ends gives its place back.
+    drop(first);
+    let mut again = None;
+    for _ in 0..50 {
+        match alice.subscribe(subscribe()).await {
+            Ok(stream) => {
+                again = Some(stream);
+                break;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+    assert!(again.is_some(), "a place came back");
+}
+
+#[tokio::test]
+async fn thread_creations_are_limited_per_user_per_minute() {
+    let app = support::spawn_app_with(
+        Backend::Sqlite,
+        &[("CHAT_CORE_THREAD_CREATES_PER_MINUTE", "3")],
+    )
+    .await;
+    let mut alice = app.user("alice").await;
+    for other in ["b1", "b2", "b3"] {
+        support::create(&mut alice, &[other], None).await;
+    }
+    let status = alice
+        .create_thread(pb::CreateThreadRequest {
+            participants: vec!["b4".into()],
+            job_id: None,
+            title: None,
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert_eq!(
+        status.message(),
+        "too many new threads; try again in a minute"
+    );
+    // Nothing was created; finding an existing thread is not limited.
+    let again = alice
+        .create_thread(pb::CreateThreadRequest {
+            participants: vec!["b1".into()],
+            job_id: None,
+            title: None,
+        })
+        .await
+        .expect("an existing thread is found")
+        .into_inner();
+    assert!(!again.created);
+    let listed = alice
+        .list_threads(pb::ListThreadsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.threads.len(), 3);
+    // Other users have their own allowance.
+    let mut bob = app.user("bob").await;
+    support::create(&mut bob, &["b4"], None).await;
+}

@@ -33,10 +33,15 @@
 //! - `--watch name=pid`: samples the process's CPU time and resident
 //!   memory from /proc during the measured window.
 //!
-//! The gateway limits sends per user and new sockets per address: raise
-//! `GATEWAY_SEND_RATE`/`GATEWAY_SEND_BURST` and
-//! `GATEWAY_CONNECT_RATE`/`GATEWAY_CONNECT_BURST` for load. Thousands of
-//! sockets also need `ulimit -n` raised here and on the gateway.
+//! The gateway limits sends per user, new sockets per address, open
+//! connections per address and sockets per user: raise
+//! `GATEWAY_SEND_RATE`/`GATEWAY_SEND_BURST`,
+//! `GATEWAY_CONNECT_RATE`/`GATEWAY_CONNECT_BURST`,
+//! `GATEWAY_MAX_CONNECTIONS_PER_ADDRESS` and `GATEWAY_MAX_SOCKETS_PER_USER`
+//! for load, and chat-core's `CHAT_CORE_MAX_SUBSCRIPTIONS_PER_USER` and
+//! `CHAT_CORE_THREAD_CREATES_PER_MINUTE`. Thousands of sockets also need
+//! `ulimit -n` raised here and on the gateway (whose connection cap
+//! follows it).
 //!
 //! Exit status: 0 when the run was clean (everything acknowledged and
 //! delivered once, in order, no error frame, failed connect or

@@ -93,7 +93,14 @@ impl Drop for TestApp {
 pub async fn spawn_app(backend: Backend) -> TestApp {
     let db = TestDatabase::create(backend).await;
     let secret = format!("test-secret-{}", uuid::Uuid::new_v4());
-    spawn_on(db, backend, secret).await
+    spawn_on(db, backend, secret, &[]).await
+}
+
+/// The same, with extra settings.
+pub async fn spawn_app_with(backend: Backend, extra: &[(&'static str, &str)]) -> TestApp {
+    let db = TestDatabase::create(backend).await;
+    let secret = format!("test-secret-{}", uuid::Uuid::new_v4());
+    spawn_on(db, backend, secret, extra).await
 }
 
 impl TestApp {
@@ -106,12 +113,17 @@ impl TestApp {
             url: self.db_url.clone(),
             _dir: None,
         };
-        spawn_on(db, self.backend, self.secret.clone()).await
+        spawn_on(db, self.backend, self.secret.clone(), &[]).await
     }
 }
 
-async fn spawn_on(db: TestDatabase, backend: Backend, secret: String) -> TestApp {
-    let vars = [
+async fn spawn_on(
+    db: TestDatabase,
+    backend: Backend,
+    secret: String,
+    extra: &[(&'static str, &str)],
+) -> TestApp {
+    let mut vars = vec![
         ("CHAT_CORE_GRPC_ADDR", "127.0.0.1:0".to_owned()),
         ("CHAT_CORE_HTTP_ADDR", "127.0.0.1:0".to_owned()),
         ("DATABASE_URL", db.url.clone()),
@@ -119,6 +131,7 @@ async fn spawn_on(db: TestDatabase, backend: Backend, secret: String) -> TestApp
         ("JWT_SECRET", secret.clone()),
         ("SHUTDOWN_GRACE_SECONDS", "1".to_owned()),
     ];
+    vars.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
     let settings = Settings::from_lookup(|name| {
         vars.iter()
             .find(|(k, _)| *k == name)
