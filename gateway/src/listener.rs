@@ -40,25 +40,6 @@ use tokio::{
 };
 use tower::ServiceExt as _;
 
-/// The connection counters for `/metrics`, in Prometheus text.
-pub fn render_metrics(limiter: &ConnectionLimiter, out: &mut String) {
-    use chat_runtime::connections::Refusal;
-    use std::fmt::Write as _;
-    let _ = write!(
-        out,
-        "# HELP chat_gateway_open_connections Open client connections (WebSockets included).\n\
-         # TYPE chat_gateway_open_connections gauge\n\
-         chat_gateway_open_connections {}\n\
-         # HELP chat_gateway_connections_refused_total Connections refused at accept by a cap.\n\
-         # TYPE chat_gateway_connections_refused_total counter\n\
-         chat_gateway_connections_refused_total{{cap=\"total\"}} {}\n\
-         chat_gateway_connections_refused_total{{cap=\"per_address\"}} {}\n",
-        limiter.open(),
-        limiter.refused(Refusal::Total),
-        limiter.refused(Refusal::PerAddress),
-    );
-}
-
 /// The timeouts of the HTTP side.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {

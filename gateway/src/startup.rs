@@ -217,7 +217,7 @@ async fn render_metrics(State(state): State<AppState>) -> Response {
     let mut body = state
         .metrics
         .render(state.open_sockets.load(Ordering::Acquire));
-    crate::listener::render_metrics(&state.connections, &mut body);
+    state.connections.render("chat_gateway", &mut body);
     (
         [(
             http::header::CONTENT_TYPE,

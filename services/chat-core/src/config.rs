@@ -60,6 +60,15 @@ pub struct Settings {
     /// `CHAT_CORE_THREAD_CREATES_PER_MINUTE`: per-user caps (see
     /// [`crate::caps`]).
     pub caps: crate::caps::CapSettings,
+    /// `CHAT_CORE_MAX_CONNECTIONS`: open gRPC connections; more are refused
+    /// at once (default: the open-file limit less some headroom).
+    pub max_connections: usize,
+    /// `CHAT_CORE_MAX_CONNECTIONS_PER_ADDRESS`: open gRPC connections from
+    /// one client address.
+    pub max_connections_per_address: usize,
+    /// `CHAT_CORE_FIRST_REQUEST_TIMEOUT_SECONDS`: a connection that has made
+    /// no request this long after opening is closed.
+    pub first_request_timeout: Duration,
 }
 
 /// Every environment variable chat-core reads (SPEC §7 and the extras in
@@ -82,6 +91,9 @@ pub const ENVIRONMENT: &[&str] = &[
     "SHUTDOWN_GRACE_SECONDS",
     "CHAT_CORE_MAX_SUBSCRIPTIONS_PER_USER",
     "CHAT_CORE_THREAD_CREATES_PER_MINUTE",
+    "CHAT_CORE_MAX_CONNECTIONS",
+    "CHAT_CORE_MAX_CONNECTIONS_PER_ADDRESS",
+    "CHAT_CORE_FIRST_REQUEST_TIMEOUT_SECONDS",
 ];
 
 /// The directory of the embedded default's files (database, dev secret).
@@ -194,6 +206,23 @@ impl Settings {
             )? as u32,
         };
 
+        let max_connections = chat_runtime::connections::max_connections(
+            "CHAT_CORE_MAX_CONNECTIONS",
+            get("CHAT_CORE_MAX_CONNECTIONS").as_deref(),
+        )?;
+        let max_connections_per_address = chat_runtime::connections::count(
+            "CHAT_CORE_MAX_CONNECTIONS_PER_ADDRESS",
+            get("CHAT_CORE_MAX_CONNECTIONS_PER_ADDRESS").as_deref(),
+            1000,
+        )?;
+        let first_request_timeout = chat_runtime::duration(
+            "CHAT_CORE_FIRST_REQUEST_TIMEOUT_SECONDS",
+            get("CHAT_CORE_FIRST_REQUEST_TIMEOUT_SECONDS").as_deref(),
+            Duration::from_secs(1),
+            1..=3600,
+            Duration::from_secs(10),
+        )?;
+
         Ok(Settings {
             grpc_addr,
             http_addr,
@@ -206,6 +235,9 @@ impl Settings {
             shutdown_grace,
             migrate_on_start,
             caps,
+            max_connections,
+            max_connections_per_address,
+            first_request_timeout,
         })
     }
 }
@@ -323,6 +355,9 @@ mod tests {
             ("CHAT_CORE_MIGRATE_ON_START", "maybe"),
             ("CHAT_CORE_MAX_SUBSCRIPTIONS_PER_USER", "0"),
             ("CHAT_CORE_THREAD_CREATES_PER_MINUTE", "lots"),
+            ("CHAT_CORE_MAX_CONNECTIONS", "-5"),
+            ("CHAT_CORE_MAX_CONNECTIONS_PER_ADDRESS", "0"),
+            ("CHAT_CORE_FIRST_REQUEST_TIMEOUT_SECONDS", "0"),
         ] {
             let err = settings(&[(var, value), ("JWT_SECRET", "s3cret")]).unwrap_err();
             assert_eq!(err.variable, var, "{err}");

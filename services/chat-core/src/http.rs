@@ -12,11 +12,17 @@ struct HttpState {
     store: Store,
     metrics: Arc<RpcMetrics>,
     writer: MessageWriter,
+    connections: Arc<chat_runtime::connections::ConnectionLimiter>,
 }
 
 /// The router for the operator endpoints; `writer` for its batching
-/// figures.
-pub fn router(store: Store, metrics: Arc<RpcMetrics>, writer: MessageWriter) -> Router {
+/// figures, `connections` for the gRPC listener's.
+pub fn router(
+    store: Store,
+    metrics: Arc<RpcMetrics>,
+    writer: MessageWriter,
+    connections: Arc<chat_runtime::connections::ConnectionLimiter>,
+) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(render_metrics))
@@ -24,6 +30,7 @@ pub fn router(store: Store, metrics: Arc<RpcMetrics>, writer: MessageWriter) -> 
             store,
             metrics,
             writer,
+            connections,
         })
 }
 
@@ -40,6 +47,7 @@ async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
 async fn render_metrics(State(state): State<HttpState>) -> impl IntoResponse {
     let mut text = state.metrics.render(state.store.pool_stats());
     text.push_str(&state.writer.metrics().render(state.writer.queue_depth()));
+    state.connections.render("chat_core_grpc", &mut text);
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -14,6 +14,7 @@ pub mod grpc;
 pub mod http;
 pub mod hub;
 pub mod integrations;
+pub mod listener;
 pub mod live;
 pub mod metrics;
 pub mod relay;

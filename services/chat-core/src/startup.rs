@@ -11,7 +11,7 @@ use chat_proto::v1::{
     relay_service_server::RelayServiceServer,
 };
 use tokio::{net::TcpListener, sync::watch};
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::Server;
 
 use crate::{
     bus::{EventBus, RedisBus},
@@ -40,6 +40,8 @@ pub struct Application {
     verifier: TokenVerifier,
     shutdown_grace: Duration,
     caps: crate::caps::CapSettings,
+    connections: Arc<chat_runtime::connections::ConnectionLimiter>,
+    first_request_timeout: Duration,
 }
 
 impl Application {
@@ -100,6 +102,12 @@ impl Application {
             verifier,
             shutdown_grace: settings.shutdown_grace,
             caps: settings.caps,
+            connections: chat_runtime::connections::ConnectionLimiter::new(
+                "chat-core",
+                settings.max_connections,
+                settings.max_connections_per_address,
+            ),
+            first_request_timeout: settings.first_request_timeout,
         })
     }
 
@@ -159,8 +167,14 @@ impl Application {
             .build_v1alpha()
             .context("building gRPC reflection")?;
 
-        let incoming = TcpIncoming::from(self.grpc_listener).with_nodelay(Some(true));
+        let incoming = crate::listener::accept(
+            self.grpc_listener,
+            self.connections.clone(),
+            self.first_request_timeout,
+            stop_rx.clone(),
+        );
         let grpc = Server::builder()
+            .layer(crate::listener::FirstRequestLayer)
             .layer(RpcObserverLayer::new(metrics.clone()))
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -178,7 +192,12 @@ impl Application {
 
         let http = axum::serve(
             self.http_listener,
-            http::router(self.store.clone(), metrics.clone(), writer.clone()),
+            http::router(
+                self.store.clone(),
+                metrics.clone(),
+                writer.clone(),
+                self.connections.clone(),
+            ),
         )
         .with_graceful_shutdown(stopped(stop_rx.clone()));
 

@@ -231,3 +231,77 @@ async fn thread_creations_are_limited_per_user_per_minute() {
     let mut bob = app.user("bob").await;
     support::create(&mut bob, &["b4"], None).await;
 }
+
+/// Reads until the server closes the connection, within `within`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: std::time::Duration) {
+    use tokio::io::AsyncReadExt as _;
+    tokio::time::timeout(within, async {
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the server closes the connection in time");
+}
+
+async fn connect_from(addr: std::net::SocketAddr, source: &str) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(format!("{source}:0").parse().unwrap())
+        .expect("bind a loopback source");
+    socket.connect(addr).await.expect("connect")
+}
+
+#[tokio::test]
+async fn grpc_connections_must_ask_something_and_are_capped() {
+    use std::time::{Duration, Instant};
+    use tokio::io::AsyncWriteExt as _;
+    let app = support::spawn_app_with(
+        Backend::Sqlite,
+        &[
+            ("CHAT_CORE_FIRST_REQUEST_TIMEOUT_SECONDS", "1"),
+            ("CHAT_CORE_MAX_CONNECTIONS_PER_ADDRESS", "2"),
+        ],
+    )
+    .await;
+    // Silent, and the HTTP/2 preface alone: both closed.
+    let started = Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(app.grpc_addr).await.unwrap();
+    let mut preface = tokio::net::TcpStream::connect(app.grpc_addr).await.unwrap();
+    preface
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    closed_within(&mut silent, Duration::from_secs(5)).await;
+    closed_within(&mut preface, Duration::from_secs(5)).await;
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    // A client that asked once may stay quiet as long as it likes.
+    let mut alice = app.user("alice").await;
+    let thread = support::create(&mut alice, &["bob"], None).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    alice
+        .get_thread(pb::GetThreadRequest {
+            thread_id: thread.id.clone(),
+        })
+        .await
+        .expect("the same connection still works");
+
+    // Two connections per address; the third is closed at once.
+    let _first = connect_from(app.grpc_addr, "127.0.0.2").await;
+    let _second = connect_from(app.grpc_addr, "127.0.0.2").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = connect_from(app.grpc_addr, "127.0.0.2").await;
+    closed_within(&mut third, Duration::from_millis(500)).await;
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("chat_core_grpc_connections_refused_total{cap=\"per_address\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("chat_core_grpc_connections_refused_total{cap=\"total\"} 0\n"),
+        "{metrics}"
+    );
+}
