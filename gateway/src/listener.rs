@@ -250,6 +250,9 @@ pub async fn serve<S>(
             }
         });
     }
+    // Stop accepting now: new clients are refused by the kernel and try
+    // another gateway, rather than waiting in the backlog.
+    drop(listener);
     drop(open_rx);
     open_tx.closed().await;
 }

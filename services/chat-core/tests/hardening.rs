@@ -46,6 +46,34 @@ async fn tokens_not_valid_yet_are_refused_on_every_call() {
         assert_eq!(status.code(), Code::Unauthenticated, "{claims}");
         assert_eq!(status.message(), "token not yet valid");
     }
+    // A relay open with such a token ends at once.
+    let (commands, requests) = tokio::sync::mpsc::channel(8);
+    let mut relay = pb::relay_service_client::RelayServiceClient::new(app.channel().await)
+        .relay(tokio_stream::wrappers::ReceiverStream::new(requests))
+        .await
+        .expect("relay")
+        .into_inner();
+    commands
+        .send(pb::RelayRequest {
+            kind: Some(pb::relay_request::Kind::Open(pb::RelayOpen {
+                id: 1,
+                token: token_with(
+                    &app.secret,
+                    &json!({"sub": "alice", "exp": now() + 7200, "nbf": now() + 3600}),
+                ),
+                subscribe: Some(pb::SubscribeRequest::default()),
+                request_id: "test".into(),
+            })),
+        })
+        .await
+        .unwrap();
+    match relay.message().await.unwrap().unwrap().kind {
+        Some(pb::relay_event::Kind::Ended(ended)) => {
+            assert_eq!(ended.code, Code::Unauthenticated as i32);
+            assert_eq!(ended.message, "token not yet valid");
+        }
+        other => panic!("{other:?}"),
+    }
     // The same claims, due now, work.
     let mut due = app
         .with_token(Some(token_with(
