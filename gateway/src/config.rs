@@ -41,7 +41,42 @@ pub const ENVIRONMENT: &[&str] = &[
 
 #[cfg(test)]
 mod tests {
-    use super::ENVIRONMENT;
+    use super::{ENVIRONMENT, Settings};
+
+    fn settings(vars: &[(&str, &str)]) -> Result<Settings, super::ConfigError> {
+        Settings::from_lookup(|name| {
+            vars.iter()
+                .chain(&[("JWT_SECRET", "s3cret")])
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        })
+    }
+
+    #[test]
+    fn edge_limits_have_defaults_and_are_checked() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.header_timeout.as_secs(), 10);
+        assert_eq!(s.idle_timeout.as_secs(), 30);
+        assert_eq!(s.max_connections_per_address, 1000);
+        assert_eq!(s.max_sockets_per_user, 32);
+        assert!(s.max_connections >= 1);
+        for (var, value) in [
+            ("GATEWAY_HEADER_TIMEOUT_SECONDS", "0"),
+            ("GATEWAY_IDLE_TIMEOUT_SECONDS", "x"),
+            ("GATEWAY_MAX_CONNECTIONS", "0"),
+            ("GATEWAY_MAX_CONNECTIONS_PER_ADDRESS", "-1"),
+            ("GATEWAY_MAX_SOCKETS_PER_USER", "many"),
+        ] {
+            assert_eq!(settings(&[(var, value)]).unwrap_err().variable, var);
+        }
+        // A chat-core call must never look idle.
+        let err = settings(&[
+            ("GATEWAY_IDLE_TIMEOUT_SECONDS", "5"),
+            ("GATEWAY_UPSTREAM_TIMEOUT_MS", "5000"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.variable, "GATEWAY_IDLE_TIMEOUT_SECONDS");
+    }
 
     #[test]
     fn every_variable_read_is_listed() {
@@ -91,8 +126,10 @@ pub struct Settings {
     /// to arrive, from the connection's opening or its previous response;
     /// so also how long a kept-alive connection may sit idle.
     pub header_timeout: Duration,
-    /// `GATEWAY_IDLE_TIMEOUT_SECONDS`: a request in progress where no byte
-    /// moves for this long (a trickled body, an unread response) is cut.
+    /// `GATEWAY_IDLE_TIMEOUT_SECONDS`: a connection where no byte moves for
+    /// this long (a body announced and never sent, an unread response) is
+    /// closed; longer than the upstream deadline, so that no call of the
+    /// gateway's own looks idle.
     pub idle_timeout: Duration,
     /// `GATEWAY_MAX_CONNECTIONS`: open client connections, WebSockets
     /// included; beyond it new ones are refused so the process never runs
@@ -217,6 +254,14 @@ impl Settings {
             1..=86_400,
             Duration::from_secs(30),
         )?;
+        if idle_timeout <= upstream_timeout {
+            // A REST call waits on chat-core without a byte moving: it must
+            // not look idle.
+            return Err(config_error(
+                "GATEWAY_IDLE_TIMEOUT_SECONDS",
+                "must be longer than GATEWAY_UPSTREAM_TIMEOUT_MS",
+            ));
+        }
         let max_connections = chat_runtime::connections::max_connections(
             "GATEWAY_MAX_CONNECTIONS",
             get("GATEWAY_MAX_CONNECTIONS").as_deref(),

@@ -6,9 +6,10 @@
 //!   when the connection opens or its previous response ends: it closes
 //!   silent connections, slowloris headers and idle keep-alive connections
 //!   (hyper runs one clock for all three).
-//! - While a request is in progress, a connection where no byte moves for
-//!   the idle timeout is closed (a body trickled in, a response never
-//!   read), unless the gateway itself is still working on the answer.
+//! - A connection where no byte moves for the idle timeout is closed (a
+//!   body announced and never sent, a response never read). No answer of
+//!   the gateway's own takes that long: the idle timeout is longer than
+//!   the upstream deadline (the configuration checks it).
 //! - Connections over the caps (in total, per client address) are refused
 //!   when accepted; see `chat_runtime::connections`.
 //!
@@ -45,7 +46,7 @@ use tower::ServiceExt as _;
 pub struct Timeouts {
     /// For a request's head, and for an idle kept-alive connection.
     pub header: Duration,
-    /// For a request in progress where no byte moves.
+    /// For a connection where no byte moves.
     pub idle: Duration,
 }
 
@@ -55,8 +56,6 @@ pub struct Timeouts {
 struct Activity {
     /// Bumped on every read and write: the watch sees whether bytes moved.
     ticks: AtomicU32,
-    /// Requests the gateway is still answering: never idle then.
-    busy: AtomicU32,
     _admitted: Admitted,
 }
 
@@ -121,24 +120,6 @@ impl AsyncWrite for Tracked {
     }
 }
 
-/// Marks a request as being answered until dropped.
-struct Busy(Arc<Activity>);
-
-impl Busy {
-    fn new(activity: &Arc<Activity>) -> Self {
-        activity.busy.fetch_add(1, Ordering::Relaxed);
-        Busy(activity.clone())
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        self.0.busy.fetch_sub(1, Ordering::Relaxed);
-        // The answer is bytes about to move: the idle clock starts afresh.
-        self.0.ticks.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 /// What a refused client reads before the gateway hangs up, so that it
 /// sees an answer rather than a reset.
 const REFUSED: &[u8] =
@@ -197,7 +178,6 @@ pub async fn serve<S>(
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(Activity {
             ticks: AtomicU32::new(0),
-            busy: AtomicU32::new(0),
             _admitted: admitted,
         });
         let io = TokioIo::new(Tracked {
@@ -205,20 +185,13 @@ pub async fn serve<S>(
             activity: activity.clone(),
         });
         let service = {
-            let activity = activity.clone();
             let app = app.clone();
             hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
                 let mut request = request.map(axum::body::Body::new);
                 request
                     .extensions_mut()
                     .insert(ConnectInfo::<SocketAddr>(peer));
-                let busy = Busy::new(&activity);
-                let app = app.clone();
-                async move {
-                    let response = app.oneshot(request).await;
-                    drop(busy);
-                    response
-                }
+                app.clone().oneshot(request)
             })
         };
         let connection = http.serve_connection(io, service).with_upgrades();
@@ -236,7 +209,7 @@ pub async fn serve<S>(
                     _ = connection.as_mut() => break,
                     _ = watch.tick() => {
                         let ticks = activity.ticks.load(Ordering::Relaxed);
-                        if ticks == last && activity.busy.load(Ordering::Relaxed) == 0 {
+                        if ticks == last {
                             tracing::debug!(peer = %peer, "closing an idle HTTP connection");
                             break;
                         }

@@ -189,6 +189,7 @@ async fn silent_slow_and_idle_connections_are_closed() {
         &[
             ("GATEWAY_HEADER_TIMEOUT_SECONDS", "1"),
             ("GATEWAY_IDLE_TIMEOUT_SECONDS", "1"),
+            ("GATEWAY_UPSTREAM_TIMEOUT_MS", "900"),
         ],
     )
     .await;
@@ -222,17 +223,19 @@ async fn silent_slow_and_idle_connections_are_closed() {
         .unwrap();
     let answered = read_until_closed(&mut kept, Duration::from_secs(5)).await;
     assert!(answered.starts_with("HTTP/1.1 200 OK"), "{answered}");
-    // A body announced and never sent.
+    // A body announced and never sent: the handler waits for it, and the
+    // connection sits idle.
     let mut stalled = TcpStream::connect(stack.gateway).await.unwrap();
-    stalled
-        .write_all(
-            b"POST /api/chat/threads/ HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"par",
-        )
-        .await
-        .unwrap();
+    let head = format!(
+        "POST /api/chat/threads/ HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\
+         content-length: 100\r\n\r\n{{\"par",
+        token(&stack.secret, "alice")
+    );
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
     let answered = read_until_closed(&mut stalled, Duration::from_secs(5)).await;
-    assert!(!answered.contains("201"), "{answered}");
-
+    assert_eq!(answered, "", "cut off, unanswered");
+    assert!(started.elapsed() >= Duration::from_millis(900));
     // An authenticated WebSocket outlives both timeouts.
     let thread = new_thread(&stack, "alice", &["bob"]).await;
     let mut socket = connect(&stack, &format!("/ws/chat/{thread}/"), &[]).await;

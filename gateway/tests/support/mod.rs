@@ -82,10 +82,11 @@ impl Drop for TestStack {
     }
 }
 
+/// The last value set for each name, so extras override the defaults.
 fn lookup(vars: Vec<(&'static str, String)>) -> impl Fn(&str) -> Option<String> {
     move |name| {
         vars.iter()
-            .find(|(k, _)| *k == name)
+            .rfind(|(k, _)| *k == name)
             .map(|(_, v)| v.clone())
     }
 }
