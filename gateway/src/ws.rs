@@ -40,7 +40,7 @@ use tonic::Code;
 
 use crate::{
     error::ApiError,
-    json,
+    json::ObjectWriter,
     rest::AppState,
     upstream::{Feed, FeedEnd, FeedRequest},
 };
@@ -221,7 +221,13 @@ fn text(value: Value) -> Message {
 }
 
 fn error_frame(code: &str, message: &str, client_msg_id: Option<&str>) -> Message {
-    text(json!({"type": "error", "code": code, "message": message, "client_msg_id": client_msg_id}))
+    let mut frame = ObjectWriter::new();
+    frame
+        .str("type", "error")
+        .str("code", code)
+        .str("message", message)
+        .opt_str("client_msg_id", client_msg_id);
+    Message::Text(frame.finish().into())
 }
 
 /// The `code` of an error frame for a chat-core status.
@@ -258,31 +264,37 @@ fn status_frame(status: &tonic::Status, client_msg_id: Option<&str>) -> Message 
 
 /// A chat-core event as the browser's frame; `None` for events that have
 /// no frame in SPEC §5.
-fn event_frame(event: &pb::Event) -> Option<Value> {
-    let thread_id = &event.thread_id;
-    Some(match event.kind.as_ref()? {
-        Kind::MessageCreated(created) => json!({
-            "type": "chat_message", "thread_id": thread_id, "seq": event.seq,
-            "message": json::message(created.message.as_ref()?),
-        }),
-        Kind::MessageUpdated(updated) => json!({
-            "type": "message_updated", "thread_id": thread_id, "seq": event.seq,
-            "message": json::message(updated.message.as_ref()?),
-        }),
-        Kind::MessageDeleted(deleted) => json!({
-            "type": "message_deleted", "thread_id": thread_id, "seq": event.seq,
-            "message_id": deleted.message_id,
-        }),
-        Kind::MessagesRead(read) => json!({
-            "type": "messages_read", "thread_id": thread_id,
-            "user_id": read.user_id, "up_to_seq": read.up_to_seq,
-        }),
-        Kind::Typing(typing) => json!({
-            "type": "typing_indicator", "thread_id": thread_id,
-            "user_id": typing.user_id, "is_typing": typing.is_typing,
-        }),
+fn event_frame(event: &pb::Event) -> Option<Message> {
+    let mut frame = ObjectWriter::new();
+    match event.kind.as_ref()? {
+        Kind::MessageCreated(created) => frame
+            .str("type", "chat_message")
+            .str("thread_id", &event.thread_id)
+            .int("seq", event.seq)
+            .message("message", created.message.as_ref()?),
+        Kind::MessageUpdated(updated) => frame
+            .str("type", "message_updated")
+            .str("thread_id", &event.thread_id)
+            .int("seq", event.seq)
+            .message("message", updated.message.as_ref()?),
+        Kind::MessageDeleted(deleted) => frame
+            .str("type", "message_deleted")
+            .str("thread_id", &event.thread_id)
+            .int("seq", event.seq)
+            .str("message_id", &deleted.message_id),
+        Kind::MessagesRead(read) => frame
+            .str("type", "messages_read")
+            .str("thread_id", &event.thread_id)
+            .str("user_id", &read.user_id)
+            .int("up_to_seq", read.up_to_seq),
+        Kind::Typing(typing) => frame
+            .str("type", "typing_indicator")
+            .str("thread_id", &event.thread_id)
+            .str("user_id", &typing.user_id)
+            .bool("is_typing", typing.is_typing),
         Kind::ThreadCreated(_) | Kind::ThreadUpdated(_) | Kind::Synced(_) => return None,
-    })
+    };
+    Some(Message::Text(frame.finish().into()))
 }
 
 impl Session {
@@ -341,7 +353,7 @@ impl Session {
     /// SPEC §5 are skipped).
     async fn forward(&self, socket: &mut WebSocket, event: &pb::Event) -> Result<(), Closing> {
         match event_frame(event) {
-            Some(frame) => self.send(socket, text(frame)).await,
+            Some(frame) => self.send(socket, frame).await,
             None => Ok(()),
         }
     }
@@ -552,10 +564,15 @@ impl Session {
                     async move { chat.send_message(request).await },
                     client_msg_id,
                     move |response| {
-                        let message = response.message.map(|m| json::message(&m));
-                        Some(text(
-                            json!({"type": "ack", "client_msg_id": acked, "message": message}),
-                        ))
+                        let mut frame = ObjectWriter::new();
+                        frame
+                            .str("type", "ack")
+                            .opt_str("client_msg_id", acked.as_deref());
+                        match &response.message {
+                            Some(message) => frame.message("message", message),
+                            None => frame.null("message"),
+                        };
+                        Some(Message::Text(frame.finish().into()))
                     },
                 )
             }
