@@ -32,7 +32,9 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use chat_auth::Identity;
-use chat_proto::v1::{self as pb, event::Kind};
+use chat_proto::v1::{
+    self as pb, event::Kind, relay_call::Call, relay_call_result::Result as Answer,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::time::{Instant, sleep_until, timeout};
@@ -450,22 +452,23 @@ impl Session {
         }
     }
 
-    /// The chat-core call for a frame, bounded by the call deadline; its
-    /// answer is `answer` on success and an `error` frame otherwise.
-    fn call<T, Fut>(
+    /// The chat-core call for a frame, over the shared call streams and
+    /// bounded by the call deadline; its answer is `answer` on success and
+    /// an `error` frame otherwise.
+    fn call(
         &self,
-        call: Fut,
+        call: Call,
+        idempotent: bool,
         client_msg_id: Option<String>,
-        answer: impl FnOnce(T) -> Option<Message> + Send + 'static,
-    ) -> Action
-    where
-        T: Send + 'static,
-        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>> + Send + 'static,
-    {
+        answer: impl FnOnce(Answer) -> Option<Message> + Send + 'static,
+    ) -> Action {
         let upstream = self.state.upstream.clone();
+        let token = self.token.clone();
+        let request_id = self.request_id.clone();
         Action::Call(Box::pin(async move {
+            let call = upstream.calls().call(&token, &request_id, call, idempotent);
             match upstream.within_deadline(call).await {
-                Ok(response) => answer(response.into_inner()),
+                Ok(response) => answer(response),
                 Err(status) => Some(status_frame(&status, client_msg_id.as_deref())),
             }
         }))
@@ -509,7 +512,6 @@ impl Session {
             ));
         }
         let thread_id = thread_id.unwrap_or_default();
-        let upstream = &self.state.upstream;
         match frame.kind.as_str() {
             "ping" => Action::Reply(text(json!({"type": "pong"}))),
             "chat_message" => {
@@ -547,23 +549,27 @@ impl Session {
                         ));
                     }
                 };
-                let request = upstream.request(
-                    pb::SendMessageRequest {
+                let acked = client_msg_id.clone();
+                self.call(
+                    Call::SendMessage(pb::SendMessageRequest {
                         thread_id,
                         content,
                         client_msg_id: client_msg_id.clone(),
                         metadata_json,
                         message_type: pb::MessageType::Text.into(),
-                    },
-                    &self.token,
-                    &self.request_id,
-                );
-                let mut chat = upstream.chat();
-                let acked = client_msg_id.clone();
-                self.call(
-                    async move { chat.send_message(request).await },
+                    }),
+                    // A resend with the same key is answered with the
+                    // message stored the first time.
+                    client_msg_id.is_some(),
                     client_msg_id,
-                    move |response| {
+                    move |answer| {
+                        let Answer::SendMessage(response) = answer else {
+                            return Some(error_frame(
+                                "internal",
+                                "internal error",
+                                acked.as_deref(),
+                            ));
+                        };
                         let mut frame = ObjectWriter::new();
                         frame
                             .str("type", "ack")
@@ -588,16 +594,16 @@ impl Session {
                         ));
                     }
                 };
-                let request = upstream.request(
-                    pb::MarkReadRequest {
+                self.call(
+                    Call::MarkRead(pb::MarkReadRequest {
                         thread_id,
                         up_to_seq,
-                    },
-                    &self.token,
-                    &self.request_id,
-                );
-                let mut chat = upstream.chat();
-                self.call(async move { chat.mark_read(request).await }, None, |_| None)
+                    }),
+                    // A read cursor only moves forward.
+                    true,
+                    None,
+                    |_| None,
+                )
             }
             "typing_indicator" => {
                 let Some(Value::Bool(is_typing)) = frame.is_typing else {
@@ -607,18 +613,15 @@ impl Session {
                         None,
                     ));
                 };
-                let request = upstream.request(
-                    pb::SetTypingRequest {
+                self.call(
+                    Call::SetTyping(pb::SetTypingRequest {
                         thread_id,
                         is_typing,
-                    },
-                    &self.token,
-                    &self.request_id,
-                );
-                let mut chat = upstream.chat();
-                self.call(async move { chat.set_typing(request).await }, None, |_| {
-                    None
-                })
+                    }),
+                    true,
+                    None,
+                    |_| None,
+                )
             }
             "auth" => Action::Reply(error_frame("invalid_frame", "already authenticated", None)),
             _ => Action::Reply(error_frame("invalid_frame", "unknown frame type", None)),

@@ -62,7 +62,7 @@ impl WriterSettings {
     /// more than one shard would only queue on it.
     pub fn for_store(store: &Store) -> Self {
         let shards = match store {
-            Store::Postgres(_) => (store.pool_stats().max as usize / 4).clamp(1, 2),
+            Store::Postgres(_) => (store.pool_stats().max as usize / 4).clamp(1, 4),
             Store::Sqlite(_) => 1,
         };
         WriterSettings {
