@@ -31,6 +31,9 @@ SELECT id,
        activity_at - :per_thread::bigint * 60000000, activity_at, :per_thread, activity_at
 FROM seed_threads;
 
+INSERT INTO thread_keys (participants_key, job_key, thread_id)
+SELECT participants_key, job_key, id FROM threads;
+
 INSERT INTO thread_participants (thread_id, user_id, last_read_seq, last_seq, activity_at)
 SELECT id, a, :per_thread - i % 7, :per_thread, activity_at FROM seed_threads
 UNION ALL

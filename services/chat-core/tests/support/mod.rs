@@ -110,7 +110,8 @@ impl TestApp {
     }
 }
 
-async fn spawn_on(db: TestDatabase, backend: Backend, secret: String) -> TestApp {
+/// Starts chat-core over `db` (which may already hold data).
+pub async fn spawn_on(db: TestDatabase, backend: Backend, secret: String) -> TestApp {
     let vars = [
         ("CHAT_CORE_GRPC_ADDR", "127.0.0.1:0".to_owned()),
         ("CHAT_CORE_HTTP_ADDR", "127.0.0.1:0".to_owned()),
