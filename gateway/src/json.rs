@@ -2,7 +2,10 @@
 //! messages: every field present, absent values as `null`, timestamps in
 //! RFC 3339 UTC.
 
+use std::fmt::Write as _;
+
 use chat_proto::{Timestamp, v1 as pb};
+use serde::de::IgnoredAny;
 use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value, json};
 
@@ -123,6 +126,12 @@ impl<'de> Visitor<'de> for Strict {
 
 /// `2026-11-25T10:04:05.123456Z`: RFC 3339, UTC, microseconds.
 pub fn rfc3339(timestamp: &Timestamp) -> String {
+    let mut out = String::with_capacity(27);
+    write_rfc3339(&mut out, timestamp);
+    out
+}
+
+fn write_rfc3339(out: &mut String, timestamp: &Timestamp) {
     let seconds = timestamp.seconds;
     let days = seconds.div_euclid(86_400);
     let in_day = seconds.rem_euclid(86_400);
@@ -136,13 +145,14 @@ pub fn rfc3339(timestamp: &Timestamp) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
+    let _ = write!(
+        out,
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
         in_day / 3600,
         in_day % 3600 / 60,
         in_day % 60,
         timestamp.nanos / 1_000
-    )
+    );
 }
 
 fn time(timestamp: Option<&Timestamp>) -> Value {
@@ -180,6 +190,159 @@ pub fn message(message: &pb::Message) -> Value {
     })
 }
 
+/// A JSON object written straight into its text.
+///
+/// Why: the WebSocket path writes a frame for every event and every ack,
+/// thousands a second; building a `Value` tree first costs an allocation
+/// per key and value and dominated the gateway's profile. Keys are written
+/// as given, so callers pass plain ASCII names.
+pub struct ObjectWriter {
+    out: String,
+    /// Whether the object being written has no member yet.
+    empty: bool,
+}
+
+impl ObjectWriter {
+    /// An empty object, with room for a typical chat frame.
+    pub fn new() -> ObjectWriter {
+        let mut out = String::with_capacity(384);
+        out.push('{');
+        ObjectWriter { out, empty: true }
+    }
+
+    fn key(&mut self, key: &str) -> &mut String {
+        if !self.empty {
+            self.out.push(',');
+        }
+        self.empty = false;
+        self.out.push('"');
+        self.out.push_str(key);
+        self.out.push_str("\":");
+        &mut self.out
+    }
+
+    /// A string member.
+    pub fn str(&mut self, key: &str, value: &str) -> &mut Self {
+        let out = self.key(key);
+        write_str(out, value);
+        self
+    }
+
+    /// A string member, `null` when absent.
+    pub fn opt_str(&mut self, key: &str, value: Option<&str>) -> &mut Self {
+        match value {
+            Some(value) => self.str(key, value),
+            None => self.null(key),
+        }
+    }
+
+    /// An integer member.
+    pub fn int(&mut self, key: &str, value: i64) -> &mut Self {
+        let out = self.key(key);
+        let _ = write!(out, "{value}");
+        self
+    }
+
+    /// A boolean member.
+    pub fn bool(&mut self, key: &str, value: bool) -> &mut Self {
+        self.key(key).push_str(if value { "true" } else { "false" });
+        self
+    }
+
+    /// A `null` member.
+    pub fn null(&mut self, key: &str) -> &mut Self {
+        self.key(key).push_str("null");
+        self
+    }
+
+    /// A timestamp member in RFC 3339, `null` when absent.
+    pub fn time(&mut self, key: &str, value: Option<&Timestamp>) -> &mut Self {
+        match value {
+            Some(value) => {
+                let out = self.key(key);
+                out.push('"');
+                write_rfc3339(out, value);
+                out.push('"');
+                self
+            }
+            None => self.null(key),
+        }
+    }
+
+    /// A nested object member, written by `members`.
+    pub fn object(&mut self, key: &str, members: impl FnOnce(&mut Self)) -> &mut Self {
+        self.key(key).push('{');
+        self.empty = true;
+        members(self);
+        self.out.push('}');
+        self.empty = false;
+        self
+    }
+
+    /// A message member, as [`message`] shows it.
+    pub fn message(&mut self, key: &str, message: &pb::Message) -> &mut Self {
+        self.object(key, |w| {
+            w.str("id", &message.id)
+                .str("thread_id", &message.thread_id)
+                .int("seq", message.seq)
+                .opt_str("sender_id", message.sender_id.as_deref())
+                .str("message_type", message_type(message.message_type))
+                .str("content", &message.content);
+            // chat-core stores only objects; anything else shows as `{}`,
+            // as in [`message`]. Validated without building a tree.
+            let metadata = message.metadata_json.trim();
+            let is_object =
+                metadata.starts_with('{') && serde_json::from_str::<IgnoredAny>(metadata).is_ok();
+            w.key("metadata")
+                .push_str(if is_object { metadata } else { "{}" });
+            w.opt_str("client_msg_id", message.client_msg_id.as_deref())
+                .time("created_at", message.created_at.as_ref())
+                .time("edited_at", message.edited_at.as_ref())
+                .time("deleted_at", message.deleted_at.as_ref());
+        })
+    }
+
+    /// The object's text.
+    pub fn finish(mut self) -> String {
+        self.out.push('}');
+        self.out
+    }
+}
+
+impl Default for ObjectWriter {
+    fn default() -> Self {
+        ObjectWriter::new()
+    }
+}
+
+/// Writes `value` as a JSON string: quotes, backslashes and control
+/// characters escaped, everything else as is (JSON text is UTF-8).
+fn write_str(out: &mut String, value: &str) {
+    out.reserve(value.len() + 2);
+    out.push('"');
+    let mut plain = 0;
+    for (at, byte) in value.bytes().enumerate() {
+        let escape = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&value[plain..at]);
+        if escape.is_empty() {
+            let _ = write!(out, "\\u{byte:04x}");
+        } else {
+            out.push_str(escape);
+        }
+        plain = at + 1;
+    }
+    out.push_str(&value[plain..]);
+    out.push('"');
+}
+
 /// A thread as SPEC §3 shows it, with the caller's read state and (in
 /// lists) the last message.
 pub fn thread(thread: &pb::Thread) -> Value {
@@ -201,6 +364,62 @@ pub fn thread(thread: &pb::Thread) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sample(content: &str, metadata: &str, client_msg_id: Option<&str>) -> pb::Message {
+        pb::Message {
+            id: "m-1".into(),
+            thread_id: "t-1".into(),
+            seq: 42,
+            sender_id: Some("user \"q\"".into()),
+            message_type: pb::MessageType::Payment.into(),
+            content: content.into(),
+            metadata_json: metadata.into(),
+            client_msg_id: client_msg_id.map(Into::into),
+            created_at: Some(Timestamp {
+                seconds: 1_795_651_445,
+                nanos: 123_456_789,
+            }),
+            edited_at: None,
+            deleted_at: Some(Timestamp {
+                seconds: 0,
+                nanos: 0,
+            }),
+        }
+    }
+
+    #[test]
+    fn writer_matches_the_value_shape() {
+        let cases = [
+            sample(
+                "plain",
+                r#"{"amount": 5, "nested": {"a": [1, "x"]}}"#,
+                Some("c-1"),
+            ),
+            sample(
+                "quote \" backslash \\ nl \n tab \t cr \r bell \u{7} nul \u{0} é 😀 \u{202e}",
+                "",
+                None,
+            ),
+            sample("", "[1,2]", None),
+            sample("x", "{not json", Some("")),
+            sample("x", "  {}  ", None),
+        ];
+        for message in cases {
+            let mut writer = ObjectWriter::new();
+            writer
+                .str("type", "ack")
+                .int("n", -7)
+                .bool("b", false)
+                .message("message", &message);
+            let text = writer.finish();
+            let parsed: Value = serde_json::from_str(&text).expect(&text);
+            assert_eq!(
+                parsed,
+                json!({"type": "ack", "n": -7, "b": false, "message": super::message(&message)}),
+                "{text}"
+            );
+        }
+    }
 
     #[test]
     fn duplicate_keys_are_refused_at_every_depth() {

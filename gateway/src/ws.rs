@@ -32,7 +32,9 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use chat_auth::Identity;
-use chat_proto::v1::{self as pb, event::Kind};
+use chat_proto::v1::{
+    self as pb, event::Kind, relay_call::Call, relay_call_result::Result as Answer,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::time::{Instant, sleep_until, timeout};
@@ -40,7 +42,7 @@ use tonic::Code;
 
 use crate::{
     error::ApiError,
-    json,
+    json::{self, ObjectWriter},
     rest::AppState,
     upstream::{Feed, FeedEnd, FeedRequest},
 };
@@ -265,7 +267,13 @@ fn text(value: Value) -> Message {
 }
 
 fn error_frame(code: &str, message: &str, client_msg_id: Option<&str>) -> Message {
-    text(json!({"type": "error", "code": code, "message": message, "client_msg_id": client_msg_id}))
+    let mut frame = ObjectWriter::new();
+    frame
+        .str("type", "error")
+        .str("code", code)
+        .str("message", message)
+        .opt_str("client_msg_id", client_msg_id);
+    Message::Text(frame.finish().into())
 }
 
 /// The `code` of an error frame for a chat-core status.
@@ -302,31 +310,37 @@ fn status_frame(status: &tonic::Status, client_msg_id: Option<&str>) -> Message 
 
 /// A chat-core event as the browser's frame; `None` for events that have
 /// no frame in SPEC §5.
-fn event_frame(event: &pb::Event) -> Option<Value> {
-    let thread_id = &event.thread_id;
-    Some(match event.kind.as_ref()? {
-        Kind::MessageCreated(created) => json!({
-            "type": "chat_message", "thread_id": thread_id, "seq": event.seq,
-            "message": json::message(created.message.as_ref()?),
-        }),
-        Kind::MessageUpdated(updated) => json!({
-            "type": "message_updated", "thread_id": thread_id, "seq": event.seq,
-            "message": json::message(updated.message.as_ref()?),
-        }),
-        Kind::MessageDeleted(deleted) => json!({
-            "type": "message_deleted", "thread_id": thread_id, "seq": event.seq,
-            "message_id": deleted.message_id,
-        }),
-        Kind::MessagesRead(read) => json!({
-            "type": "messages_read", "thread_id": thread_id,
-            "user_id": read.user_id, "up_to_seq": read.up_to_seq,
-        }),
-        Kind::Typing(typing) => json!({
-            "type": "typing_indicator", "thread_id": thread_id,
-            "user_id": typing.user_id, "is_typing": typing.is_typing,
-        }),
+fn event_frame(event: &pb::Event) -> Option<Message> {
+    let mut frame = ObjectWriter::new();
+    match event.kind.as_ref()? {
+        Kind::MessageCreated(created) => frame
+            .str("type", "chat_message")
+            .str("thread_id", &event.thread_id)
+            .int("seq", event.seq)
+            .message("message", created.message.as_ref()?),
+        Kind::MessageUpdated(updated) => frame
+            .str("type", "message_updated")
+            .str("thread_id", &event.thread_id)
+            .int("seq", event.seq)
+            .message("message", updated.message.as_ref()?),
+        Kind::MessageDeleted(deleted) => frame
+            .str("type", "message_deleted")
+            .str("thread_id", &event.thread_id)
+            .int("seq", event.seq)
+            .str("message_id", &deleted.message_id),
+        Kind::MessagesRead(read) => frame
+            .str("type", "messages_read")
+            .str("thread_id", &event.thread_id)
+            .str("user_id", &read.user_id)
+            .int("up_to_seq", read.up_to_seq),
+        Kind::Typing(typing) => frame
+            .str("type", "typing_indicator")
+            .str("thread_id", &event.thread_id)
+            .str("user_id", &typing.user_id)
+            .bool("is_typing", typing.is_typing),
         Kind::ThreadCreated(_) | Kind::ThreadUpdated(_) | Kind::Synced(_) => return None,
-    })
+    };
+    Some(Message::Text(frame.finish().into()))
 }
 
 impl Session {
@@ -394,7 +408,7 @@ impl Session {
     /// SPEC §5 are skipped).
     async fn forward(&self, socket: &mut WebSocket, event: &pb::Event) -> Result<(), Closing> {
         match event_frame(event) {
-            Some(frame) => self.send(socket, text(frame)).await,
+            Some(frame) => self.send(socket, frame).await,
             None => Ok(()),
         }
     }
@@ -493,22 +507,23 @@ impl Session {
         }
     }
 
-    /// The chat-core call for a frame, bounded by the call deadline; its
-    /// answer is `answer` on success and an `error` frame otherwise.
-    fn call<T, Fut>(
+    /// The chat-core call for a frame, over the shared call streams and
+    /// bounded by the call deadline; its answer is `answer` on success and
+    /// an `error` frame otherwise.
+    fn call(
         &self,
-        call: Fut,
+        call: Call,
+        idempotent: bool,
         client_msg_id: Option<String>,
-        answer: impl FnOnce(T) -> Option<Message> + Send + 'static,
-    ) -> Action
-    where
-        T: Send + 'static,
-        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>> + Send + 'static,
-    {
+        answer: impl FnOnce(Answer) -> Option<Message> + Send + 'static,
+    ) -> Action {
         let upstream = self.state.upstream.clone();
+        let token = self.token.clone();
+        let request_id = self.request_id.clone();
         Action::Call(Box::pin(async move {
+            let call = upstream.calls().call(&token, &request_id, call, idempotent);
             match upstream.within_deadline(call).await {
-                Ok(response) => answer(response.into_inner()),
+                Ok(response) => answer(response),
                 Err(status) => Some(status_frame(&status, client_msg_id.as_deref())),
             }
         }))
@@ -562,7 +577,6 @@ impl Session {
             ));
         }
         let thread_id = thread_id.unwrap_or_default();
-        let upstream = &self.state.upstream;
         match frame.kind.as_str() {
             "ping" => Action::Reply(text(json!({"type": "pong"}))),
             "chat_message" => {
@@ -600,27 +614,36 @@ impl Session {
                         ));
                     }
                 };
-                let request = upstream.request(
-                    pb::SendMessageRequest {
+                let acked = client_msg_id.clone();
+                self.call(
+                    Call::SendMessage(pb::SendMessageRequest {
                         thread_id,
                         content,
                         client_msg_id: client_msg_id.clone(),
                         metadata_json,
                         message_type: pb::MessageType::Text.into(),
-                    },
-                    &self.token,
-                    &self.request_id,
-                );
-                let mut chat = upstream.chat();
-                let acked = client_msg_id.clone();
-                self.call(
-                    async move { chat.send_message(request).await },
+                    }),
+                    // A resend with the same key is answered with the
+                    // message stored the first time.
+                    client_msg_id.is_some(),
                     client_msg_id,
-                    move |response| {
-                        let message = response.message.map(|m| json::message(&m));
-                        Some(text(
-                            json!({"type": "ack", "client_msg_id": acked, "message": message}),
-                        ))
+                    move |answer| {
+                        let Answer::SendMessage(response) = answer else {
+                            return Some(error_frame(
+                                "internal",
+                                "internal error",
+                                acked.as_deref(),
+                            ));
+                        };
+                        let mut frame = ObjectWriter::new();
+                        frame
+                            .str("type", "ack")
+                            .opt_str("client_msg_id", acked.as_deref());
+                        match &response.message {
+                            Some(message) => frame.message("message", message),
+                            None => frame.null("message"),
+                        };
+                        Some(Message::Text(frame.finish().into()))
                     },
                 )
             }
@@ -636,16 +659,16 @@ impl Session {
                         ));
                     }
                 };
-                let request = upstream.request(
-                    pb::MarkReadRequest {
+                self.call(
+                    Call::MarkRead(pb::MarkReadRequest {
                         thread_id,
                         up_to_seq,
-                    },
-                    &self.token,
-                    &self.request_id,
-                );
-                let mut chat = upstream.chat();
-                self.call(async move { chat.mark_read(request).await }, None, |_| None)
+                    }),
+                    // A read cursor only moves forward.
+                    true,
+                    None,
+                    |_| None,
+                )
             }
             "typing_indicator" => {
                 let Some(Value::Bool(is_typing)) = frame.is_typing else {
@@ -655,18 +678,15 @@ impl Session {
                         None,
                     ));
                 };
-                let request = upstream.request(
-                    pb::SetTypingRequest {
+                self.call(
+                    Call::SetTyping(pb::SetTypingRequest {
                         thread_id,
                         is_typing,
-                    },
-                    &self.token,
-                    &self.request_id,
-                );
-                let mut chat = upstream.chat();
-                self.call(async move { chat.set_typing(request).await }, None, |_| {
-                    None
-                })
+                    }),
+                    true,
+                    None,
+                    |_| None,
+                )
             }
             "auth" => Action::Reply(error_frame("invalid_frame", "already authenticated", None)),
             _ => Action::Reply(error_frame("invalid_frame", "unknown frame type", None)),

@@ -7,10 +7,12 @@
 //! [`Upstream::within_deadline`] and the clients; how sockets map onto
 //! chat-core streams stays in here.
 
+mod calls;
 mod feed;
 
 use std::{future::Future, time::Duration};
 
+pub use calls::Calls;
 use feed::Relays;
 pub use feed::{FEED_CAPACITY, Feed, FeedEnd, FeedRequest};
 
@@ -89,6 +91,7 @@ pub struct Upstream {
     channel: Channel,
     timeout: Duration,
     relays: Relays,
+    calls: Calls,
 }
 
 impl Upstream {
@@ -122,10 +125,12 @@ impl Upstream {
             }
         }
         let relays = Relays::start(channel.clone());
+        let calls = Calls::start(channel.clone());
         Ok(Upstream {
             channel,
             timeout,
             relays,
+            calls,
         })
     }
 
@@ -137,6 +142,12 @@ impl Upstream {
     /// An `IntegrationService` client.
     pub fn integrations(&self) -> IntegrationServiceClient<Channel> {
         IntegrationServiceClient::new(self.channel.clone())
+    }
+
+    /// The shared call streams, for the sockets' frequent calls (send,
+    /// mark read, typing); see [`Calls`].
+    pub fn calls(&self) -> &Calls {
+        &self.calls
     }
 
     /// Subscribes a socket to its live events over the shared relays.

@@ -47,6 +47,23 @@ impl Authenticator {
             Role::User => Caller::User(identity.subject),
         })
     }
+
+    /// The caller a bare token (no `Bearer ` scheme) names, checked as
+    /// [`Authenticator::caller`] checks a header: for calls and
+    /// subscriptions that carry their own token inside a stream.
+    pub fn caller_with_token(&self, token: &str) -> Result<Caller, Status> {
+        if token.is_empty() {
+            return self.caller(None);
+        }
+        let identity = self
+            .verifier
+            .verify(token)
+            .map_err(|err| Status::unauthenticated(err.to_string()))?;
+        Ok(match identity.role {
+            Role::Service => Caller::Service(identity.subject),
+            Role::User => Caller::User(identity.subject),
+        })
+    }
 }
 
 impl Interceptor for Authenticator {

@@ -5,6 +5,7 @@
 //! rules; [`store`] is the only code that speaks SQL.
 
 pub mod bus;
+pub mod calls;
 pub mod caps;
 pub mod chat;
 pub mod config;

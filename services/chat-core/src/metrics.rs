@@ -78,6 +78,13 @@ fn code_name(header: Option<&http::HeaderValue>) -> &'static str {
 }
 
 impl RpcMetrics {
+    /// Records a call that arrived inside a stream (`RelayService.Calls`)
+    /// under its unary method's name, as if it had come as that RPC.
+    pub fn observe_call(&self, method: &str, code: tonic::Code, seconds: f64) {
+        let name = CODES.get(code as usize).copied().unwrap_or("UNKNOWN");
+        self.observe(method, name, seconds);
+    }
+
     fn observe(&self, method: &str, code: &'static str, seconds: f64) {
         let Ok(mut series) = self.series.lock() else {
             return;

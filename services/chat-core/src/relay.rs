@@ -28,6 +28,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     bus::stopped,
+    calls::{Answers, CallService},
     chat::{Chat, ChatError},
     domain::Caller,
     grpc::{Authenticator, subscribe_request},
@@ -48,16 +49,24 @@ const MAX_SUBSCRIPTIONS: usize = 200_000;
 pub struct RelayGrpc {
     chat: Chat,
     auth: Authenticator,
+    calls: CallService,
     shutdown: watch::Receiver<bool>,
 }
 
 impl RelayGrpc {
-    /// Relays for `chat`, checking each open with `auth`; relay streams end
-    /// when `shutdown` turns true.
-    pub fn new(chat: Chat, auth: Authenticator, shutdown: watch::Receiver<bool>) -> Self {
+    /// Relays for `chat`, checking each open with `auth`, and call streams
+    /// served by `calls`; relay streams end when `shutdown` turns true
+    /// (call streams once they have answered the calls they took).
+    pub fn new(
+        chat: Chat,
+        auth: Authenticator,
+        calls: CallService,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
         RelayGrpc {
             chat,
             auth,
+            calls,
             shutdown,
         }
     }
@@ -68,6 +77,17 @@ type RelayStream = Pin<Box<dyn Stream<Item = Result<pb::RelayEvent, Status>> + S
 #[tonic::async_trait]
 impl pb::relay_service_server::RelayService for RelayGrpc {
     type RelayStream = RelayStream;
+    type CallsStream = Answers;
+
+    async fn calls(
+        &self,
+        request: Request<Streaming<pb::RelayCall>>,
+    ) -> Result<Response<Self::CallsStream>, Status> {
+        Ok(Response::new(
+            self.calls
+                .serve(request.into_inner(), self.shutdown.clone()),
+        ))
+    }
 
     async fn relay(
         &self,
@@ -181,7 +201,7 @@ impl Relay {
                     )
                     .await;
                 }
-                let caller = match self.auth.caller(Some(&format!("Bearer {}", open.token))) {
+                let caller = match self.auth.caller_with_token(&open.token) {
                     Ok(caller) => caller,
                     Err(status) => return send(&self.outbound, id, ended(&status)).await,
                 };

@@ -15,6 +15,7 @@ use tonic::transport::Server;
 
 use crate::{
     bus::{EventBus, RedisBus},
+    calls::CallService,
     chat::Chat,
     config::{JwtSource, Settings},
     grpc::{Authenticator, ChatGrpc, IntegrationGrpc},
@@ -148,7 +149,8 @@ impl Application {
             chat.live().clone(),
         ));
         let auth = Authenticator::new(self.verifier);
-        let relay = RelayGrpc::new(chat.clone(), auth.clone(), stop_rx.clone());
+        let calls = CallService::new(ChatGrpc::new(chat.clone()), auth.clone(), metrics.clone());
+        let relay = RelayGrpc::new(chat.clone(), auth.clone(), calls, stop_rx.clone());
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<ChatServiceServer<ChatGrpc>>().await;

@@ -399,17 +399,31 @@ where
 #[derive(Debug)]
 struct EmbeddedMigrations(&'static [(i64, &'static str, &'static str)]);
 
-const POSTGRES_MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations(&[(
-    1,
-    "chat",
-    include_str!("../../../migrations/postgres/0001_chat.sql"),
-)]);
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations(&[
+    (
+        1,
+        "chat",
+        include_str!("../../../migrations/postgres/0001_chat.sql"),
+    ),
+    (
+        2,
+        "hot rows without unique checks",
+        include_str!("../../../migrations/postgres/0002_hot_rows_without_unique_checks.sql"),
+    ),
+]);
 
-const SQLITE_MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations(&[(
-    1,
-    "chat",
-    include_str!("../../../migrations/sqlite/0001_chat.sql"),
-)]);
+const SQLITE_MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations(&[
+    (
+        1,
+        "chat",
+        include_str!("../../../migrations/sqlite/0001_chat.sql"),
+    ),
+    (
+        2,
+        "hot rows without unique checks",
+        include_str!("../../../migrations/sqlite/0002_hot_rows_without_unique_checks.sql"),
+    ),
+]);
 
 type ResolveFuture<'s> =
     Pin<Box<dyn Future<Output = Result<Vec<Migration>, BoxDynError>> + Send + 's>>;
@@ -534,23 +548,34 @@ impl Store {
         let job = job_key(new.job_id.as_deref());
         let inserted = with_pools!(self, |reader, writer, Db| {
             let mut tx = writer.begin().await?;
+            // The key decides: a concurrent creation of the same thread
+            // waits here for this one to commit, then inserts nothing.
             let inserted = sqlx::query(
-                "INSERT INTO threads (id, participants_key, job_key, job_id, title, created_by, \
-                 created_at, last_seq, activity_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $7) \
-                 ON CONFLICT (participants_key, job_key) DO NOTHING",
+                "INSERT INTO thread_keys (participants_key, job_key, thread_id) \
+                 VALUES ($1, $2, $3) ON CONFLICT (participants_key, job_key) DO NOTHING",
             )
-            .bind(new.id)
             .bind(&key)
             .bind(job)
-            .bind(&new.job_id)
-            .bind(&new.title)
-            .bind(&new.created_by)
-            .bind(new.created_at)
+            .bind(new.id)
             .execute(&mut *tx)
             .await?
             .rows_affected()
                 == 1;
             if inserted {
+                sqlx::query(
+                    "INSERT INTO threads (id, participants_key, job_key, job_id, title, \
+                     created_by, created_at, last_seq, activity_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $7)",
+                )
+                .bind(new.id)
+                .bind(&key)
+                .bind(job)
+                .bind(&new.job_id)
+                .bind(&new.title)
+                .bind(&new.created_by)
+                .bind(new.created_at)
+                .execute(&mut *tx)
+                .await?;
                 let mut insert = QueryBuilder::<Db>::new(
                     "INSERT INTO thread_participants (thread_id, user_id, activity_at) ",
                 );
@@ -704,7 +729,7 @@ impl Store {
         let key = participants_key(sorted_participants);
         let id: Option<Uuid> = with_pools!(self, |reader, writer, Db| {
             sqlx::query_scalar(
-                "SELECT id FROM threads WHERE participants_key = $1 AND job_key = $2",
+                "SELECT thread_id FROM thread_keys WHERE participants_key = $1 AND job_key = $2",
             )
             .bind(&key)
             .bind(job_key(job_id))

@@ -20,6 +20,7 @@ on_both_backends!(
     a_repeated_client_msg_id_returns_the_original,
     fifty_concurrent_sends_get_seq_1_to_50,
     concurrent_retries_of_one_message_store_it_once,
+    concurrent_creations_of_one_thread_make_one_thread,
     only_the_sender_edits_or_deletes,
     deleted_messages_keep_their_content_for_services,
     read_cursors_only_move_forward,
@@ -611,6 +612,52 @@ async fn concurrent_retries_of_one_message_store_it_once(app: TestApp) {
     assert_eq!(created, 1);
     assert_eq!(ids.len(), 1);
     assert_eq!(thread(&mut alice, &t.id).await.last_seq, 1);
+}
+
+async fn concurrent_creations_of_one_thread_make_one_thread(app: TestApp) {
+    // The same participants and job, created by both sides at once (the
+    // creator is always a participant): one thread, created once, with its
+    // participants listed once each.
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let (me, other) = if i % 2 == 0 {
+            ("alice", "bob")
+        } else {
+            ("bob", "alice")
+        };
+        let mut client = app.user(me).await;
+        tasks.push(tokio::spawn(async move {
+            let response = client
+                .create_thread(pb::CreateThreadRequest {
+                    participants: vec![other.to_owned()],
+                    job_id: Some("job-7".to_owned()),
+                    title: None,
+                })
+                .await
+                .expect("create thread")
+                .into_inner();
+            (response.thread.expect("thread"), response.created)
+        }));
+    }
+    let mut created = 0;
+    let mut ids = HashSet::new();
+    for task in tasks {
+        let (thread, was_created) = task.await.unwrap();
+        created += usize::from(was_created);
+        assert_eq!(thread.participants, vec!["alice", "bob"]);
+        ids.insert(thread.id);
+    }
+    assert_eq!(created, 1);
+    assert_eq!(ids.len(), 1);
+    assert_eq!(app.count("SELECT COUNT(*) FROM threads").await, 1);
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM thread_participants").await,
+        2
+    );
+    // Another job is another thread.
+    let mut alice = app.user("alice").await;
+    let other = create(&mut alice, &["bob"], Some("job-8")).await;
+    assert!(!ids.contains(&other.id));
 }
 
 async fn only_the_sender_edits_or_deletes(app: TestApp) {

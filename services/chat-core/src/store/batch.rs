@@ -418,19 +418,23 @@ mod postgres {
         if client.0.is_empty() && service.0.is_empty() {
             return Ok(());
         }
-        // The IS NOT NULL conditions let the planner use the partial unique
-        // indexes; join conditions alone do not prove their predicates.
+        // One index probe per key, whatever the planner knows: a plain join
+        // can turn into a scan of every message when the table has no
+        // statistics yet (a new or never-analyzed database), while a
+        // lateral lookup with LIMIT 1 is always a parameterized index
+        // search. The IS NOT NULL conditions let it use the partial unique
+        // indexes; the equalities alone do not prove their predicates.
         let rows = sqlx::query(&format!(
             "SELECT {MESSAGE_COLUMNS}, m.posted_by, m.idempotency_key \
              FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS k(thread_id, sender_id, client_msg_id) \
-             JOIN messages m ON m.thread_id = k.thread_id AND m.sender_id = k.sender_id \
-             AND m.client_msg_id = k.client_msg_id \
-             WHERE m.client_msg_id IS NOT NULL AND m.sender_id IS NOT NULL \
+             CROSS JOIN LATERAL (SELECT * FROM messages m WHERE m.thread_id = k.thread_id \
+             AND m.sender_id = k.sender_id AND m.client_msg_id = k.client_msg_id \
+             AND m.client_msg_id IS NOT NULL AND m.sender_id IS NOT NULL LIMIT 1) m \
              UNION ALL \
              SELECT {MESSAGE_COLUMNS}, m.posted_by, m.idempotency_key \
              FROM UNNEST($4::text[], $5::text[]) AS k(posted_by, idempotency_key) \
-             JOIN messages m ON m.posted_by = k.posted_by AND m.idempotency_key = k.idempotency_key \
-             WHERE m.idempotency_key IS NOT NULL"
+             CROSS JOIN LATERAL (SELECT * FROM messages m WHERE m.posted_by = k.posted_by \
+             AND m.idempotency_key = k.idempotency_key AND m.idempotency_key IS NOT NULL LIMIT 1) m"
         ))
         .bind(&client.0)
         .bind(&client.1)

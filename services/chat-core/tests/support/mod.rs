@@ -93,14 +93,14 @@ impl Drop for TestApp {
 pub async fn spawn_app(backend: Backend) -> TestApp {
     let db = TestDatabase::create(backend).await;
     let secret = format!("test-secret-{}", uuid::Uuid::new_v4());
-    spawn_on(db, backend, secret, &[]).await
+    spawn_on(db, backend, secret).await
 }
 
 /// The same, with extra settings.
 pub async fn spawn_app_with(backend: Backend, extra: &[(&'static str, &str)]) -> TestApp {
     let db = TestDatabase::create(backend).await;
     let secret = format!("test-secret-{}", uuid::Uuid::new_v4());
-    spawn_on(db, backend, secret, extra).await
+    spawn_on_with(db, backend, secret, extra).await
 }
 
 impl TestApp {
@@ -113,11 +113,17 @@ impl TestApp {
             url: self.db_url.clone(),
             _dir: None,
         };
-        spawn_on(db, self.backend, self.secret.clone(), &[]).await
+        spawn_on(db, self.backend, self.secret.clone()).await
     }
 }
 
-async fn spawn_on(
+/// Starts chat-core over `db` (which may already hold data).
+pub async fn spawn_on(db: TestDatabase, backend: Backend, secret: String) -> TestApp {
+    spawn_on_with(db, backend, secret, &[]).await
+}
+
+/// The same, with extra settings.
+pub async fn spawn_on_with(
     db: TestDatabase,
     backend: Backend,
     secret: String,
@@ -134,7 +140,7 @@ async fn spawn_on(
     vars.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
     let settings = Settings::from_lookup(|name| {
         vars.iter()
-            .find(|(k, _)| *k == name)
+            .rfind(|(k, _)| *k == name)
             .map(|(_, v)| v.clone())
     })
     .expect("test settings");
