@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use chat_proto::{Timestamp, v1 as pb};
 use serde::de::IgnoredAny;
-use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value, json};
 
 /// Why a client's JSON was refused.
@@ -30,18 +30,140 @@ pub fn parse_client_json(input: &[u8]) -> Result<Value, JsonInputError> {
     let value = Strict
         .deserialize(&mut deserializer)
         .and_then(|value| deserializer.end().map(|()| value))
-        .map_err(|err| match err.classify() {
-            serde_json::error::Category::Data => {
-                // The one data error `Strict` makes: "duplicate key K at
-                // line L column C".
-                let message = err.to_string();
-                let key = message.strip_prefix(DUPLICATE).unwrap_or(&message);
-                let key = key.rsplit_once(" at line ").map_or(key, |(key, _)| key);
-                JsonInputError::DuplicateKey(key.to_owned())
-            }
-            _ => JsonInputError::Syntax,
-        })?;
+        .map_err(|err| classify(&err))?;
     Ok(value)
+}
+
+/// Checks a client's JSON for duplicate keys without building it: for a
+/// WebSocket frame, parsed once more straight into its typed shape, this
+/// costs a borrowed key list per object instead of a whole `Value` tree.
+pub fn check_duplicate_keys(input: &[u8]) -> Result<(), JsonInputError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(input);
+    KeyCheck
+        .deserialize(&mut deserializer)
+        .and_then(|()| deserializer.end())
+        .map_err(|err| classify(&err))
+}
+
+fn classify(err: &serde_json::Error) -> JsonInputError {
+    match err.classify() {
+        serde_json::error::Category::Data => {
+            // The one data error `Strict` and `KeyCheck` make: "duplicate
+            // key K at line L column C".
+            let message = err.to_string();
+            let key = message.strip_prefix(DUPLICATE).unwrap_or(&message);
+            let key = key.rsplit_once(" at line ").map_or(key, |(key, _)| key);
+            JsonInputError::DuplicateKey(key.to_owned())
+        }
+        _ => JsonInputError::Syntax,
+    }
+}
+
+/// The error for `key`, seen twice.
+fn duplicate<E: serde::de::Error>(key: &str) -> E {
+    let mut end = key.len().min(MAX_QUOTED_KEY);
+    while !key.is_char_boundary(end) {
+        end -= 1;
+    }
+    E::custom(format_args!("{DUPLICATE}{}", &key[..end]))
+}
+
+/// Walks any JSON value, refusing duplicate keys at every depth.
+struct KeyCheck;
+
+impl<'de> DeserializeSeed<'de> for KeyCheck {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeyCheck {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(KeyCheck)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<(), A::Error> {
+        // Frames have a handful of keys: a list beats a set for those; a
+        // set keeps an object of thousands of keys from costing their
+        // square.
+        const FEW: usize = 16;
+        let mut few: Vec<std::borrow::Cow<'de, str>> = Vec::new();
+        let mut many = std::collections::HashSet::new();
+        while let Some(key) = access.next_key_seed(Key)? {
+            let repeated = if few.len() < FEW {
+                let repeated = few.contains(&key);
+                few.push(key.clone());
+                repeated
+            } else {
+                few.contains(&key) || !many.insert(key.clone())
+            };
+            if repeated {
+                return Err(duplicate(&key));
+            }
+            access.next_value_seed(KeyCheck)?;
+        }
+        Ok(())
+    }
+}
+
+/// An object key, borrowed from the input unless it holds escapes.
+struct Key;
+
+impl<'de> DeserializeSeed<'de> for Key {
+    type Value = std::borrow::Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key {
+    type Value = std::borrow::Cow<'de, str>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Borrowed(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Owned(v.to_owned()))
+    }
 }
 
 const DUPLICATE: &str = "duplicate key ";
@@ -107,15 +229,7 @@ impl<'de> Visitor<'de> for Strict {
         let mut map = Map::new();
         while let Some(key) = access.next_key::<String>()? {
             if map.contains_key(&key) {
-                let mut quoted = key;
-                if quoted.len() > MAX_QUOTED_KEY {
-                    let mut end = MAX_QUOTED_KEY;
-                    while !quoted.is_char_boundary(end) {
-                        end -= 1;
-                    }
-                    quoted.truncate(end);
-                }
-                return Err(A::Error::custom(format_args!("{DUPLICATE}{quoted}")));
+                return Err(duplicate(&key));
             }
             let value = access.next_value_seed(Strict)?;
             map.insert(key, value);
@@ -446,6 +560,33 @@ mod tests {
             Err(JsonInputError::DuplicateKey(found)) => assert_eq!(found, "é".repeat(32)),
             other => panic!("{other:?}"),
         }
+        // The check alone finds the same.
+        assert!(check_duplicate_keys(br#"{"a": [1, {"b": null}], "c": 1.5}"#).is_ok());
+        for (input, key) in [
+            (&br#"{"a": 1, "a": 2}"#[..], "a"),
+            (br#"{"m": {"x": 1, "y": 2, "x": 3}}"#, "x"),
+            (br#"[{"k": 1, "\u006b": 2}]"#, "k"),
+        ] {
+            match check_duplicate_keys(input) {
+                Err(JsonInputError::DuplicateKey(found)) => assert_eq!(found, key),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(matches!(
+            check_duplicate_keys(b"{\"a\": 1"),
+            Err(JsonInputError::Syntax)
+        ));
+        // Past the first few keys too.
+        let keys: Vec<String> = (0..100).map(|i| format!("\"k{i}\": {i}")).collect();
+        let wide = format!("{{{}, \"k3\": 0}}", keys.join(", "));
+        match check_duplicate_keys(wide.as_bytes()) {
+            Err(JsonInputError::DuplicateKey(found)) => assert_eq!(found, "k3"),
+            other => panic!("{other:?}"),
+        }
+        let wide = format!("{{{}, \"k99\": 0}}", keys.join(", "));
+        assert!(check_duplicate_keys(wide.as_bytes()).is_err());
+        let wide = format!("{{{}}}", keys.join(", "));
+        assert!(check_duplicate_keys(wide.as_bytes()).is_ok());
     }
 
     #[test]

@@ -256,10 +256,10 @@ struct ClientFrame {
 }
 
 /// A browser frame: JSON with no duplicate key (see
-/// [`json::parse_client_json`]) in the shape of [`ClientFrame`].
+/// [`json::check_duplicate_keys`]) in the shape of [`ClientFrame`].
 fn parse_frame(frame: &str) -> Result<ClientFrame, json::JsonInputError> {
-    let value = json::parse_client_json(frame.as_bytes())?;
-    ClientFrame::deserialize(value).map_err(|_| json::JsonInputError::Syntax)
+    json::check_duplicate_keys(frame.as_bytes())?;
+    serde_json::from_str(frame).map_err(|_| json::JsonInputError::Syntax)
 }
 
 fn text(value: Value) -> Message {
