@@ -42,7 +42,7 @@ use crate::{
     error::ApiError,
     json,
     rest::AppState,
-    upstream::{Feed, FeedEnd, FeedRequest},
+    upstream::{FATE_UNKNOWN, Feed, FeedEnd, FeedRequest},
 };
 
 /// Close codes of SPEC §5.
@@ -233,7 +233,7 @@ fn status_code(status: &tonic::Status) -> &'static str {
         Code::FailedPrecondition | Code::AlreadyExists => "conflict",
         Code::ResourceExhausted => "rate_limited",
         Code::Unauthenticated => "unauthenticated",
-        Code::Unavailable | Code::DeadlineExceeded => "unavailable",
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => "unavailable",
         _ => "internal",
     }
 }
@@ -246,7 +246,10 @@ fn safe_message(status: &tonic::Status) -> String {
         | Code::FailedPrecondition
         | Code::ResourceExhausted
         | Code::Unauthenticated => status.message().to_owned(),
-        Code::Unavailable | Code::DeadlineExceeded => "chat service unavailable, try again".into(),
+        Code::Unavailable if status.message() == FATE_UNKNOWN => FATE_UNKNOWN.into(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
+            "chat service unavailable, try again".into()
+        }
         _ => "internal error".into(),
     }
 }
@@ -438,25 +441,41 @@ impl Session {
         }
     }
 
-    /// The chat-core call for a frame, bounded by the call deadline; its
-    /// answer is `answer` on success and an `error` frame otherwise.
-    fn call<T, Fut>(
+    /// The chat-core call for a frame, bounded by the call deadline and
+    /// tried again on another replica when `idempotent` (see
+    /// [`Upstream::call`](crate::upstream::Upstream::call)); its answer is
+    /// `answer` on success and an `error` frame otherwise.
+    fn call<T, F, Fut>(
         &self,
-        call: Fut,
+        idempotent: bool,
+        attempt: F,
         client_msg_id: Option<String>,
         answer: impl FnOnce(T) -> Option<Message> + Send + 'static,
     ) -> Action
     where
         T: Send + 'static,
+        F: FnMut() -> Fut + Send + 'static,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>> + Send + 'static,
     {
         let upstream = self.state.upstream.clone();
         Action::Call(Box::pin(async move {
-            match upstream.within_deadline(call).await {
+            match upstream.call(idempotent, attempt).await {
                 Ok(response) => answer(response.into_inner()),
                 Err(status) => Some(status_frame(&status, client_msg_id.as_deref())),
             }
         }))
+    }
+
+    /// A call's request maker: the same body with the socket's token and
+    /// request id, for every attempt.
+    fn request_maker<B>(&self, body: B) -> impl FnMut() -> tonic::Request<B> + Send + 'static
+    where
+        B: Clone + Send + 'static,
+    {
+        let upstream = self.state.upstream.clone();
+        let token = self.token.clone();
+        let request_id = self.request_id.clone();
+        move || upstream.request(body.clone(), &token, &request_id)
     }
 
     /// One frame from the browser. A bad frame gets an `error` frame and
@@ -535,21 +554,25 @@ impl Session {
                         ));
                     }
                 };
-                let request = upstream.request(
-                    pb::SendMessageRequest {
-                        thread_id,
-                        content,
-                        client_msg_id: client_msg_id.clone(),
-                        metadata_json,
-                        message_type: pb::MessageType::Text.into(),
-                    },
-                    &self.token,
-                    &self.request_id,
-                );
-                let mut chat = upstream.chat();
+                // Only a message with a key is safe to send again: chat-core
+                // stores it once per key.
+                let idempotent = client_msg_id.is_some();
+                let mut request = self.request_maker(pb::SendMessageRequest {
+                    thread_id,
+                    content,
+                    client_msg_id: client_msg_id.clone(),
+                    metadata_json,
+                    message_type: pb::MessageType::Text.into(),
+                });
+                let chat = upstream.chat();
                 let acked = client_msg_id.clone();
                 self.call(
-                    async move { chat.send_message(request).await },
+                    idempotent,
+                    move || {
+                        let mut chat = chat.clone();
+                        let request = request();
+                        async move { chat.send_message(request).await }
+                    },
                     client_msg_id,
                     move |response| {
                         let message = response.message.map(|m| json::message(&m));
@@ -571,16 +594,21 @@ impl Session {
                         ));
                     }
                 };
-                let request = upstream.request(
-                    pb::MarkReadRequest {
-                        thread_id,
-                        up_to_seq,
+                let mut request = self.request_maker(pb::MarkReadRequest {
+                    thread_id,
+                    up_to_seq,
+                });
+                let chat = upstream.chat();
+                self.call(
+                    true,
+                    move || {
+                        let mut chat = chat.clone();
+                        let request = request();
+                        async move { chat.mark_read(request).await }
                     },
-                    &self.token,
-                    &self.request_id,
-                );
-                let mut chat = upstream.chat();
-                self.call(async move { chat.mark_read(request).await }, None, |_| None)
+                    None,
+                    |_| None,
+                )
             }
             "typing_indicator" => {
                 let Some(Value::Bool(is_typing)) = frame.is_typing else {
@@ -590,18 +618,21 @@ impl Session {
                         None,
                     ));
                 };
-                let request = upstream.request(
-                    pb::SetTypingRequest {
-                        thread_id,
-                        is_typing,
+                let mut request = self.request_maker(pb::SetTypingRequest {
+                    thread_id,
+                    is_typing,
+                });
+                let chat = upstream.chat();
+                self.call(
+                    true,
+                    move || {
+                        let mut chat = chat.clone();
+                        let request = request();
+                        async move { chat.set_typing(request).await }
                     },
-                    &self.token,
-                    &self.request_id,
-                );
-                let mut chat = upstream.chat();
-                self.call(async move { chat.set_typing(request).await }, None, |_| {
-                    None
-                })
+                    None,
+                    |_| None,
+                )
             }
             "auth" => Action::Reply(error_frame("invalid_frame", "already authenticated", None)),
             _ => Action::Reply(error_frame("invalid_frame", "unknown frame type", None)),
