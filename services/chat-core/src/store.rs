@@ -434,6 +434,9 @@ impl<'s> MigrationSource<'s> for EmbeddedMigrations {
     }
 }
 
+/// How long a call waits for a PostgreSQL connection unless configured.
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
+
 impl Store {
     /// Opens the pools. For SQLite the file (and its directory) is created
     /// when missing, in WAL mode with full fsync: nothing acknowledged may
@@ -442,11 +445,26 @@ impl Store {
         location: &DatabaseLocation,
         max_connections: u32,
     ) -> Result<Store, StoreError> {
+        Self::connect_with(location, max_connections, DEFAULT_ACQUIRE_TIMEOUT).await
+    }
+
+    /// [`Store::connect`], waiting at most `acquire_timeout` for a
+    /// PostgreSQL connection. After the database restarts, every pooled
+    /// connection is dead: each is tested before use and replaced at once
+    /// rather than handed out, and a short timeout keeps the pool's
+    /// reconnect backoff (a fifth of it at most) short, so calls are served
+    /// again within a fraction of a second of the database coming back.
+    pub async fn connect_with(
+        location: &DatabaseLocation,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> Result<Store, StoreError> {
         match location {
             DatabaseLocation::Postgres(url) => {
                 let pool = PgPoolOptions::new()
                     .max_connections(max_connections)
-                    .acquire_timeout(Duration::from_secs(5))
+                    .acquire_timeout(acquire_timeout)
+                    .test_before_acquire(true)
                     .connect(url)
                     .await?;
                 Ok(Store::Postgres(PgBackend { pool }))
