@@ -1,0 +1,541 @@
+//! Fault injection with real processes: two chat-core replicas on a
+//! PostgreSQL and a Redis of the test's own, two gateways each listing both
+//! replicas, and clients that behave like the web client (they resume with
+//! `since_seq` after a lost socket and send un-acknowledged messages again
+//! with the same `client_msg_id`) sending about 200 messages a second
+//! through this schedule:
+//!
+//! 1. `kill -9` of one replica, which comes back a little later;
+//! 2. a graceful restart (SIGTERM) of the other;
+//! 3. a Redis restart;
+//! 4. a PostgreSQL restart;
+//! 5. `kill -9` of a gateway (its clients move to the other one), which
+//!    comes back.
+//!
+//! It asserts what users see: nothing acknowledged lost, nothing delivered
+//! twice or out of order, no error frame while a single replica dies or
+//! restarts, acknowledgement p99 under 250 ms over the whole run, and the
+//! Redis and PostgreSQL restarts survived (sends acknowledged after them).
+//! The figures are printed, for the README's operations section.
+//!
+//! A second test checks chat-core alone against its database: while
+//! PostgreSQL is down calls fail fast with `UNAVAILABLE`, and once it is
+//! back they are served within a second.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::SocketAddr,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use system_tests::{
+    Process, addr_in, binary,
+    faults::{OwnPostgres, OwnRedis},
+    free_port, token,
+};
+use tokio::{
+    net::TcpStream,
+    time::{Instant, sleep, timeout},
+};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async, tungstenite::Message};
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+const SECRET: &str = "fault-injection-secret";
+/// Threads in the run; each has a sender and a reader.
+const THREADS: usize = 4;
+/// Messages per second per sender: 200 in all.
+const RATE_PER_SENDER: u64 = 50;
+/// At most this many messages unacknowledged per sender, like a browser's
+/// outbox.
+const WINDOW: usize = 200;
+
+fn start_core(dir: &Path, db: &str, redis: &str, port: u16) -> Process {
+    let grpc = format!("127.0.0.1:{port}");
+    let mut process = Process::start(
+        &binary("chat-core"),
+        &[],
+        dir,
+        &[
+            ("DATABASE_URL", db),
+            ("REDIS_URL", redis),
+            ("JWT_SECRET", SECRET),
+            ("CHAT_CORE_GRPC_ADDR", grpc.as_str()),
+            ("CHAT_CORE_HTTP_ADDR", "127.0.0.1:0"),
+            ("SHUTDOWN_GRACE_SECONDS", "5"),
+        ],
+    );
+    process.wait_for_line("chat-core listening", Duration::from_secs(60));
+    process
+}
+
+fn start_gateway(dir: &Path, cores: &str, port: u16) -> Process {
+    let addr = format!("127.0.0.1:{port}");
+    let mut process = Process::start(
+        &binary("chat-gateway"),
+        &[],
+        dir,
+        &[
+            ("CHAT_CORE_URL", cores),
+            ("JWT_SECRET", SECRET),
+            ("GATEWAY_ADDR", addr.as_str()),
+            ("GATEWAY_UPSTREAM_TIMEOUT_MS", "3000"),
+            ("GATEWAY_SEND_RATE", "1000"),
+            ("GATEWAY_SEND_BURST", "1000"),
+        ],
+    );
+    let line = process.wait_for_line("chat-gateway listening", Duration::from_secs(60));
+    assert_eq!(addr_in(&line, "addr").port(), port);
+    process
+}
+
+/// What the run is going through, so every error frame is filed under the
+/// fault it happened in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    Steady,
+    ReplicaKilled,
+    ReplicaRestarted,
+    Redis,
+    Postgres,
+    Gateway,
+    Drain,
+}
+
+#[derive(Default)]
+struct Shared {
+    phase: Option<Phase>,
+    /// Error frames per phase, with their codes.
+    errors: BTreeMap<Phase, Vec<String>>,
+    /// Acknowledgement latencies (first send to ack) in ms, per phase.
+    acks: BTreeMap<Phase, Vec<f64>>,
+    /// Sockets that had to be opened again.
+    reconnects: u32,
+    /// Delivery faults: a seq skipped, repeated or going back.
+    disorder: Vec<String>,
+}
+
+type State = Arc<Mutex<Shared>>;
+
+fn phase(state: &State) -> Phase {
+    state.lock().expect("state").phase.unwrap_or(Phase::Steady)
+}
+
+/// One participant's socket on one thread, as the web client keeps it.
+struct Client {
+    name: String,
+    token: String,
+    thread: String,
+    gateways: Vec<SocketAddr>,
+    preferred: usize,
+    /// The last seq seen; the socket resumes after it.
+    last_seq: i64,
+    /// Contents (keys) of the messages seen, in seq order.
+    seen: Vec<String>,
+    sender: bool,
+    next_key: u64,
+    /// Sent and not yet acknowledged: key → first send.
+    unacked: BTreeMap<u64, Instant>,
+    acked: HashSet<String>,
+    state: State,
+}
+
+impl Client {
+    fn key(&self, n: u64) -> String {
+        format!("{}-{n}", self.name)
+    }
+
+    /// Opens the socket on the preferred gateway, or the next one that
+    /// answers, resuming after the last seq seen; then sends again what
+    /// is unacknowledged.
+    async fn connect(&mut self, again: bool) -> Socket {
+        if again {
+            self.state.lock().expect("state").reconnects += 1;
+        }
+        loop {
+            let gateway = self.gateways[self.preferred % self.gateways.len()];
+            let url = format!(
+                "ws://{gateway}/ws/chat/{}/?since_seq={}",
+                self.thread, self.last_seq
+            );
+            let opened = timeout(Duration::from_secs(5), async {
+                let (mut socket, _) = connect_async(url).await.ok()?;
+                socket
+                    .send(Message::Text(
+                        json!({"type": "auth", "token": self.token})
+                            .to_string()
+                            .into(),
+                    ))
+                    .await
+                    .ok()?;
+                loop {
+                    match socket.next().await? {
+                        Ok(Message::Text(text)) => {
+                            let frame: Value = serde_json::from_str(&text).ok()?;
+                            if frame["type"] == "auth_ok" {
+                                return Some(socket);
+                            }
+                        }
+                        Ok(Message::Close(_)) | Err(_) => return None,
+                        Ok(_) => {}
+                    }
+                }
+            })
+            .await
+            .ok()
+            .flatten();
+            if let Some(mut socket) = opened {
+                let keys: Vec<u64> = self.unacked.keys().copied().collect();
+                for key in keys {
+                    if self.send(&mut socket, key).await.is_err() {
+                        break;
+                    }
+                }
+                return socket;
+            }
+            // That gateway is gone: the next one (a load balancer would).
+            self.preferred += 1;
+            sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn send(&self, socket: &mut Socket, key: u64) -> Result<(), ()> {
+        let key = self.key(key);
+        socket
+            .send(Message::Text(
+                json!({"type": "chat_message", "content": key, "client_msg_id": key})
+                    .to_string()
+                    .into(),
+            ))
+            .await
+            .map_err(|_| ())
+    }
+
+    /// Handles one frame; an error frame's message goes into `resend`.
+    fn frame(&mut self, frame: &Value, resend: &mut Vec<u64>) {
+        match frame["type"].as_str() {
+            Some("chat_message") => {
+                let seq = frame["seq"].as_i64().unwrap_or(-1);
+                let content = frame["message"]["content"].as_str().unwrap_or_default();
+                if seq == self.last_seq + 1 {
+                    self.last_seq = seq;
+                    self.seen.push(content.to_owned());
+                } else {
+                    self.state.lock().expect("state").disorder.push(format!(
+                        "{}: seq {seq} after {} ({content})",
+                        self.name, self.last_seq
+                    ));
+                    self.last_seq = self.last_seq.max(seq);
+                }
+            }
+            Some("ack") => {
+                let key = frame["client_msg_id"].as_str().unwrap_or_default();
+                let number = key.rsplit('-').next().and_then(|n| n.parse::<u64>().ok());
+                if let Some(sent) = number.and_then(|n| self.unacked.remove(&n)) {
+                    let ms = sent.elapsed().as_secs_f64() * 1000.0;
+                    let phase = phase(&self.state);
+                    let mut state = self.state.lock().expect("state");
+                    state.acks.entry(phase).or_default().push(ms);
+                    self.acked.insert(key.to_owned());
+                }
+            }
+            Some("error") => {
+                let code = frame["code"].as_str().unwrap_or("?").to_owned();
+                let phase = phase(&self.state);
+                self.state
+                    .lock()
+                    .expect("state")
+                    .errors
+                    .entry(phase)
+                    .or_default()
+                    .push(format!("{code}: {}", frame["message"]));
+                let number = frame["client_msg_id"]
+                    .as_str()
+                    .and_then(|k| k.rsplit('-').next())
+                    .and_then(|n| n.parse::<u64>().ok());
+                if let Some(number) = number.filter(|n| self.unacked.contains_key(n)) {
+                    resend.push(number);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Sends (when a sender) until `stop`, then until everything is
+    /// acknowledged and `expected()` messages were seen.
+    async fn run(mut self, stop: Instant, expected: Arc<Mutex<i64>>) -> Client {
+        let mut socket = self.connect(false).await;
+        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / RATE_PER_SENDER));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let give_up = stop + Duration::from_secs(60);
+        let mut resend: Vec<u64> = Vec::new();
+        let mut retry_at = Instant::now() + Duration::from_secs(3600);
+        loop {
+            let sending = self.sender && Instant::now() < stop;
+            if !sending && self.unacked.is_empty() {
+                // Every key acknowledged once is one message of the thread:
+                // the sender knows how many the thread holds.
+                let target = if self.sender {
+                    let sent = self.acked.len() as i64;
+                    *expected.lock().expect("expected") = sent;
+                    sent
+                } else {
+                    *expected.lock().expect("expected")
+                };
+                if target > 0 && self.last_seq >= target {
+                    return self;
+                }
+            }
+            assert!(
+                Instant::now() < give_up,
+                "{}: not done 60 s after the run ({} unacknowledged, seq {})",
+                self.name,
+                self.unacked.len(),
+                self.last_seq
+            );
+            tokio::select! {
+                _ = tick.tick(), if sending && self.unacked.len() < WINDOW => {
+                    let key = self.next_key;
+                    self.next_key += 1;
+                    self.unacked.insert(key, Instant::now());
+                    if self.send(&mut socket, key).await.is_err() {
+                        socket = self.connect(true).await;
+                    }
+                }
+                () = tokio::time::sleep_until(retry_at), if !resend.is_empty() => {
+                    retry_at = Instant::now() + Duration::from_secs(3600);
+                    for key in std::mem::take(&mut resend) {
+                        if self.unacked.contains_key(&key) && self.send(&mut socket, key).await.is_err() {
+                            socket = self.connect(true).await;
+                            break;
+                        }
+                    }
+                }
+                message = timeout(Duration::from_secs(2), socket.next()) => match message {
+                    Ok(Some(Ok(Message::Text(text)))) => {
+                        let frame: Value = serde_json::from_str(&text).expect("JSON frame");
+                        let before = resend.len();
+                        self.frame(&frame, &mut resend);
+                        if resend.len() > before {
+                            // As the web client does: a short pause, then again.
+                            retry_at = Instant::now() + Duration::from_millis(100);
+                        }
+                    }
+                    Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) => {
+                        socket = self.connect(true).await;
+                    }
+                    Ok(Some(Ok(_))) => {}
+                    // Quiet: keep waiting (the server pings).
+                    Err(_) => {}
+                },
+            }
+        }
+    }
+}
+
+fn percentile(values: &mut [f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * values.len() as f64).ceil() as usize;
+    values[rank.clamp(1, values.len()) - 1]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_redis_postgres_and_a_gateway_fail_and_users_see_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let postgres = OwnPostgres::start();
+    let mut redis = OwnRedis::start(dir.path());
+    let db = postgres.create_database(dir.path(), "chat_faults");
+    let (port_a, port_b) = (free_port(), free_port());
+    let mut core_a = start_core(dir.path(), &db, &redis.url(), port_a);
+    let mut core_b = start_core(dir.path(), &db, &redis.url(), port_b);
+    let cores = format!("http://127.0.0.1:{port_a},http://127.0.0.1:{port_b}");
+    let (gw_port_1, gw_port_2) = (free_port(), free_port());
+    let mut gateway_1 = start_gateway(dir.path(), &cores, gw_port_1);
+    let _gateway_2 = start_gateway(dir.path(), &cores, gw_port_2);
+    let gateways: Vec<SocketAddr> = [gw_port_1, gw_port_2]
+        .iter()
+        .map(|port| SocketAddr::from(([127, 0, 0, 1], *port)))
+        .collect();
+
+    let state: State = Arc::default();
+    let steady = Duration::from_secs(
+        std::env::var("FAULT_TEST_STEADY_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(8),
+    );
+    // The schedule below takes about 6 steady periods plus the faults.
+    let run_for = steady * 6 + Duration::from_secs(12);
+    let stop = Instant::now() + run_for + Duration::from_secs(5);
+
+    let mut tasks = Vec::new();
+    for t in 0..THREADS {
+        let (writer, reader) = (format!("w{t}"), format!("r{t}"));
+        let writer_token = token(dir.path(), SECRET, &writer);
+        let reader_token = token(dir.path(), SECRET, &reader);
+        let (status, body) = system_tests::http_post_json(
+            gateways[0],
+            "/api/chat/threads/",
+            &writer_token,
+            &json!({"participants": [reader]}).to_string(),
+        );
+        assert_eq!(status, 201, "{body}");
+        let thread = serde_json::from_str::<Value>(&body).expect("JSON")["id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        let target = Arc::new(Mutex::new(0i64));
+        for (name, token, sender, preferred) in [
+            (writer.clone(), writer_token, true, t),
+            (reader.clone(), reader_token, false, t + 1),
+        ] {
+            let client = Client {
+                name,
+                token,
+                thread: thread.clone(),
+                gateways: gateways.clone(),
+                preferred,
+                last_seq: 0,
+                seen: Vec::new(),
+                sender,
+                next_key: 0,
+                unacked: BTreeMap::new(),
+                acked: HashSet::new(),
+                state: state.clone(),
+            };
+            tasks.push(tokio::spawn(client.run(stop, target.clone())));
+        }
+    }
+
+    let set_phase = |phase: Phase| state.lock().expect("state").phase = Some(phase);
+    let started = Instant::now();
+    sleep(steady).await;
+
+    // 1. A replica dies without warning, and comes back.
+    set_phase(Phase::ReplicaKilled);
+    core_a.kill();
+    sleep(Duration::from_secs(2)).await;
+    let core_a = tokio::task::block_in_place(|| start_core(dir.path(), &db, &redis.url(), port_a));
+    sleep(steady).await;
+
+    // 2. The other one restarts gracefully, as in a rolling update.
+    set_phase(Phase::ReplicaRestarted);
+    let status = tokio::task::block_in_place(|| core_b.terminate(Duration::from_secs(20)));
+    assert!(status.success(), "graceful stop: {status}");
+    let _core_b = tokio::task::block_in_place(|| start_core(dir.path(), &db, &redis.url(), port_b));
+    sleep(steady).await;
+
+    // 3. Redis restarts (pub/sub between the replicas breaks).
+    set_phase(Phase::Redis);
+    redis.kill();
+    sleep(Duration::from_millis(500)).await;
+    tokio::task::block_in_place(|| redis.start_again());
+    sleep(steady).await;
+
+    // 4. PostgreSQL restarts.
+    set_phase(Phase::Postgres);
+    let down = Instant::now();
+    tokio::task::block_in_place(|| {
+        postgres.stop();
+        postgres.start_again();
+    });
+    let postgres_down_ms = down.elapsed().as_millis();
+    sleep(steady).await;
+
+    // 5. A gateway dies; its sockets move to the other one; it comes back.
+    set_phase(Phase::Gateway);
+    gateway_1.kill();
+    sleep(Duration::from_secs(1)).await;
+    let _gateway_1 = tokio::task::block_in_place(|| start_gateway(dir.path(), &cores, gw_port_1));
+    sleep(steady).await;
+    set_phase(Phase::Steady);
+    let faulted_for = started.elapsed();
+    sleep(stop.saturating_duration_since(Instant::now())).await;
+    set_phase(Phase::Drain);
+
+    // Senders are done once everything is acknowledged and seen; readers
+    // once they have seen as many messages as their sender had acked.
+    let mut clients = Vec::new();
+    for task in tasks {
+        clients.push(task.await.expect("a client failed"));
+    }
+    let mut guard = state.lock().expect("state");
+    let state = &mut *guard;
+    let mut all: Vec<f64> = state.acks.values().flatten().copied().collect();
+    let total = all.len();
+    let p50 = percentile(&mut all, 50.0);
+    let p99 = percentile(&mut all, 99.0);
+    let max = all.last().copied().unwrap_or(0.0);
+    let mut report = format!(
+        "fault run: {total} messages acknowledged over {:.0} s of faults; ack p50 {p50:.1} ms, \
+         p99 {p99:.1} ms, max {max:.0} ms; {} sockets reopened; PostgreSQL down for {postgres_down_ms} ms\n",
+        faulted_for.as_secs_f64(),
+        state.reconnects,
+    );
+    for (phase, acks) in state.acks.iter_mut() {
+        let errors = state.errors.get(phase).map(Vec::len).unwrap_or(0);
+        report.push_str(&format!(
+            "  {phase:?}: {} acks, p99 {:.1} ms, max {:.0} ms, {errors} error frames\n",
+            acks.len(),
+            percentile(acks, 99.0),
+            acks.last().copied().unwrap_or(0.0),
+        ));
+    }
+    eprintln!("{report}");
+
+    // Nothing lost, duplicated or out of order, for sender and reader.
+    assert!(state.disorder.is_empty(), "{:?}\n{report}", state.disorder);
+    for pair in clients.chunks(2) {
+        let (writer, reader) = (&pair[0], &pair[1]);
+        for client in [writer, reader] {
+            let unique: HashSet<&String> = client.seen.iter().collect();
+            assert_eq!(
+                unique.len(),
+                client.seen.len(),
+                "{} saw a message twice\n{report}",
+                client.name
+            );
+            let missing: Vec<&String> = writer
+                .acked
+                .iter()
+                .filter(|key| !unique.contains(key))
+                .collect();
+            assert!(
+                missing.is_empty(),
+                "{} lost acknowledged messages {missing:?}\n{report}",
+                client.name
+            );
+            assert_eq!(client.seen.len(), writer.acked.len(), "{report}");
+        }
+    }
+    // No error frame while one replica died or restarted; any error at all
+    // is `unavailable`.
+    for phase in [Phase::ReplicaKilled, Phase::ReplicaRestarted] {
+        assert_eq!(
+            state.errors.get(&phase),
+            None,
+            "error frames while a single replica went away\n{report}"
+        );
+    }
+    for (phase, errors) in &state.errors {
+        assert!(
+            errors.iter().all(|e| e.starts_with("unavailable")),
+            "{phase:?}: {errors:?}"
+        );
+    }
+    // Survived: messages acknowledged after Redis and after PostgreSQL.
+    for phase in [Phase::Redis, Phase::Postgres, Phase::Gateway] {
+        assert!(
+            state.acks.get(&phase).is_some_and(|acks| acks.len() > 100),
+            "{phase:?}: too few acknowledgements\n{report}"
+        );
+    }
+    assert!(p99 < 250.0, "ack p99 {p99:.1} ms\n{report}");
+}
