@@ -422,7 +422,7 @@ async fn replicas_redis_postgres_and_a_gateway_fail_and_users_see_nothing() {
     set_phase(Phase::ReplicaKilled);
     core_a.kill();
     sleep(Duration::from_secs(2)).await;
-    let core_a = tokio::task::block_in_place(|| start_core(dir.path(), &db, &redis.url(), port_a));
+    let _core_a = tokio::task::block_in_place(|| start_core(dir.path(), &db, &redis.url(), port_a));
     sleep(steady).await;
 
     // 2. The other one restarts gracefully, as in a rolling update.
