@@ -539,3 +539,149 @@ async fn replicas_redis_postgres_and_a_gateway_fail_and_users_see_nothing() {
     }
     assert!(p99 < 250.0, "ack p99 {p99:.1} ms\n{report}");
 }
+
+/// A request with the caller's token and a deadline far beyond what any
+/// answer should take.
+fn authorized<T>(
+    body: T,
+    bearer: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(body);
+    request
+        .metadata_mut()
+        .insert("authorization", bearer.clone());
+    request.set_timeout(Duration::from_secs(10));
+    request
+}
+
+/// One chat-core call, bounded by `limit`: its answer or its code.
+async fn core_call<T, F, Fut>(limit: Duration, call: F) -> Result<T, tonic::Code>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    match timeout(limit, call()).await {
+        Ok(Ok(response)) => Ok(response.into_inner()),
+        Ok(Err(status)) => Err(status.code()),
+        Err(_) => Err(tonic::Code::DeadlineExceeded),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_fails_fast_and_back_serves_within_a_second() {
+    use chat_proto::v1::{
+        CreateThreadRequest, ListThreadsRequest, SendMessageRequest,
+        chat_service_client::ChatServiceClient,
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let postgres = OwnPostgres::start();
+    let db = postgres.create_database(dir.path(), "chat_pg_restart");
+    let port = free_port();
+    let redis_less = "";
+    let _core = {
+        let grpc = format!("127.0.0.1:{port}");
+        let mut process = Process::start(
+            &binary("chat-core"),
+            &[],
+            dir.path(),
+            &[
+                ("DATABASE_URL", db.as_str()),
+                ("REDIS_URL", redis_less),
+                ("JWT_SECRET", SECRET),
+                ("CHAT_CORE_GRPC_ADDR", grpc.as_str()),
+                ("CHAT_CORE_HTTP_ADDR", "127.0.0.1:0"),
+            ],
+        );
+        process.wait_for_line("chat-core listening", Duration::from_secs(60));
+        process
+    };
+    let bearer: tonic::metadata::MetadataValue<_> =
+        format!("Bearer {}", token(dir.path(), SECRET, "alice"))
+            .parse()
+            .expect("metadata");
+    let client = ChatServiceClient::connect(format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("connect");
+    let thread = core_call(Duration::from_secs(10), || {
+        let mut client = client.clone();
+        let request = authorized(
+            CreateThreadRequest {
+                participants: vec!["bob".into()],
+                ..Default::default()
+            },
+            &bearer,
+        );
+        async move { client.create_thread(request).await }
+    })
+    .await
+    .expect("thread")
+    .thread
+    .expect("thread")
+    .id;
+    let send = |n: u32| {
+        let mut client = client.clone();
+        let request = authorized(
+            SendMessageRequest {
+                thread_id: thread.clone(),
+                content: format!("m{n}"),
+                client_msg_id: Some(format!("m{n}")),
+                ..Default::default()
+            },
+            &bearer,
+        );
+        async move { client.send_message(request).await }
+    };
+    let list = || {
+        let mut client = client.clone();
+        let request = authorized(ListThreadsRequest::default(), &bearer);
+        async move { client.list_threads(request).await }
+    };
+    core_call(Duration::from_secs(10), || send(0))
+        .await
+        .expect("a send");
+
+    // Down: reads and sends fail with UNAVAILABLE, long before a 10 s
+    // deadline (the pool waits at most DATABASE_ACQUIRE_TIMEOUT_MS).
+    tokio::task::block_in_place(|| postgres.stop());
+    for n in 1..=2 {
+        let asked = Instant::now();
+        let read = core_call(Duration::from_secs(10), list).await;
+        assert_eq!(read.err(), Some(tonic::Code::Unavailable));
+        let sent = core_call(Duration::from_secs(10), || send(n)).await;
+        assert_eq!(sent.err(), Some(tonic::Code::Unavailable));
+        let took = asked.elapsed();
+        assert!(took < Duration::from_secs(3), "two calls took {took:?}");
+    }
+
+    // Back: served within a second of PostgreSQL accepting connections.
+    tokio::task::block_in_place(|| postgres.start_again());
+    let back = Instant::now();
+    let mut n = 10;
+    loop {
+        n += 1;
+        let read = core_call(Duration::from_secs(2), list).await;
+        let sent = core_call(Duration::from_secs(2), || send(n)).await;
+        if read.is_ok() && sent.is_ok() {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(1),
+            "not served {:?} after PostgreSQL came back: {:?} {:?}",
+            back.elapsed(),
+            read.err(),
+            sent.err()
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+    let recovered = back.elapsed();
+    eprintln!("served again {recovered:?} after PostgreSQL accepted connections");
+    // And stays served: no stale connection left in the pool.
+    for m in 0..20 {
+        core_call(Duration::from_secs(2), list)
+            .await
+            .unwrap_or_else(|code| panic!("read {m} after recovery: {code:?}"));
+        core_call(Duration::from_secs(2), || send(100 + m))
+            .await
+            .unwrap_or_else(|code| panic!("send {m} after recovery: {code:?}"));
+    }
+}
