@@ -450,3 +450,21 @@ async fn calls_cut_off_by_a_lost_connection_are_unavailable() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_resolves_into_replicas_and_unreachable_ones_are_skipped() {
+    let db = tempfile::tempdir().expect("dir");
+    let url = format!("sqlite://{}", db.path().join("chat.db").display());
+    let secret = "failover-secret";
+    let (core, _stop) = spawn_core(&url, secret).await;
+    // `localhost` resolves to 127.0.0.1, where chat-core listens, and on
+    // most machines to ::1 too, where nothing does: every address is a
+    // replica, and the one that cannot connect takes no call.
+    let urls = format!("http://localhost:{}", core.port());
+    let (gateway, _gateway_stop) = spawn_gateway_with(&urls, secret, UNLIMITED).await;
+    let alice = token(secret, "alice");
+    // The name is resolved in the background: the first call may find no
+    // replica yet and is tried again within its deadline.
+    let thread = new_thread(gateway, &alice).await;
+    every_call_succeeds(gateway, &alice, &thread, "dns").await;
+}

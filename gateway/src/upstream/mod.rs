@@ -205,3 +205,54 @@ impl Upstream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A status as tonic's client makes it from a transport error.
+    fn from_transport(error: impl std::error::Error + Send + Sync + 'static) -> Status {
+        Status::from_error(Box::new(error))
+    }
+
+    #[test]
+    fn statuses_chat_core_sent_are_kept() {
+        for code in [
+            Code::Internal,
+            Code::Unknown,
+            Code::NotFound,
+            Code::Cancelled,
+        ] {
+            let status = cut_off(Status::new(code, "from chat-core"));
+            assert_eq!(status.code(), code);
+            assert_eq!(status.message(), "from chat-core");
+        }
+    }
+
+    #[test]
+    fn a_lost_connection_is_unavailable() {
+        let reset = from_transport(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert_eq!(reset.code(), Code::Unknown);
+        assert_eq!(cut_off(reset).code(), Code::Unavailable);
+        let h2 = from_transport(h2::Error::from(h2::Reason::INTERNAL_ERROR));
+        assert_eq!(h2.code(), Code::Internal);
+        assert_eq!(cut_off(h2).code(), Code::Unavailable);
+        let cancelled = from_transport(h2::Error::from(h2::Reason::CANCEL));
+        assert_eq!(cancelled.code(), Code::Cancelled);
+        assert_eq!(cut_off(cancelled).code(), Code::Unavailable);
+    }
+
+    #[test]
+    fn only_calls_that_never_left_are_known_unsent() {
+        let refused = from_transport(RouteError::NoReplica);
+        assert!(never_sent(&refused));
+        let stream = from_transport(h2::Error::from(h2::Reason::REFUSED_STREAM));
+        assert_eq!(stream.code(), Code::Unavailable);
+        assert!(never_sent(&stream));
+        let connect = from_transport(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(never_sent(&connect));
+        let reset = from_transport(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(!never_sent(&reset));
+        assert!(!never_sent(&Status::unavailable("storage unavailable")));
+    }
+}

@@ -241,11 +241,17 @@ impl Set {
     }
 
     fn replace(&self, replicas: Vec<Arc<Replica>>) {
-        let replicas: Arc<[Arc<Replica>]> = replicas.into();
-        match self.replicas.write() {
-            Ok(mut current) => *current = replicas,
-            Err(poisoned) => *poisoned.into_inner() = replicas,
-        }
+        self.update(|_| replicas);
+    }
+
+    /// Replaces the list with what `change` makes of it, under the lock,
+    /// so resolvers of several names never undo each other's changes.
+    fn update(&self, change: impl FnOnce(&[Arc<Replica>]) -> Vec<Arc<Replica>>) {
+        let mut current = match self.replicas.write() {
+            Ok(current) => current,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *current = change(&current).into();
     }
 }
 
@@ -274,6 +280,7 @@ impl Routed {
     pub fn new(urls: &[String]) -> Result<Routed, tonic::transport::Error> {
         let set = Arc::new(Set::default());
         let mut fixed = Vec::new();
+        let mut names = Vec::new();
         for url in urls {
             // Validated by the configuration; an endpoint error says why.
             let Ok(uri) = url.parse::<http::Uri>() else {
@@ -284,15 +291,18 @@ impl Routed {
             if host.parse::<std::net::IpAddr>().is_ok() {
                 fixed.push(Replica::start(url)?);
             } else {
-                tokio::spawn(follow_dns(
+                names.push((
                     host.to_owned(),
                     uri.port_u16().unwrap_or(80),
                     uri.scheme_str().unwrap_or("http").to_owned(),
-                    Arc::downgrade(&set),
                 ));
             }
         }
+        // The fixed addresses first: the resolvers add to them.
         set.replace(fixed);
+        for (host, port, scheme) in names {
+            tokio::spawn(follow_dns(host, port, scheme, Arc::downgrade(&set)));
+        }
         Ok(Routed { set })
     }
 
@@ -345,27 +355,28 @@ async fn follow_dns(host: String, port: u16, scheme: String, set: Weak<Set>) {
                 let resolved: HashSet<String> =
                     addrs.map(|addr| format!("{scheme}://{addr}")).collect();
                 if resolved != current {
-                    let mut replicas: Vec<Arc<Replica>> = live
-                        .snapshot()
-                        .iter()
-                        .filter(|r| !current.contains(&*r.url) || resolved.contains(&*r.url))
-                        .cloned()
-                        .collect();
-                    for url in resolved.difference(&current) {
-                        match Replica::start(url) {
-                            Ok(replica) => {
-                                tracing::info!(host, url, "chat-core address added");
-                                replicas.push(replica);
-                            }
-                            Err(err) => {
-                                tracing::warn!(host, url, error = %err, "unusable chat-core address")
+                    live.update(|replicas| {
+                        let mut kept: Vec<Arc<Replica>> = replicas
+                            .iter()
+                            .filter(|r| !current.contains(&*r.url) || resolved.contains(&*r.url))
+                            .cloned()
+                            .collect();
+                        for url in resolved.difference(&current) {
+                            match Replica::start(url) {
+                                Ok(replica) => {
+                                    tracing::info!(host, url, "chat-core address added");
+                                    kept.push(replica);
+                                }
+                                Err(err) => {
+                                    tracing::warn!(host, url, error = %err, "unusable chat-core address")
+                                }
                             }
                         }
-                    }
+                        kept
+                    });
                     for url in current.difference(&resolved) {
                         tracing::info!(host, url, "chat-core address removed");
                     }
-                    live.replace(replicas);
                     current = resolved;
                 }
             }
