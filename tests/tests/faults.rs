@@ -46,6 +46,10 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async, tungsten
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 const SECRET: &str = "fault-injection-secret";
+
+/// The tests of this file run one at a time: each starts a database server
+/// and restarts it, and the latency one measures must not be the other's.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Threads in the run; each has a sender and a reader.
 const THREADS: usize = 4;
 /// Messages per second per sender: 200 in all.
@@ -348,6 +352,7 @@ fn percentile(values: &mut [f64], p: f64) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_redis_postgres_and_a_gateway_fail_and_users_see_nothing() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let postgres = OwnPostgres::start();
     let mut redis = OwnRedis::start(dir.path());
@@ -569,6 +574,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_down_fails_fast_and_back_serves_within_a_second() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     use chat_proto::v1::{
         CreateThreadRequest, ListThreadsRequest, SendMessageRequest,
         chat_service_client::ChatServiceClient,
