@@ -34,21 +34,33 @@ const MAX_RETRY_PAUSE: Duration = Duration::from_millis(200);
 pub const FATE_UNKNOWN: &str =
     "chat service unavailable; the request may or may not have been carried out";
 
+/// What tonic's client says, with no error attached, when a response was
+/// cut short: its body ended before the message or inside it.
+const TRUNCATED: &[&str] = &[
+    "Missing response message.",
+    "Unexpected EOF decoding stream.",
+];
+
 /// A failed call's status as clients are told it. A call cut off by a
 /// lost connection comes back from the transport as `UNKNOWN`, `INTERNAL`
-/// or `CANCELLED` (an h2 or hyper error); chat-core never said that, and
-/// the client can only try again, so it is `UNAVAILABLE`. Statuses that
-/// chat-core sent carry no transport error as their source and are kept.
+/// or `CANCELLED`: an h2 or hyper error (the status then carries it as its
+/// source), a response cut short, or a stream that ended without a final
+/// status (`UNKNOWN`, which chat-core never sends). chat-core said none of
+/// these and the client can only try again, so they are `UNAVAILABLE`.
+/// Statuses that chat-core sent are kept.
 pub fn cut_off(status: Status) -> Status {
-    match status.code() {
-        Code::Unavailable | Code::Ok => status,
-        Code::Unknown | Code::Internal | Code::Cancelled
-            if std::error::Error::source(&status).is_some() =>
-        {
-            tracing::warn!(code = ?status.code(), message = %status.message(), "chat-core call cut off");
-            Status::unavailable("chat-core connection lost")
+    let lost = match status.code() {
+        Code::Unknown => true,
+        Code::Internal | Code::Cancelled => {
+            std::error::Error::source(&status).is_some() || TRUNCATED.contains(&status.message())
         }
-        _ => status,
+        _ => false,
+    };
+    if lost {
+        tracing::warn!(code = ?status.code(), message = %status.message(), "chat-core call cut off");
+        Status::unavailable("chat-core connection lost")
+    } else {
+        status
     }
 }
 
@@ -219,14 +231,30 @@ mod tests {
     fn statuses_chat_core_sent_are_kept() {
         for code in [
             Code::Internal,
-            Code::Unknown,
             Code::NotFound,
             Code::Cancelled,
+            Code::Aborted,
         ] {
             let status = cut_off(Status::new(code, "from chat-core"));
             assert_eq!(status.code(), code);
             assert_eq!(status.message(), "from chat-core");
         }
+    }
+
+    #[test]
+    fn a_response_cut_short_is_unavailable() {
+        for message in TRUNCATED {
+            assert_eq!(
+                cut_off(Status::internal(*message)).code(),
+                Code::Unavailable
+            );
+        }
+        let no_final_status = Status::unknown("protocol error: missing grpc-status trailer");
+        assert_eq!(cut_off(no_final_status).code(), Code::Unavailable);
+        assert_eq!(
+            cut_off(Status::internal("internal error")).code(),
+            Code::Internal
+        );
     }
 
     #[test]
