@@ -691,3 +691,83 @@ async fn postgres_down_fails_fast_and_back_serves_within_a_second() {
             .unwrap_or_else(|code| panic!("send {m} after recovery: {code:?}"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_core_says_not_serving_at_once_and_serves_while_it_drains() {
+    use chat_proto::v1::{ListThreadsRequest, chat_service_client::ChatServiceClient};
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = format!("sqlite://{}", dir.path().join("chat.db").display());
+    let port = free_port();
+    let grpc = format!("127.0.0.1:{port}");
+    let mut core = Process::start(
+        &binary("chat-core"),
+        &[],
+        dir.path(),
+        &[
+            ("DATABASE_URL", db.as_str()),
+            ("JWT_SECRET", SECRET),
+            ("CHAT_CORE_GRPC_ADDR", grpc.as_str()),
+            ("CHAT_CORE_HTTP_ADDR", "127.0.0.1:0"),
+            ("CHAT_CORE_DRAIN_MS", "1500"),
+        ],
+    );
+    core.wait_for_line("chat-core listening", Duration::from_secs(60));
+    let url = format!("http://{grpc}");
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = HealthClient::new(channel.clone());
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: "chat.v1.ChatService".into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = watch.message().await.expect("status").expect("a status");
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    let bearer: tonic::metadata::MetadataValue<_> =
+        format!("Bearer {}", token(dir.path(), SECRET, "alice"))
+            .parse()
+            .expect("metadata");
+    let mut chat = ChatServiceClient::new(channel);
+
+    let signalled = Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &core.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let next = timeout(Duration::from_secs(2), watch.message())
+        .await
+        .expect("a status change in time")
+        .expect("status")
+        .expect("a status");
+    assert_eq!(next.status, ServingStatus::NotServing as i32);
+    let told = signalled.elapsed();
+    assert!(
+        told < Duration::from_millis(500),
+        "NOT_SERVING after {told:?}"
+    );
+    drop(watch);
+    // Still serving while it drains: calls already routed to it succeed.
+    chat.list_threads(authorized(ListThreadsRequest::default(), &bearer))
+        .await
+        .expect("served while draining");
+    // Then it stops accepting and exits cleanly.
+    let exited = tokio::task::block_in_place(|| core.wait(Duration::from_secs(20)));
+    assert!(exited.success(), "{exited}");
+    assert!(
+        signalled.elapsed() >= Duration::from_millis(1500),
+        "stopped before the drain was over"
+    );
+    assert!(
+        TcpStream::connect(&grpc).await.is_err(),
+        "still accepting after exit"
+    );
+}
