@@ -152,8 +152,33 @@ impl OwnPostgres {
     /// Stops the server the way an operator's restart does: connections
     /// are cut, in-flight transactions roll back.
     pub fn stop(&self) {
+        self.stopper()();
+    }
+
+    /// [`OwnPostgres::stop`] as a function to run on another thread.
+    pub fn stopper(&self) -> impl FnOnce() + Send + 'static {
+        let pg_ctl = self.bin.join("pg_ctl");
         let data = self.data.to_string_lossy().into_owned();
-        self.pg("pg_ctl", &["stop", "-w", "-m", "fast", "-D", &data]);
+        let as_postgres = self.as_postgres;
+        move || {
+            let mut command = if as_postgres {
+                let mut command = Command::new("runuser");
+                command.args(["-u", "postgres", "--"]).arg(&pg_ctl);
+                command
+            } else {
+                Command::new(&pg_ctl)
+            };
+            let output = command
+                .args(["stop", "-w", "-m", "fast", "-D", &data])
+                .current_dir("/")
+                .output()
+                .expect("pg_ctl");
+            assert!(
+                output.status.success(),
+                "pg_ctl stop failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
     }
 
     /// Creates database `name` and returns its URL.

@@ -646,9 +646,44 @@ async fn postgres_down_fails_fast_and_back_serves_within_a_second() {
         .await
         .expect("a send");
 
+    // Sends in flight while the database goes down end UNAVAILABLE (or
+    // succeed), never INTERNAL.
+    let stopping = std::sync::atomic::AtomicBool::new(false);
+    let in_flight = async {
+        let mut codes = Vec::new();
+        let mut n = 1000;
+        while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+            n += 1;
+            let sends = futures_util::future::join_all(
+                (0..8).map(|i| core_call(Duration::from_secs(10), move || send(n * 10 + i))),
+            )
+            .await;
+            codes.extend(sends.into_iter().filter_map(Result::err));
+        }
+        codes
+    };
+    let stop = async {
+        sleep(Duration::from_millis(100)).await;
+        tokio::task::spawn_blocking({
+            let data = postgres.stopper();
+            move || data()
+        })
+        .await
+        .expect("stop");
+        stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+    };
+    let (codes, ()) = tokio::join!(in_flight, stop);
+    assert!(
+        codes.iter().all(|code| *code == tonic::Code::Unavailable),
+        "{codes:?}"
+    );
+    eprintln!(
+        "{} sends cut off while PostgreSQL stopped, all UNAVAILABLE",
+        codes.len()
+    );
+
     // Down: reads and sends fail with UNAVAILABLE, long before a 10 s
     // deadline (the pool waits at most DATABASE_ACQUIRE_TIMEOUT_MS).
-    tokio::task::block_in_place(|| postgres.stop());
     for n in 1..=2 {
         let asked = Instant::now();
         let read = core_call(Duration::from_secs(10), list).await;

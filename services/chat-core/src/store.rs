@@ -69,15 +69,29 @@ impl StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(err: sqlx::Error) -> Self {
-        match err {
+        match &err {
             sqlx::Error::Io(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed
-            | sqlx::Error::Tls(_) => StoreError::Unavailable(err),
+            | sqlx::Error::Tls(_)
+            // A connection that broke in the middle of a message.
+            | sqlx::Error::Protocol(_) => StoreError::Unavailable(err),
+            sqlx::Error::Database(db) if db.code().as_deref().is_some_and(is_server_going_away) => {
+                StoreError::Unavailable(err)
+            }
             _ => StoreError::Database(err),
         }
     }
+}
+
+/// Whether a PostgreSQL SQLSTATE says the server, not the statement, is
+/// the trouble: connection exceptions (class 08), too many connections,
+/// and the server shutting down, crashed or starting up. A restart of
+/// PostgreSQL ends in-flight statements with these; trying again shortly,
+/// or on a fresh connection, works.
+fn is_server_going_away(sqlstate: &str) -> bool {
+    sqlstate.starts_with("08") || matches!(sqlstate, "53300" | "57P01" | "57P02" | "57P03")
 }
 
 /// Where the data lives, parsed from `DATABASE_URL`.
@@ -1241,5 +1255,20 @@ pub fn sqlite_file(location: &DatabaseLocation) -> Option<String> {
             .ok()
             .map(|o| Path::new(o.get_filename()).display().to_string()),
         DatabaseLocation::Postgres(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod going_away_tests {
+    use super::is_server_going_away;
+
+    #[test]
+    fn a_restarting_server_is_unavailable_and_a_bad_statement_is_not() {
+        for code in ["08006", "08001", "57P01", "57P02", "57P03", "53300"] {
+            assert!(is_server_going_away(code), "{code}");
+        }
+        for code in ["23505", "42P01", "40001", "22001"] {
+            assert!(!is_server_going_away(code), "{code}");
+        }
     }
 }
