@@ -182,18 +182,18 @@ pub struct Relays {
 
 impl Relays {
     /// Starts the links over `routed`. They connect when the first socket
-    /// subscribes and end when every clone of this value is gone. Each
-    /// relay stream goes to a healthy replica, chosen when it connects, so
-    /// the links spread over the replicas, and a link whose replica goes
-    /// away reconnects to another one.
+    /// subscribes and end when every clone of this value is gone. Link `i`
+    /// connects to the first healthy replica from the `i`-th on, so the
+    /// links spread evenly over the healthy replicas, and a link whose
+    /// replica goes away reconnects to the next healthy one.
     pub fn start(routed: Routed) -> Relays {
         let links = (0..RELAY_LINKS)
-            .map(|_| {
+            .map(|index| {
                 // Unbounded, yet bounded by the sockets: each subscription
                 // puts at most one open and one close here.
                 let (control, commands) = mpsc::unbounded_channel();
                 let link = Link {
-                    client: RelayServiceClient::new(routed.clone()),
+                    client: RelayServiceClient::new(routed.pinned(index)),
                     commands,
                     subscriptions: HashMap::new(),
                     reopen: Vec::new(),

@@ -223,16 +223,17 @@ impl Set {
         }
     }
 
-    /// The next usable replica in round-robin order; when none is usable,
-    /// the next one anyway (its health may be stale, and trying costs a
-    /// refused connect at worst).
-    fn pick(&self) -> Option<Arc<Replica>> {
+    /// The first usable replica from `start` on (by default the next in
+    /// round-robin order); when none is usable, the one at `start` anyway
+    /// (its health may be stale, and trying costs a refused connect at
+    /// worst).
+    fn pick(&self, start: Option<usize>) -> Option<Arc<Replica>> {
         let replicas = self.snapshot();
         let count = replicas.len();
         if count == 0 {
             return None;
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let start = start.unwrap_or_else(|| self.next.fetch_add(1, Ordering::Relaxed));
         (0..count)
             .map(|offset| &replicas[(start + offset) % count])
             .find(|replica| replica.usable())
@@ -271,6 +272,8 @@ pub enum RouteError {
 #[derive(Debug, Clone)]
 pub struct Routed {
     set: Arc<Set>,
+    /// Where the search for a healthy replica starts, when fixed.
+    start: Option<usize>,
 }
 
 impl Routed {
@@ -303,7 +306,17 @@ impl Routed {
         for (host, port, scheme) in names {
             tokio::spawn(follow_dns(host, port, scheme, Arc::downgrade(&set)));
         }
-        Ok(Routed { set })
+        Ok(Routed { set, start: None })
+    }
+
+    /// The same replicas, each call going to the first healthy one from
+    /// the `index`-th on: long-lived streams opened through transports
+    /// pinned to different indexes spread evenly over the healthy replicas.
+    pub fn pinned(&self, index: usize) -> Routed {
+        Routed {
+            set: self.set.clone(),
+            start: Some(index),
+        }
     }
 
     /// Whether any replica has said `SERVING` on its health watch.
@@ -327,7 +340,7 @@ impl Service<http::Request<Body>> for Routed {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let replica = self.set.pick();
+        let replica = self.set.pick(self.start);
         Box::pin(async move {
             let replica = replica.ok_or(RouteError::NoReplica)?;
             let mut channel = replica.channel.clone();
@@ -384,5 +397,78 @@ async fn follow_dns(host: String, port: u16, scheme: String, set: Weak<Set>) {
         }
         drop(live);
         tokio::time::sleep(RESOLVE_EVERY).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A replica in a known state, with no health task to change it.
+    fn replica(port: u16, state: u8) -> Arc<Replica> {
+        let url = format!("http://127.0.0.1:{port}");
+        let (retire, _) = watch::channel(());
+        Arc::new(Replica {
+            channel: endpoint(&url).expect("endpoint").connect_lazy(),
+            url: url.into(),
+            health: Arc::new(Health {
+                state: AtomicU8::new(state),
+                ejected: Notify::new(),
+            }),
+            _retire: retire,
+        })
+    }
+
+    fn ports(set: &Set, start: Option<usize>, calls: usize) -> Vec<String> {
+        (0..calls)
+            .map(|_| set.pick(start).expect("a replica").url.to_string())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn calls_go_round_robin_over_usable_replicas_only() {
+        let set = Set::default();
+        set.replace(vec![
+            replica(1, SERVING),
+            replica(2, DOWN),
+            replica(3, UNKNOWN),
+        ]);
+        // A down replica's turn goes to the next usable one.
+        let picked: Vec<String> = ports(&set, None, 6);
+        let port = |url: &String| url.rsplit(':').next().unwrap_or_default().to_owned();
+        assert_eq!(
+            picked.iter().map(port).collect::<Vec<_>>(),
+            ["1", "3", "3", "1", "3", "3"]
+        );
+    }
+
+    #[tokio::test]
+    async fn with_every_replica_down_calls_still_try_one() {
+        let set = Set::default();
+        assert!(set.pick(None).is_none());
+        set.replace(vec![replica(1, DOWN), replica(2, DOWN)]);
+        assert_eq!(ports(&set, None, 2).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn pinned_streams_spread_evenly_and_move_off_a_dead_replica() {
+        let set = Set::default();
+        set.replace(vec![replica(1, SERVING), replica(2, SERVING)]);
+        let links: Vec<String> = (0..4).flat_map(|i| ports(&set, Some(i), 1)).collect();
+        assert_eq!(
+            links,
+            [
+                "http://127.0.0.1:1",
+                "http://127.0.0.1:2",
+                "http://127.0.0.1:1",
+                "http://127.0.0.1:2"
+            ]
+        );
+        set.snapshot()[1]
+            .health
+            .state
+            .store(DOWN, Ordering::Relaxed);
+        let moved: Vec<String> = (0..4).flat_map(|i| ports(&set, Some(i), 1)).collect();
+        assert!(moved.iter().all(|url| url.ends_with(":1")), "{moved:?}");
     }
 }
