@@ -117,6 +117,10 @@ struct Shared {
     errors: BTreeMap<Phase, Vec<String>>,
     /// Acknowledgement latencies (first send to ack) in ms, per phase.
     acks: BTreeMap<Phase, Vec<f64>>,
+    /// When the current phase began, and per phase the slowest ack: its
+    /// latency and when it was sent, in ms after the phase began.
+    phase_began: Option<Instant>,
+    slowest: BTreeMap<Phase, (f64, f64)>,
     /// Sockets that had to be opened again.
     reconnects: u32,
     /// Delivery faults: a seq skipped, repeated or going back.
@@ -244,6 +248,14 @@ impl Client {
                     let phase = phase(&self.state);
                     let mut state = self.state.lock().expect("state");
                     state.acks.entry(phase).or_default().push(ms);
+                    let sent_at = state
+                        .phase_began
+                        .map(|began| sent.saturating_duration_since(began).as_secs_f64() * 1000.0)
+                        .unwrap_or(0.0);
+                    let slowest = state.slowest.entry(phase).or_insert((0.0, 0.0));
+                    if ms > slowest.0 {
+                        *slowest = (ms, sent_at);
+                    }
                     self.acked.insert(key.to_owned());
                 }
             }
@@ -419,7 +431,11 @@ async fn replicas_redis_postgres_and_a_gateway_fail_and_users_see_nothing() {
         }
     }
 
-    let set_phase = |phase: Phase| state.lock().expect("state").phase = Some(phase);
+    let set_phase = |phase: Phase| {
+        let mut state = state.lock().expect("state");
+        state.phase = Some(phase);
+        state.phase_began = Some(Instant::now());
+    };
     let started = Instant::now();
     sleep(steady).await;
 
@@ -487,10 +503,11 @@ async fn replicas_redis_postgres_and_a_gateway_fail_and_users_see_nothing() {
     for (phase, acks) in state.acks.iter_mut() {
         let errors = state.errors.get(phase).map(Vec::len).unwrap_or(0);
         report.push_str(&format!(
-            "  {phase:?}: {} acks, p99 {:.1} ms, max {:.0} ms, {errors} error frames\n",
+            "  {phase:?}: {} acks, p99 {:.1} ms, max {:.0} ms (sent {:.0} ms into the phase), {errors} error frames\n",
             acks.len(),
             percentile(acks, 99.0),
             acks.last().copied().unwrap_or(0.0),
+            state.slowest.get(phase).map(|s| s.1).unwrap_or(0.0),
         ));
     }
     eprintln!("{report}");
