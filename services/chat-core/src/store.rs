@@ -448,6 +448,9 @@ impl<'s> MigrationSource<'s> for EmbeddedMigrations {
     }
 }
 
+/// PostgreSQL connections kept open even when idle.
+const WARM_CONNECTIONS: u32 = 4;
+
 /// How long a call waits for a PostgreSQL connection unless configured.
 pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -479,6 +482,10 @@ impl Store {
                     .max_connections(max_connections)
                     .acquire_timeout(acquire_timeout)
                     .test_before_acquire(true)
+                    // A few connections open before the first call, so a
+                    // replica that (re)starts under load does not make its
+                    // first callers wait for connections to be set up.
+                    .min_connections(max_connections.min(WARM_CONNECTIONS))
                     .connect(url)
                     .await?;
                 Ok(Store::Postgres(PgBackend { pool }))
