@@ -40,6 +40,7 @@ pub struct Application {
     stop: (watch::Sender<bool>, watch::Receiver<bool>),
     verifier: TokenVerifier,
     shutdown_grace: Duration,
+    drain: Duration,
 }
 
 impl Application {
@@ -57,9 +58,13 @@ impl Application {
         }
         let verifier = TokenVerifier::new(&jwt).context("loading the JWT key")?;
 
-        let store = Store::connect(&settings.database, settings.database_max_connections)
-            .await
-            .context("connecting to the database (DATABASE_URL)")?;
+        let store = Store::connect_with(
+            &settings.database,
+            settings.database_max_connections,
+            settings.database_acquire_timeout,
+        )
+        .await
+        .context("connecting to the database (DATABASE_URL)")?;
         store
             .migrate()
             .await
@@ -99,6 +104,7 @@ impl Application {
             stop,
             verifier,
             shutdown_grace: settings.shutdown_grace,
+            drain: settings.drain,
         })
     }
 
@@ -116,7 +122,8 @@ impl Application {
             .expect("a bound listener has an address")
     }
 
-    /// Serves gRPC and HTTP until `shutdown` completes; then stops
+    /// Serves gRPC and HTTP until `shutdown` completes; then reports
+    /// `NOT_SERVING` and keeps serving for the drain period, stops
     /// accepting, gives in-flight calls the grace period to finish, and
     /// closes the database pool.
     pub async fn run_until_stopped(
@@ -192,15 +199,28 @@ impl Application {
                 tokio::time::sleep(grace).await;
             }
         };
+        let drain = self.drain;
         tokio::spawn(async move {
             shutdown.await;
-            tracing::info!("shutting down: no new calls; finishing in-flight ones");
+            // Not serving from the first moment, while still serving: the
+            // gateways watch this status and route new calls to other
+            // replicas, so by the time this one stops accepting nobody
+            // sends it anything and a rolling restart costs no error.
             health
                 .set_not_serving::<ChatServiceServer<ChatGrpc>>()
                 .await;
             health
                 .set_not_serving::<RelayServiceServer<RelayGrpc>>()
                 .await;
+            health
+                .set_not_serving::<IntegrationServiceServer<IntegrationGrpc>>()
+                .await;
+            tracing::info!(
+                drain_ms = drain.as_millis() as u64,
+                "shutting down: reporting NOT_SERVING; draining"
+            );
+            tokio::time::sleep(drain).await;
+            tracing::info!("shutting down: no new calls; finishing in-flight ones");
             let _ = stop_tx.send(true);
         });
 
