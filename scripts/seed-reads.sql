@@ -6,8 +6,9 @@
 --
 -- `threads` threads of two participants with `per_thread` messages each
 -- (100,000 × 100 = 10 million messages). The first `reader_threads` of them
--- belong to the user `reader`, whose read cursor in thread i lags by i % 7
--- messages; the others to users `peer-i` and `other-i`. Activity is spread
+-- belong to the user `reader`, who has read everything except in every
+-- 20th thread (500 of 10,000), where 1 to 7 messages are unread; the
+-- others belong to users `peer-i` and `other-i`. Activity is spread
 -- so that the reader's threads are interleaved with everyone else's.
 \set ON_ERROR_STOP on
 SET synchronous_commit = off;
@@ -35,7 +36,8 @@ INSERT INTO thread_keys (participants_key, job_key, thread_id)
 SELECT participants_key, job_key, id FROM threads;
 
 INSERT INTO thread_participants (thread_id, user_id, last_read_seq, last_seq, activity_at)
-SELECT id, a, :per_thread - i % 7, :per_thread, activity_at FROM seed_threads
+SELECT id, a, CASE WHEN i % 20 = 0 THEN :per_thread - 1 - i % 7 ELSE :per_thread END,
+       :per_thread, activity_at FROM seed_threads
 UNION ALL
 SELECT id, b, :per_thread, :per_thread, activity_at FROM seed_threads;
 COMMIT;

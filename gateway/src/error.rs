@@ -87,10 +87,15 @@ impl From<tonic::Status> for ApiError {
             ),
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
                 tracing::warn!(code = ?status.code(), message = %status.message(), "chat-core unavailable");
+                let message = if status.message() == crate::upstream::FATE_UNKNOWN {
+                    crate::upstream::FATE_UNKNOWN
+                } else {
+                    "chat service unavailable, try again"
+                };
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",
-                    "chat service unavailable, try again".to_owned(),
+                    message.to_owned(),
                 )
             }
             _ => {

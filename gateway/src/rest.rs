@@ -218,9 +218,10 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// One chat-core call with the caller's token, within the call deadline.
-/// An idempotent call that finds its replica gone (UNAVAILABLE) is tried
-/// again, on another replica of the balanced channel, while the deadline
-/// lasts; others are not, so nothing is done twice.
+/// A call that finds its replica gone is tried again on another replica
+/// while the deadline lasts when it is idempotent (see
+/// [`Upstream::call`](crate::upstream::Upstream::call)); others are not,
+/// so nothing is done twice.
 async fn unary<Req, Resp, F, Fut>(
     state: &AppState,
     caller: &Caller,
@@ -233,24 +234,11 @@ where
     F: Fn(tonic::Request<Req>) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
 {
-    let attempts = async {
-        let mut delay = std::time::Duration::from_millis(50);
-        let mut attempt = 0;
-        loop {
-            match call(caller.request(state, body.clone())).await {
-                Ok(response) => return Ok(response.into_inner()),
-                Err(status)
-                    if idempotent && status.code() == tonic::Code::Unavailable && attempt < 3 =>
-                {
-                    attempt += 1;
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-                Err(status) => return Err(status),
-            }
-        }
-    };
-    Ok(state.upstream.within_deadline(attempts).await?)
+    let response = state
+        .upstream
+        .call(idempotent, || call(caller.request(state, body.clone())))
+        .await?;
+    Ok(response.into_inner())
 }
 
 type ApiResult = Result<Response, ApiError>;

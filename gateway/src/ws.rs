@@ -44,7 +44,7 @@ use crate::{
     error::ApiError,
     json::{self, ObjectWriter},
     rest::AppState,
-    upstream::{Feed, FeedEnd, FeedRequest},
+    upstream::{FATE_UNKNOWN, Feed, FeedEnd, FeedRequest},
 };
 
 /// Close codes of SPEC §5.
@@ -285,7 +285,7 @@ fn status_code(status: &tonic::Status) -> &'static str {
         Code::FailedPrecondition | Code::AlreadyExists => "conflict",
         Code::ResourceExhausted => "rate_limited",
         Code::Unauthenticated => "unauthenticated",
-        Code::Unavailable | Code::DeadlineExceeded => "unavailable",
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => "unavailable",
         _ => "internal",
     }
 }
@@ -298,7 +298,10 @@ fn safe_message(status: &tonic::Status) -> String {
         | Code::FailedPrecondition
         | Code::ResourceExhausted
         | Code::Unauthenticated => status.message().to_owned(),
-        Code::Unavailable | Code::DeadlineExceeded => "chat service unavailable, try again".into(),
+        Code::Unavailable if status.message() == FATE_UNKNOWN => FATE_UNKNOWN.into(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
+            "chat service unavailable, try again".into()
+        }
         _ => "internal error".into(),
     }
 }
@@ -507,9 +510,10 @@ impl Session {
         }
     }
 
-    /// The chat-core call for a frame, over the shared call streams and
-    /// bounded by the call deadline; its answer is `answer` on success and
-    /// an `error` frame otherwise.
+    /// The chat-core call for a frame, over the shared call streams,
+    /// tried again on another replica within the call deadline when that
+    /// is safe (see [`crate::upstream::Upstream::call`]); its answer is
+    /// `answer` on success and an `error` frame otherwise.
     fn call(
         &self,
         call: Call,
@@ -521,8 +525,8 @@ impl Session {
         let token = self.token.clone();
         let request_id = self.request_id.clone();
         Action::Call(Box::pin(async move {
-            let call = upstream.calls().call(&token, &request_id, call, idempotent);
-            match upstream.within_deadline(call).await {
+            let attempt = || upstream.calls().call(&token, &request_id, call.clone());
+            match upstream.call(idempotent, attempt).await {
                 Ok(response) => answer(response),
                 Err(status) => Some(status_frame(&status, client_msg_id.as_deref())),
             }

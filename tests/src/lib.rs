@@ -1,6 +1,7 @@
 //! Helpers for tests that run the real binaries as separate processes, the
 //! way an operator or a new user would, and talk to them over loopback.
 
+pub mod faults;
 pub mod load;
 
 use std::{

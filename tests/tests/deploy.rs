@@ -155,3 +155,68 @@ fn containers_set_exactly_variables_their_binaries_read() {
         }
     }
 }
+
+/// A value of the ConfigMap `chat-config`, in seconds (`*_MS` keys are
+/// milliseconds).
+fn config_seconds(objects: &[Value], key: &str) -> f64 {
+    let config = objects
+        .iter()
+        .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == "chat-config")
+        .expect("ConfigMap chat-config");
+    let value: f64 = config["data"][key]
+        .as_str()
+        .unwrap_or_else(|| panic!("chat-config has no {key}"))
+        .parse()
+        .expect("a number");
+    if key.ends_with("_MS") {
+        value / 1000.0
+    } else {
+        value
+    }
+}
+
+#[test]
+fn chat_core_stops_so_that_no_client_notices() {
+    for overlay in ["dev", "prod"] {
+        let objects = objects(&render(overlay));
+        let core = objects
+            .iter()
+            .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "chat-core")
+            .expect("chat-core Deployment");
+        let pod = &core["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        // Ready exactly while chat-core's health says SERVING, which it
+        // stops saying the moment it starts shutting down.
+        let readiness = &container["readinessProbe"]["grpc"];
+        assert_eq!(readiness["service"], "chat.v1.ChatService", "{overlay}");
+        assert_eq!(readiness["port"], 50051, "{overlay}");
+        // Endpoints and the gateways' DNS (every 5 s) drop the pod first.
+        let pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+            .as_array()
+            .expect("a preStop command");
+        assert_eq!(pre_stop[0], "sleep", "{overlay}");
+        let pre_stop: f64 = pre_stop[1].as_str().expect("seconds").parse().expect("n");
+        assert!(pre_stop >= 5.0, "{overlay}: preStop {pre_stop} s");
+        // The whole stop fits the grace period: preStop, drain, in-flight
+        // calls, then the writer's commit of what is queued.
+        let drain = config_seconds(&objects, "CHAT_CORE_DRAIN_MS");
+        let grace = config_seconds(&objects, "CORE_SHUTDOWN_GRACE_SECONDS");
+        let needed = pre_stop + drain + grace + grace.max(5.0);
+        let period = pod["terminationGracePeriodSeconds"]
+            .as_f64()
+            .expect("terminationGracePeriodSeconds");
+        assert!(
+            period >= needed,
+            "{overlay}: {period} s is less than the {needed} s a stop can take"
+        );
+        // Voluntary disruptions keep a replica serving.
+        let budget = objects
+            .iter()
+            .find(|o| o["kind"] == "PodDisruptionBudget" && o["metadata"]["name"] == "chat-core")
+            .expect("chat-core PodDisruptionBudget");
+        assert!(
+            budget["spec"]["minAvailable"].as_i64().unwrap_or(0) >= 1,
+            "{overlay}: {budget}"
+        );
+    }
+}

@@ -8,11 +8,11 @@
 //! one small message each way, answered under its id.
 //!
 //! A link task per stream owns the calls in flight on it. When the stream
-//! breaks, each of them fails with `UNAVAILABLE`; an idempotent call (a
-//! send with a `client_msg_id`, a read cursor, a typing flag) is first
-//! tried once more on a fresh stream, so a replica going away costs the
-//! user nothing. A send without a key is not retried: it may have been
-//! stored, and the error says its fate is unknown.
+//! breaks, each of them fails with `UNAVAILABLE` ("connection lost", so
+//! [`super::Upstream::call`] tries it again elsewhere only if it is
+//! idempotent); when no stream can be opened, the failure keeps its cause,
+//! so that a call that certainly never left is tried again in any case.
+//! Link `i` connects to the first healthy replica from the `i`-th on.
 
 use std::{
     collections::HashMap,
@@ -29,7 +29,9 @@ use chat_proto::v1::{
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use tonic::{Code, Status, Streaming, transport::Channel};
+use tonic::{Code, Status, Streaming};
+
+use super::Routed;
 
 /// Call streams per gateway: enough to spread calls over chat-core's
 /// replicas and cores.
@@ -41,27 +43,13 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// for long.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
-/// The answer to a call that was lost with its stream.
-fn lost(idempotent: bool) -> Status {
-    if idempotent {
-        Status::unavailable("connection to chat-core lost; try again")
-    } else {
-        Status::unavailable(
-            "connection to chat-core lost; the message may or may not have been stored: \
-             resend it with a client_msg_id to find out",
-        )
-    }
-}
+type Reply = oneshot::Sender<Result<Answer, Status>>;
 
-/// Why a call got no answer from chat-core.
-enum Failure {
-    /// chat-core answered with this status.
-    Answered(Status),
-    /// The stream broke (or could not be opened) before an answer came.
-    Lost,
+/// The status of a call lost with its stream: it may have reached
+/// chat-core.
+fn lost() -> Status {
+    Status::unavailable("chat-core connection lost")
 }
-
-type Reply = oneshot::Sender<Result<Answer, Failure>>;
 
 /// A call for a link to carry.
 struct Job {
@@ -84,17 +72,17 @@ impl std::fmt::Debug for Job {
 }
 
 impl Calls {
-    /// Starts the links over `channel`. They connect at the first call and
+    /// Starts the links over `routed`. They connect at the first call and
     /// end when every clone of this value is gone.
-    pub fn start(channel: Channel) -> Calls {
+    pub fn start(routed: Routed) -> Calls {
         let links = (0..CALL_LINKS)
-            .map(|_| {
+            .map(|index| {
                 // Unbounded, yet bounded by the sockets: each has at most
                 // one call in flight.
                 let (jobs, queue) = mpsc::unbounded_channel();
                 tokio::spawn(
                     Link {
-                        client: RelayServiceClient::new(channel.clone()),
+                        client: RelayServiceClient::new(routed.pinned(index)),
                         jobs: queue,
                         pending: HashMap::new(),
                     }
@@ -110,45 +98,27 @@ impl Calls {
         }
     }
 
-    /// Makes one call for the holder of `token`. `idempotent` calls that
-    /// were lost with a broken stream are tried once more on another.
-    pub async fn call(
-        &self,
-        token: &str,
-        request_id: &str,
-        call: Call,
-        idempotent: bool,
-    ) -> Result<Answer, Status> {
-        let attempts = if idempotent { 2 } else { 1 };
-        for _ in 0..attempts {
-            let link =
-                &self.links[self.next_link.fetch_add(1, Ordering::Relaxed) % self.links.len()];
-            let (reply, answer) = oneshot::channel();
-            let job = Job {
-                call: pb::RelayCall {
-                    id: self.next_id.fetch_add(1, Ordering::Relaxed),
-                    token: token.to_owned(),
-                    request_id: request_id.to_owned(),
-                    call: Some(call.clone()),
-                },
-                reply,
-            };
-            if link.send(job).is_err() {
-                return Err(lost(idempotent));
-            }
-            match answer.await {
-                Ok(Ok(answer)) => return Ok(answer),
-                Ok(Err(Failure::Answered(status))) => return Err(status),
-                Ok(Err(Failure::Lost)) | Err(_) => continue,
-            }
-        }
-        Err(lost(idempotent))
+    /// Makes one call for the holder of `token`, once.
+    pub async fn call(&self, token: &str, request_id: &str, call: Call) -> Result<Answer, Status> {
+        let link = &self.links[self.next_link.fetch_add(1, Ordering::Relaxed) % self.links.len()];
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            call: pb::RelayCall {
+                id: self.next_id.fetch_add(1, Ordering::Relaxed),
+                token: token.to_owned(),
+                request_id: request_id.to_owned(),
+                call: Some(call),
+            },
+            reply,
+        };
+        link.send(job).map_err(|_| lost())?;
+        answer.await.unwrap_or_else(|_| Err(lost()))
     }
 }
 
 /// One call stream to chat-core and the calls in flight on it.
 struct Link {
-    client: RelayServiceClient<Channel>,
+    client: RelayServiceClient<Routed>,
     jobs: mpsc::UnboundedReceiver<Job>,
     pending: HashMap<u64, Reply>,
 }
@@ -172,7 +142,7 @@ impl Link {
                             Ok(connected) => stream = Some(connected),
                             Err(status) => {
                                 tracing::warn!(code = ?status.code(), "chat-core call stream unavailable");
-                                let _ = job.reply.send(Err(Failure::Lost));
+                                let _ = job.reply.send(Err(status));
                                 continue;
                             }
                         }
@@ -182,7 +152,7 @@ impl Link {
                         if connected.outbound.send(job.call).is_ok() {
                             self.pending.insert(id, job.reply);
                         } else {
-                            let _ = job.reply.send(Err(Failure::Lost));
+                            let _ = job.reply.send(Err(lost()));
                         }
                     }
                 }
@@ -197,7 +167,7 @@ impl Link {
                         tracing::info!(calls = self.pending.len(), "chat-core call stream broke; failing its calls over");
                         stream = None;
                         for (_, reply) in self.pending.drain() {
-                            let _ = reply.send(Err(Failure::Lost));
+                            let _ = reply.send(Err(lost()));
                         }
                     }
                 },
@@ -225,12 +195,11 @@ impl Link {
             return;
         };
         let answer = match result.result {
-            Some(Answer::Failed(failed)) => Err(Failure::Answered(Status::new(
-                Code::from_i32(failed.code),
-                failed.message,
-            ))),
+            Some(Answer::Failed(failed)) => {
+                Err(Status::new(Code::from_i32(failed.code), failed.message))
+            }
             Some(answer) => Ok(answer),
-            None => Err(Failure::Answered(Status::internal("empty answer"))),
+            None => Err(Status::internal("empty answer")),
         };
         let _ = reply.send(answer);
     }

@@ -40,7 +40,9 @@ use tokio::{
     time::{Instant, sleep_until},
 };
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use tonic::{Code, Streaming, transport::Channel};
+use tonic::{Code, Streaming};
+
+use super::Routed;
 
 /// How many events may wait for one socket before it counts as too slow.
 /// The queue holds boxed events and grows only as far as it is used.
@@ -181,16 +183,19 @@ pub struct Relays {
 }
 
 impl Relays {
-    /// Starts the links over `channel`. They connect when the first socket
-    /// subscribes and end when every clone of this value is gone.
-    pub fn start(channel: Channel) -> Relays {
+    /// Starts the links over `routed`. They connect when the first socket
+    /// subscribes and end when every clone of this value is gone. Link `i`
+    /// connects to the first healthy replica from the `i`-th on, so the
+    /// links spread evenly over the healthy replicas, and a link whose
+    /// replica goes away reconnects to the next healthy one.
+    pub fn start(routed: Routed) -> Relays {
         let links = (0..RELAY_LINKS)
-            .map(|_| {
+            .map(|index| {
                 // Unbounded, yet bounded by the sockets: each subscription
                 // puts at most one open and one close here.
                 let (control, commands) = mpsc::unbounded_channel();
                 let link = Link {
-                    client: RelayServiceClient::new(channel.clone()),
+                    client: RelayServiceClient::new(routed.pinned(index)),
                     commands,
                     subscriptions: HashMap::new(),
                     reopen: Vec::new(),
@@ -327,7 +332,7 @@ impl Subscription {
 
 /// One relay stream to chat-core and the subscriptions on it.
 struct Link {
-    client: RelayServiceClient<Channel>,
+    client: RelayServiceClient<Routed>,
     commands: mpsc::UnboundedReceiver<Control>,
     subscriptions: HashMap<u64, Box<Subscription>>,
     /// Subscriptions cut off upstream, to open again shortly.

@@ -40,6 +40,12 @@ pub struct Settings {
     pub database: DatabaseLocation,
     /// `DATABASE_MAX_CONNECTIONS`: pool size (readers, for SQLite).
     pub database_max_connections: u32,
+    /// `DATABASE_ACQUIRE_TIMEOUT_MS` (default 1000): how long a call waits
+    /// for a database connection before it fails with `UNAVAILABLE`. Short,
+    /// so that while the database is down calls fail fast instead of
+    /// hanging until their deadline, and the pool's reconnect backoff
+    /// (a fifth of this at most) stays short once it is back.
+    pub database_acquire_timeout: Duration,
     /// `REDIS_URL`: cross-replica fan-out of live events.
     pub redis_url: Option<String>,
     /// `REDIS_CHANNEL_PREFIX`: namespaces the pub/sub channels, so that
@@ -52,6 +58,11 @@ pub struct Settings {
     /// `SHUTDOWN_GRACE_SECONDS`: how long in-flight calls may run after a
     /// stop signal.
     pub shutdown_grace: Duration,
+    /// `CHAT_CORE_DRAIN_MS` (default 1000): after a stop signal, how long
+    /// chat-core keeps serving while it reports `NOT_SERVING`, so that
+    /// gateways (which watch its health) and Kubernetes stop sending it
+    /// calls before it stops accepting them.
+    pub drain: Duration,
     /// `CHAT_CORE_MIGRATE_ON_START` (default true): apply migrations at
     /// start. Deployments that run `chat-core migrate` once per rollout set
     /// it to false so replicas do not race.
@@ -79,6 +90,8 @@ pub const ENVIRONMENT: &[&str] = &[
     "CHAT_CORE_MIGRATE_ON_START",
     "DATABASE_URL",
     "DATABASE_MAX_CONNECTIONS",
+    "DATABASE_ACQUIRE_TIMEOUT_MS",
+    "CHAT_CORE_DRAIN_MS",
     "REDIS_URL",
     "REDIS_CHANNEL_PREFIX",
     "JWT_SECRET",
@@ -181,6 +194,25 @@ impl Settings {
         let shutdown_grace =
             chat_runtime::shutdown_grace(get("SHUTDOWN_GRACE_SECONDS").as_deref())?;
 
+        let database_acquire_timeout = chat_runtime::duration(
+            "DATABASE_ACQUIRE_TIMEOUT_MS",
+            get("DATABASE_ACQUIRE_TIMEOUT_MS").as_deref(),
+            Duration::from_millis(1),
+            50..=60_000,
+            Duration::from_secs(1),
+        )?;
+        let drain = match get("CHAT_CORE_DRAIN_MS") {
+            // Zero is allowed: nothing routes to this replica but itself.
+            Some(value) if value.trim() == "0" => Duration::ZERO,
+            value => chat_runtime::duration(
+                "CHAT_CORE_DRAIN_MS",
+                value.as_deref(),
+                Duration::from_millis(1),
+                1..=60_000,
+                Duration::from_secs(1),
+            )?,
+        };
+
         let migrate_on_start = match get("CHAT_CORE_MIGRATE_ON_START").as_deref() {
             None | Some("true") => true,
             Some("false") => false,
@@ -228,11 +260,13 @@ impl Settings {
             http_addr,
             database,
             database_max_connections,
+            database_acquire_timeout,
             redis_url,
             redis_channel_prefix,
             jwt,
             log_format,
             shutdown_grace,
+            drain,
             migrate_on_start,
             caps,
             max_connections,

@@ -43,6 +43,7 @@ pub struct Application {
     caps: crate::caps::CapSettings,
     connections: Arc<chat_runtime::connections::ConnectionLimiter>,
     first_request_timeout: Duration,
+    drain: Duration,
 }
 
 impl Application {
@@ -60,9 +61,13 @@ impl Application {
         }
         let verifier = TokenVerifier::new(&jwt).context("loading the JWT key")?;
 
-        let store = Store::connect(&settings.database, settings.database_max_connections)
-            .await
-            .context("connecting to the database (DATABASE_URL)")?;
+        let store = Store::connect_with(
+            &settings.database,
+            settings.database_max_connections,
+            settings.database_acquire_timeout,
+        )
+        .await
+        .context("connecting to the database (DATABASE_URL)")?;
         store
             .migrate()
             .await
@@ -109,6 +114,7 @@ impl Application {
                 settings.max_connections_per_address,
             ),
             first_request_timeout: settings.first_request_timeout,
+            drain: settings.drain,
         })
     }
 
@@ -126,7 +132,8 @@ impl Application {
             .expect("a bound listener has an address")
     }
 
-    /// Serves gRPC and HTTP until `shutdown` completes; then stops
+    /// Serves gRPC and HTTP until `shutdown` completes; then reports
+    /// `NOT_SERVING` and keeps serving for the drain period, stops
     /// accepting, gives in-flight calls the grace period to finish, and
     /// closes the database pool.
     pub async fn run_until_stopped(
@@ -213,15 +220,28 @@ impl Application {
                 tokio::time::sleep(grace).await;
             }
         };
+        let drain = self.drain;
         tokio::spawn(async move {
             shutdown.await;
-            tracing::info!("shutting down: no new calls; finishing in-flight ones");
+            // Not serving from the first moment, while still serving: the
+            // gateways watch this status and route new calls to other
+            // replicas, so by the time this one stops accepting nobody
+            // sends it anything and a rolling restart costs no error.
             health
                 .set_not_serving::<ChatServiceServer<ChatGrpc>>()
                 .await;
             health
                 .set_not_serving::<RelayServiceServer<RelayGrpc>>()
                 .await;
+            health
+                .set_not_serving::<IntegrationServiceServer<IntegrationGrpc>>()
+                .await;
+            tracing::info!(
+                drain_ms = drain.as_millis() as u64,
+                "shutting down: reporting NOT_SERVING; draining"
+            );
+            tokio::time::sleep(drain).await;
+            tracing::info!("shutting down: no new calls; finishing in-flight ones");
             let _ = stop_tx.send(true);
         });
 

@@ -69,15 +69,29 @@ impl StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(err: sqlx::Error) -> Self {
-        match err {
+        match &err {
             sqlx::Error::Io(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed
-            | sqlx::Error::Tls(_) => StoreError::Unavailable(err),
+            | sqlx::Error::Tls(_)
+            // A connection that broke in the middle of a message.
+            | sqlx::Error::Protocol(_) => StoreError::Unavailable(err),
+            sqlx::Error::Database(db) if db.code().as_deref().is_some_and(is_server_going_away) => {
+                StoreError::Unavailable(err)
+            }
             _ => StoreError::Database(err),
         }
     }
+}
+
+/// Whether a PostgreSQL SQLSTATE says the server, not the statement, is
+/// the trouble: connection exceptions (class 08), too many connections,
+/// and the server shutting down, crashed or starting up. A restart of
+/// PostgreSQL ends in-flight statements with these; trying again shortly,
+/// or on a fresh connection, works.
+fn is_server_going_away(sqlstate: &str) -> bool {
+    sqlstate.starts_with("08") || matches!(sqlstate, "53300" | "57P01" | "57P02" | "57P03")
 }
 
 /// Where the data lives, parsed from `DATABASE_URL`.
@@ -448,6 +462,12 @@ impl<'s> MigrationSource<'s> for EmbeddedMigrations {
     }
 }
 
+/// PostgreSQL connections kept open even when idle.
+const WARM_CONNECTIONS: u32 = 4;
+
+/// How long a call waits for a PostgreSQL connection unless configured.
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
+
 impl Store {
     /// Opens the pools. For SQLite the file (and its directory) is created
     /// when missing, in WAL mode with full fsync: nothing acknowledged may
@@ -456,11 +476,30 @@ impl Store {
         location: &DatabaseLocation,
         max_connections: u32,
     ) -> Result<Store, StoreError> {
+        Self::connect_with(location, max_connections, DEFAULT_ACQUIRE_TIMEOUT).await
+    }
+
+    /// [`Store::connect`], waiting at most `acquire_timeout` for a
+    /// PostgreSQL connection. After the database restarts, every pooled
+    /// connection is dead: each is tested before use and replaced at once
+    /// rather than handed out, and a short timeout keeps the pool's
+    /// reconnect backoff (a fifth of it at most) short, so calls are served
+    /// again within a fraction of a second of the database coming back.
+    pub async fn connect_with(
+        location: &DatabaseLocation,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> Result<Store, StoreError> {
         match location {
             DatabaseLocation::Postgres(url) => {
                 let pool = PgPoolOptions::new()
                     .max_connections(max_connections)
-                    .acquire_timeout(Duration::from_secs(5))
+                    .acquire_timeout(acquire_timeout)
+                    .test_before_acquire(true)
+                    // A few connections open before the first call, so a
+                    // replica that (re)starts under load does not make its
+                    // first callers wait for connections to be set up.
+                    .min_connections(max_connections.min(WARM_CONNECTIONS))
                     .connect(url)
                     .await?;
                 Ok(Store::Postgres(PgBackend { pool }))
@@ -1248,5 +1287,20 @@ pub fn sqlite_file(location: &DatabaseLocation) -> Option<String> {
             .ok()
             .map(|o| Path::new(o.get_filename()).display().to_string()),
         DatabaseLocation::Postgres(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod going_away_tests {
+    use super::is_server_going_away;
+
+    #[test]
+    fn a_restarting_server_is_unavailable_and_a_bad_statement_is_not() {
+        for code in ["08006", "08001", "57P01", "57P02", "57P03", "53300"] {
+            assert!(is_server_going_away(code), "{code}");
+        }
+        for code in ["23505", "42P01", "40001", "22001"] {
+            assert!(!is_server_going_away(code), "{code}");
+        }
     }
 }

@@ -12,9 +12,10 @@
 //!    `next_cursor` (`threads_page_100`), and checks every thread came
 //!    once (and `--expect-threads` of them, when given).
 //! 2. Then `--rounds` times, spread over `--concurrency` connections: the
-//!    first page of 20 threads (`threads_first_page`), the newest 50
-//!    messages of a random thread of the user (`messages_newest_page`) and
-//!    the 50 before those (`messages_older_page`).
+//!    first page of 20 threads (`threads_first_page`), the unread totals
+//!    (`unread_counts`), the newest 50 messages of a random thread of the
+//!    user (`messages_newest_page`) and the 50 before those
+//!    (`messages_older_page`).
 //!
 //! Exit status 0 when every answer was 200 and well formed, 1 otherwise.
 //! Build the dataset with `scripts/bench-reads`, which runs this too.
@@ -145,13 +146,17 @@ async fn rounds(
     threads: std::sync::Arc<Vec<String>>,
     rounds: usize,
     seed: u64,
-) -> anyhow::Result<[Histogram<u64>; 3]> {
-    let [mut first, mut newest, mut older] = [histogram(), histogram(), histogram()];
+) -> anyhow::Result<[Histogram<u64>; 4]> {
+    let [mut first, mut unread, mut newest, mut older] =
+        [histogram(), histogram(), histogram(), histogram()];
     let mut state = seed | 1;
     for _ in 0..rounds {
         let (page, took) = connection.get("/api/chat/threads/?limit=20").await?;
         record(&mut first, took);
         ensure!(page["results"].as_array().is_some_and(|r| !r.is_empty()));
+        let (counts, took) = connection.get("/api/chat/unread-count/").await?;
+        record(&mut unread, took);
+        ensure!(counts["total"].is_i64() && counts["threads"].is_object());
         // xorshift: a different thread each time, no dependency needed.
         state ^= state << 13;
         state ^= state >> 7;
@@ -170,7 +175,7 @@ async fn rounds(
         record(&mut older, took);
         ensure!(page["results"].is_array());
     }
-    Ok([first, newest, older])
+    Ok([first, unread, newest, older])
 }
 
 #[tokio::main]
@@ -226,10 +231,12 @@ async fn main() -> anyhow::Result<()> {
             0x9e37_79b9 + w as u64,
         ));
     }
-    let [mut first, mut newest, mut older] = [histogram(), histogram(), histogram()];
+    let [mut first, mut unread, mut newest, mut older] =
+        [histogram(), histogram(), histogram(), histogram()];
     while let Some(done) = workers.join_next().await {
-        let [f, n, o] = done??;
+        let [f, u, n, o] = done??;
         first.add(f)?;
+        unread.add(u)?;
         newest.add(n)?;
         older.add(o)?;
     }
@@ -241,6 +248,7 @@ async fn main() -> anyhow::Result<()> {
             "concurrency": concurrency,
             "threads_page_100": summary(&pages),
             "threads_first_page": summary(&first),
+            "unread_counts": summary(&unread),
             "messages_newest_page": summary(&newest),
             "messages_older_page": summary(&older),
         })

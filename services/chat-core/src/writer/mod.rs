@@ -51,18 +51,20 @@ pub struct WriterSettings {
 }
 
 impl WriterSettings {
-    /// PostgreSQL: a quarter of the pool, from one to four shards (two
-    /// with the default pool of 10), so reads and live catch-ups always
-    /// find a connection. Not more: on the 2-core target, a batch's fixed cost (begin, lock,
+    /// PostgreSQL: two shards (one below a pool of 8), a quarter of the
+    /// pool at most, so reads and live catch-ups always find a connection.
+    /// Not more: on the 2-core target, a batch's fixed cost (begin, lock,
     /// commit) dominates the database's CPU, so fewer, larger batches carry
     /// more messages per second than many small concurrent ones (measured:
-    /// four shards used twice the database CPU per message of one). Two
+    /// four shards used twice the database CPU per message of one, and
+    /// through the gateway gave a lower maximum and a three times worse
+    /// p99 at half of it). Two
     /// keep a batch that waits on a lock (another replica's batch) from
     /// stalling every thread. SQLite has a single writer connection, so
     /// more than one shard would only queue on it.
     pub fn for_store(store: &Store) -> Self {
         let shards = match store {
-            Store::Postgres(_) => (store.pool_stats().max as usize / 4).clamp(1, 4),
+            Store::Postgres(_) => (store.pool_stats().max as usize / 4).clamp(1, 2),
             Store::Sqlite(_) => 1,
         };
         WriterSettings {
