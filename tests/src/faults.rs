@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{Process, free_port};
+use crate::{Process, restartable_port};
 
 /// The directory holding `initdb` and `pg_ctl`: `PG_BIN` when set, else
 /// the newest `/usr/lib/postgresql/*/bin`.
@@ -82,7 +82,7 @@ impl OwnPostgres {
             log,
             bin,
             as_postgres,
-            port: free_port(),
+            port: restartable_port(),
             _dir: dir,
         };
         let data = server.data.to_string_lossy().into_owned();
@@ -226,7 +226,7 @@ impl OwnRedis {
         let mut redis = OwnRedis {
             process: None,
             dir: dir.to_owned(),
-            port: free_port(),
+            port: restartable_port(),
         };
         redis.start_again();
         redis

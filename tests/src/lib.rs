@@ -304,6 +304,27 @@ impl Drop for PgDatabase {
     }
 }
 
+/// A port free on 127.0.0.1 now, for a server that may be stopped and
+/// started again on it.
+///
+/// Why not [`free_port`]: ports the kernel hands out for `127.0.0.1:0`
+/// (every other test's listeners and outgoing connections) come from the
+/// ephemeral range, so while such a server is down another test may take
+/// its port, and the restart then fails, or worse, `pg_ctl start -w` finds
+/// the other server answering there and reports success. Below that range
+/// only another restartable server could collide, and the choice is
+/// random.
+pub fn restartable_port() -> u16 {
+    use std::hash::BuildHasher as _;
+    loop {
+        let n = std::collections::hash_map::RandomState::new().hash_one(std::time::Instant::now());
+        let port = 20_000 + u16::try_from(n % 12_000).unwrap_or(0);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// A port free on 127.0.0.1 right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

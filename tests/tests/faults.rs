@@ -35,7 +35,7 @@ use serde_json::{Value, json};
 use system_tests::{
     Process, addr_in, binary,
     faults::{OwnPostgres, OwnRedis},
-    free_port, token,
+    free_port, restartable_port, token,
 };
 use tokio::{
     net::TcpStream,
@@ -369,7 +369,7 @@ async fn replicas_redis_postgres_and_a_gateway_fail_and_users_see_nothing() {
     let postgres = OwnPostgres::start();
     let mut redis = OwnRedis::start(dir.path());
     let db = postgres.create_database(dir.path(), "chat_faults");
-    let (port_a, port_b) = (free_port(), free_port());
+    let (port_a, port_b) = (restartable_port(), restartable_port());
     let mut core_a = start_core(dir.path(), &db, &redis.url(), port_a);
     let mut core_b = start_core(dir.path(), &db, &redis.url(), port_b);
     let cores = format!("http://127.0.0.1:{port_a},http://127.0.0.1:{port_b}");

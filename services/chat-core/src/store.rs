@@ -27,6 +27,8 @@ use crate::domain::{Message, MessageKind, Thread, ThreadView, UnixMicros};
 
 mod batch;
 
+pub use batch::WriterSession;
+
 /// Why a storage call failed. Callers only distinguish "try again later"
 /// from "something is wrong"; details go to the logs, never to clients.
 #[derive(Debug, thiserror::Error)]

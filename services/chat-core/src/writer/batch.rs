@@ -13,7 +13,7 @@ use crate::{
     events::{ChatEvent, EventKind},
     live::LiveEvents,
     metrics::WriterMetrics,
-    store::{Appended, IntegrationEventRecord, NewMessage, Store, StoreError},
+    store::{Appended, IntegrationEventRecord, NewMessage, Store, StoreError, WriterSession},
 };
 
 /// What one append gets back.
@@ -39,6 +39,7 @@ impl Shard {
     /// [`super::MessageWriter`] is gone.
     pub async fn run(self, mut queue: mpsc::Receiver<Job>, mut stop: watch::Receiver<bool>) {
         let mut jobs = Vec::with_capacity(self.max_batch);
+        let mut session = self.store.writer_session();
         let mut stopping = false;
         loop {
             let taken = tokio::select! {
@@ -55,17 +56,17 @@ impl Shard {
             if taken == 0 {
                 break;
             }
-            self.write(&mut jobs).await;
+            self.write(&mut session, &mut jobs).await;
         }
     }
 
     /// Commits one batch (`jobs` is left empty), publishes what it created
     /// and answers every caller.
-    async fn write(&self, jobs: &mut Vec<Job>) {
+    async fn write(&self, session: &mut WriterSession, jobs: &mut Vec<Job>) {
         let (messages, replies): (Vec<NewMessage>, Vec<oneshot::Sender<Outcome>>) =
             jobs.drain(..).map(|job| (job.message, job.reply)).unzip();
         self.metrics.observe_batch(messages.len());
-        let outcomes: Vec<Outcome> = match self.store.append_batch(&messages).await {
+        let outcomes: Vec<Outcome> = match session.append_batch(&self.store, &messages).await {
             Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
             // The database is unreachable (or the commit's fate unknown):
             // retrying message by message would only repeat the wait, and
