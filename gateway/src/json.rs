@@ -26,12 +26,8 @@ pub enum JsonInputError {
 /// `serde_json` does, except that an object with a duplicate key is an
 /// error rather than last-one-wins.
 pub fn parse_client_json(input: &[u8]) -> Result<Value, JsonInputError> {
-    let mut deserializer = serde_json::Deserializer::from_slice(input);
-    let value = Strict
-        .deserialize(&mut deserializer)
-        .and_then(|value| deserializer.end().map(|()| value))
-        .map_err(|err| classify(&err))?;
-    Ok(value)
+    check_duplicate_keys(input)?;
+    serde_json::from_slice(input).map_err(|_| JsonInputError::Syntax)
 }
 
 /// Checks a client's JSON for duplicate keys without building it: for a
@@ -48,7 +44,7 @@ pub fn check_duplicate_keys(input: &[u8]) -> Result<(), JsonInputError> {
 fn classify(err: &serde_json::Error) -> JsonInputError {
     match err.classify() {
         serde_json::error::Category::Data => {
-            // The one data error `Strict` and `KeyCheck` make: "duplicate
+            // The one data error `KeyCheck` makes: "duplicate
             // key K at line L column C".
             let message = err.to_string();
             let key = message.strip_prefix(DUPLICATE).unwrap_or(&message);
@@ -170,73 +166,6 @@ const DUPLICATE: &str = "duplicate key ";
 
 /// Longest key quoted back in an error.
 const MAX_QUOTED_KEY: usize = 64;
-
-/// A `Value` seed that refuses duplicate keys at every depth.
-struct Strict;
-
-impl<'de> DeserializeSeed<'de> for Strict {
-    type Value = Value;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Strict {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
-    }
-
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
-    }
-
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::new();
-        while let Some(item) = seq.next_element_seed(Strict)? {
-            items.push(item);
-        }
-        Ok(Value::Array(items))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
-        let mut map = Map::new();
-        while let Some(key) = access.next_key::<String>()? {
-            if map.contains_key(&key) {
-                return Err(duplicate(&key));
-            }
-            let value = access.next_value_seed(Strict)?;
-            map.insert(key, value);
-        }
-        Ok(Value::Object(map))
-    }
-}
 
 /// `2026-11-25T10:04:05.123456Z`: RFC 3339, UTC, microseconds.
 pub fn rfc3339(timestamp: &Timestamp) -> String {

@@ -43,34 +43,6 @@ fn lookup(vars: Vec<(&'static str, String)>) -> impl Fn(&str) -> Option<String> 
     }
 }
 
-/// A fresh PostgreSQL database on the test server (several replicas
-/// share one database only on PostgreSQL). Dropped with the test process's
-/// other leftovers by name prefix, like the other tests' databases.
-fn postgres_database() -> String {
-    let admin = std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-    let name = format!("chat_test_{}", uuid::Uuid::new_v4().simple());
-    let output = std::process::Command::new("psql")
-        .args([
-            admin.as_str(),
-            "-q",
-            "-c",
-            &format!("CREATE DATABASE {name}"),
-        ])
-        .output()
-        .expect("psql");
-    assert!(
-        output.status.success(),
-        "PostgreSQL is required for this test: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let base = admin
-        .rsplit_once('/')
-        .map(|(b, _)| b.to_owned())
-        .expect("url");
-    format!("{base}/{name}")
-}
-
 /// A chat-core on `database`, stopped (gracefully) by the sender.
 async fn spawn_core(database: &str, secret: &str) -> (SocketAddr, oneshot::Sender<()>) {
     let settings = chat_core::config::Settings::from_lookup(lookup(vec![
@@ -320,7 +292,9 @@ async fn a_replica_that_is_down_or_dies_costs_no_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_restart_costs_no_error() {
-    let url = postgres_database();
+    // Several replicas share one database only on PostgreSQL.
+    let database = support::TestDatabase::create(true);
+    let url = database.url.clone();
     let secret = "failover-secret";
     let (core_a, stop_a) = spawn_core(&url, secret).await;
     let (core_b, _stop_b) = spawn_core(&url, secret).await;

@@ -8,16 +8,12 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use support::{TestStack, call, spawn_stack, token};
-use tokio::net::TcpStream;
-use tokio_tungstenite::{
-    MaybeTlsStream, WebSocketStream, connect_async,
-    tungstenite::{Message, client::IntoClientRequest},
+use support::{
+    TestStack, call, spawn_stack, token,
+    ws::{Socket, WAIT, connect, next, send},
 };
-
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-const WAIT: Duration = Duration::from_secs(10);
+use tokio::net::TcpStream;
+use tokio_tungstenite::{MaybeTlsStream, tungstenite::Message};
 
 fn now() -> u64 {
     std::time::SystemTime::now()
@@ -34,42 +30,6 @@ fn token_with(secret: &str, claims: &Value) -> String {
         &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
     )
     .expect("token")
-}
-
-async fn connect(stack: &TestStack, path: &str, headers: &[(&str, &str)]) -> Socket {
-    let mut request = format!("ws://{}{}", stack.gateway, path)
-        .into_client_request()
-        .expect("request");
-    for (name, value) in headers {
-        request.headers_mut().insert(
-            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-            value.parse().unwrap(),
-        );
-    }
-    connect_async(request).await.expect("upgrade").0
-}
-
-async fn send(socket: &mut Socket, frame: Value) {
-    socket
-        .send(Message::Text(frame.to_string().into()))
-        .await
-        .expect("send frame");
-}
-
-/// The next JSON frame.
-async fn next(socket: &mut Socket) -> Value {
-    loop {
-        let message = tokio::time::timeout(WAIT, socket.next())
-            .await
-            .expect("a frame in time")
-            .expect("socket open")
-            .expect("healthy socket");
-        match message {
-            Message::Text(text) => return serde_json::from_str(&text).expect("JSON frame"),
-            Message::Close(frame) => panic!("closed: {frame:?}"),
-            _ => {}
-        }
-    }
 }
 
 /// The close code and reason the server ends the socket with.

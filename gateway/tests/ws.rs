@@ -6,53 +6,15 @@ mod support;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
-use support::{TestStack, call, spawn_stack, token};
-use tokio::net::TcpStream;
+use serde_json::json;
+use support::{
+    TestStack, call, spawn_stack, token,
+    ws::{Socket, WAIT, connect, next, send},
+};
 use tokio_tungstenite::{
-    MaybeTlsStream, WebSocketStream, connect_async,
+    MaybeTlsStream, connect_async,
     tungstenite::{Message, client::IntoClientRequest},
 };
-
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-const WAIT: Duration = Duration::from_secs(10);
-
-async fn connect(stack: &TestStack, path: &str, headers: &[(&str, &str)]) -> Socket {
-    let mut request = format!("ws://{}{}", stack.gateway, path)
-        .into_client_request()
-        .expect("request");
-    for (name, value) in headers {
-        request.headers_mut().insert(
-            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-            value.parse().unwrap(),
-        );
-    }
-    connect_async(request).await.expect("upgrade").0
-}
-
-async fn send(socket: &mut Socket, frame: Value) {
-    socket
-        .send(Message::Text(frame.to_string().into()))
-        .await
-        .expect("send frame");
-}
-
-/// The next JSON frame (pings are answered by the client library).
-async fn next(socket: &mut Socket) -> Value {
-    loop {
-        let message = tokio::time::timeout(WAIT, socket.next())
-            .await
-            .expect("a frame in time")
-            .expect("socket open")
-            .expect("healthy socket");
-        match message {
-            Message::Text(text) => return serde_json::from_str(&text).expect("JSON frame"),
-            Message::Close(frame) => panic!("closed: {frame:?}"),
-            _ => {}
-        }
-    }
-}
 
 /// The close code the server ends the socket with.
 async fn closed_with(socket: &mut Socket) -> u16 {

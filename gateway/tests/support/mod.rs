@@ -8,12 +8,12 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use serde_json::Value;
-use sqlx_free_db::TestDatabase;
+pub use sqlx_free_db::TestDatabase;
 use tokio::sync::oneshot;
 
 /// Fresh databases without pulling sqlx into the gateway's tests: SQLite
 /// files in a temp dir, PostgreSQL databases made with `psql`.
-mod sqlx_free_db {
+pub mod sqlx_free_db {
     pub struct TestDatabase {
         pub url: String,
         _dir: tempfile::TempDir,
@@ -281,4 +281,64 @@ pub async fn raw_get(addr: std::net::SocketAddr, path: &str) -> Vec<u8> {
         .expect("body")
         .to_bytes()
         .to_vec()
+}
+
+/// A real WebSocket client for the gateway's sockets.
+pub mod ws {
+    use std::time::Duration;
+
+    use futures_util::{SinkExt, StreamExt};
+    use serde_json::Value;
+    use tokio::net::TcpStream;
+    use tokio_tungstenite::{
+        MaybeTlsStream, WebSocketStream, connect_async,
+        tungstenite::{Message, client::IntoClientRequest},
+    };
+
+    use super::TestStack;
+
+    /// A client socket.
+    pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+    /// How long a test waits for a frame.
+    pub const WAIT: Duration = Duration::from_secs(10);
+
+    /// Opens `path` on the stack's gateway with extra request headers.
+    pub async fn connect(stack: &TestStack, path: &str, headers: &[(&str, &str)]) -> Socket {
+        let mut request = format!("ws://{}{}", stack.gateway, path)
+            .into_client_request()
+            .expect("request");
+        for (name, value) in headers {
+            request.headers_mut().insert(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        connect_async(request).await.expect("upgrade").0
+    }
+
+    /// Sends one JSON text frame.
+    pub async fn send(socket: &mut Socket, frame: Value) {
+        socket
+            .send(Message::Text(frame.to_string().into()))
+            .await
+            .expect("send frame");
+    }
+
+    /// The next JSON frame (pings are answered by the client library); a
+    /// close instead fails the test.
+    pub async fn next(socket: &mut Socket) -> Value {
+        loop {
+            let message = tokio::time::timeout(WAIT, socket.next())
+                .await
+                .expect("a frame in time")
+                .expect("socket open")
+                .expect("healthy socket");
+            match message {
+                Message::Text(text) => return serde_json::from_str(&text).expect("JSON frame"),
+                Message::Close(frame) => panic!("closed: {frame:?}"),
+                _ => {}
+            }
+        }
+    }
 }

@@ -78,13 +78,15 @@ impl CallService {
         outbound: mpsc::Sender<Result<pb::RelayCallResult, Status>>,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        // Shared by the calls in flight: one reference count per call.
+        let service = Arc::new(self);
         let mut running = FuturesUnordered::new();
         let mut taking = true;
         loop {
             tokio::select! {
                 () = stopped(&mut shutdown), if taking => taking = false,
                 call = calls.message(), if taking && running.len() < MAX_IN_FLIGHT => match call {
-                    Ok(Some(call)) => running.push(self.clone().answer(call)),
+                    Ok(Some(call)) => running.push(service.clone().answer(call)),
                     // The gateway went away: nobody is left to answer.
                     Ok(None) | Err(_) => return,
                 },
@@ -102,7 +104,7 @@ impl CallService {
     }
 
     /// One call, answered as its unary RPC would answer it.
-    async fn answer(self, call: pb::RelayCall) -> pb::RelayCallResult {
+    async fn answer(self: Arc<Self>, call: pb::RelayCall) -> pb::RelayCallResult {
         let started = Instant::now();
         let method = match &call.call {
             Some(Call::SendMessage(_)) => "/chat.v1.ChatService/SendMessage",

@@ -38,14 +38,7 @@ impl Authenticator {
 impl Authenticator {
     /// The caller an `authorization` value (`Bearer <jwt>`) stands for.
     pub fn caller(&self, header: Option<&str>) -> Result<Caller, Status> {
-        let identity = self
-            .verifier
-            .verify_bearer(header)
-            .map_err(|err| Status::unauthenticated(err.to_string()))?;
-        Ok(match identity.role {
-            Role::Service => Caller::Service(identity.subject),
-            Role::User => Caller::User(identity.subject),
-        })
+        caller_of(self.verifier.verify_bearer(header))
     }
 
     /// The caller a bare token (no `Bearer ` scheme) names, checked as
@@ -55,15 +48,19 @@ impl Authenticator {
         if token.is_empty() {
             return self.caller(None);
         }
-        let identity = self
-            .verifier
-            .verify(token)
-            .map_err(|err| Status::unauthenticated(err.to_string()))?;
-        Ok(match identity.role {
-            Role::Service => Caller::Service(identity.subject),
-            Role::User => Caller::User(identity.subject),
-        })
+        caller_of(self.verifier.verify(token))
     }
+}
+
+/// The caller a verified identity is, or why there is none.
+fn caller_of(
+    identity: Result<chat_auth::Identity, chat_auth::AuthError>,
+) -> Result<Caller, Status> {
+    let identity = identity.map_err(|err| Status::unauthenticated(err.to_string()))?;
+    Ok(match identity.role {
+        Role::Service => Caller::Service(identity.subject),
+        Role::User => Caller::User(identity.subject),
+    })
 }
 
 impl Interceptor for Authenticator {

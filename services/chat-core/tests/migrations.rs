@@ -38,44 +38,34 @@ async fn a_thread_from_the_first_schema_is_still_found(backend: Backend) {
     let id: uuid::Uuid = THREAD.parse().expect("uuid");
     let key = participants_key(&["alice".to_owned(), "bob".to_owned()]);
     let migrator = first_migration_only(backend).await;
+    // The same rows on either backend's connection type.
+    macro_rules! write_first_schema {
+        ($conn:expr) => {{
+            let conn = $conn;
+            migrator.run(&mut *conn).await.expect("first migration");
+            sqlx::query(THREAD_ROW)
+                .bind(id)
+                .bind(&key)
+                .execute(&mut *conn)
+                .await
+                .expect("thread");
+            for user in ["alice", "bob"] {
+                sqlx::query(PARTICIPANT_ROW)
+                    .bind(id)
+                    .bind(user)
+                    .execute(&mut *conn)
+                    .await
+                    .expect("participant");
+            }
+        }};
+    }
     match backend {
         Backend::Postgres => {
-            let mut conn = PgConnection::connect(&db.url).await.expect("connect");
-            migrator.run(&mut conn).await.expect("first migration");
-            sqlx::query(THREAD_ROW)
-                .bind(id)
-                .bind(&key)
-                .execute(&mut conn)
-                .await
-                .expect("thread");
-            for user in ["alice", "bob"] {
-                sqlx::query(PARTICIPANT_ROW)
-                    .bind(id)
-                    .bind(user)
-                    .execute(&mut conn)
-                    .await
-                    .expect("participant");
-            }
+            write_first_schema!(&mut PgConnection::connect(&db.url).await.expect("connect"));
         }
         Backend::Sqlite => {
-            let mut conn = SqliteConnection::connect(&format!("{}?mode=rwc", db.url))
-                .await
-                .expect("connect");
-            migrator.run(&mut conn).await.expect("first migration");
-            sqlx::query(THREAD_ROW)
-                .bind(id)
-                .bind(&key)
-                .execute(&mut conn)
-                .await
-                .expect("thread");
-            for user in ["alice", "bob"] {
-                sqlx::query(PARTICIPANT_ROW)
-                    .bind(id)
-                    .bind(user)
-                    .execute(&mut conn)
-                    .await
-                    .expect("participant");
-            }
+            let url = format!("{}?mode=rwc", db.url);
+            write_first_schema!(&mut SqliteConnection::connect(&url).await.expect("connect"));
         }
     }
 
