@@ -65,12 +65,6 @@ pub struct Calls {
     next_id: Arc<AtomicU64>,
 }
 
-impl std::fmt::Debug for Job {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Job").field("id", &self.call.id).finish()
-    }
-}
-
 impl Calls {
     /// Starts the links over `routed`. They connect at the first call and
     /// end when every clone of this value is gone.
