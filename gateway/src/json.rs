@@ -167,36 +167,8 @@ const DUPLICATE: &str = "duplicate key ";
 /// Longest key quoted back in an error.
 const MAX_QUOTED_KEY: usize = 64;
 
-/// `2026-11-25T10:04:05.123456Z`: RFC 3339, UTC, microseconds.
-pub fn rfc3339(timestamp: &Timestamp) -> String {
-    let mut out = String::with_capacity(27);
-    write_rfc3339(&mut out, timestamp);
-    out
-}
-
-fn write_rfc3339(out: &mut String, timestamp: &Timestamp) {
-    let seconds = timestamp.seconds;
-    let days = seconds.div_euclid(86_400);
-    let in_day = seconds.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let _ = write!(
-        out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        in_day / 3600,
-        in_day % 3600 / 60,
-        in_day % 60,
-        timestamp.nanos / 1_000
-    );
-}
+pub use chat_proto::time::rfc3339;
+use chat_proto::time::write_rfc3339;
 
 fn time(timestamp: Option<&Timestamp>) -> Value {
     timestamp.map_or(Value::Null, |t| Value::String(rfc3339(t)))
@@ -230,6 +202,41 @@ pub fn message(message: &pb::Message) -> Value {
         "created_at": time(message.created_at.as_ref()),
         "edited_at": time(message.edited_at.as_ref()),
         "deleted_at": time(message.deleted_at.as_ref()),
+    })
+}
+
+/// A signed transcript export. Each entry's fields are shown exactly as
+/// they were hashed (its `metadata` as the JSON object it is, `at` as the
+/// very text), so anyone can recompute the chain from this document.
+pub fn transcript(export: &pb::ExportTranscriptResponse) -> Value {
+    let entries: Vec<Value> = export
+        .entries
+        .iter()
+        .map(|entry| {
+            let metadata = entry.metadata_json.as_deref().map_or(Value::Null, |text| {
+                serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
+            });
+            json!({
+                "n": entry.n,
+                "kind": entry.kind,
+                "message_id": entry.message_id,
+                "seq": entry.seq,
+                "sender_id": entry.sender_id,
+                "message_type": entry.message_type,
+                "content": entry.content,
+                "metadata": metadata,
+                "at": entry.at,
+                "hash": entry.hash,
+            })
+        })
+        .collect();
+    json!({
+        "thread_id": export.thread_id,
+        "entries": entries,
+        "head_hash": export.head_hash,
+        "exported_at": export.exported_at,
+        "key_id": export.key_id,
+        "signature": export.signature,
     })
 }
 

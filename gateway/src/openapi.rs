@@ -202,6 +202,43 @@ pub const OPERATIONS: &[Operation] = &[
         None,
         (200, Some("UnreadCounts")),
     ),
+    op(
+        "get",
+        "/api/chat/search/",
+        "Messages of the caller's threads containing every word of q, newest first",
+        &[
+            (
+                "q",
+                "string",
+                "2-200 characters; every word must occur (case- and accent-insensitive), the last also as a prefix",
+            ),
+            (
+                "thread_id",
+                "string",
+                "only this thread (one of the caller's)",
+            ),
+            ("limit", "integer", "1-50, default 20"),
+            ("cursor", "string", "next_cursor of the previous page"),
+        ],
+        None,
+        (200, Some("SearchResults")),
+    ),
+    op(
+        "get",
+        "/api/chat/threads/{id}/transcript/",
+        "The thread's hash-chained, signed transcript (service tokens only)",
+        &[],
+        None,
+        (200, Some("Transcript")),
+    ),
+    op(
+        "get",
+        "/api/chat/transcript-keys/",
+        "The public keys transcript signatures verify with, rotated ones included",
+        &[],
+        None,
+        (200, Some("TranscriptKeys")),
+    ),
 ];
 
 fn schema_ref(name: &str) -> Value {
@@ -245,6 +282,26 @@ fn schemas() -> Value {
             "thread_id": {"type": "string"}, "last_read_seq": {"type": "integer"}, "unread_count": {"type": "integer"}}},
         "UnreadCounts": {"type": "object", "required": ["total", "threads"], "properties": {
             "total": {"type": "integer"}, "threads": {"type": "object", "additionalProperties": {"type": "integer"}}}},
+        "SearchResults": {"type": "object", "required": ["results", "next_cursor"], "properties": {
+            "results": {"type": "array", "items": {"type": "object", "required": ["thread_id", "message"],
+                "properties": {"thread_id": {"type": "string", "format": "uuid"}, "message": schema_ref("Message")}}},
+            "next_cursor": nullable("string")}},
+        "TranscriptEntry": {"type": "object", "required": ["n", "kind", "message_id", "seq", "sender_id",
+            "message_type", "content", "metadata", "at", "hash"], "properties": {
+                "n": {"type": "integer", "minimum": 1}, "kind": {"type": "string", "enum": ["message", "edit", "delete"]},
+                "message_id": {"type": "string", "format": "uuid"}, "seq": {"type": "integer"},
+                "sender_id": nullable("string"), "message_type": {"type": "string"},
+                "content": nullable("string"), "metadata": {"type": ["object", "null"]},
+                "at": time.clone(), "hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}},
+        "Transcript": {"type": "object", "required": ["thread_id", "entries", "head_hash", "exported_at",
+            "key_id", "signature"], "properties": {
+                "thread_id": {"type": "string", "format": "uuid"},
+                "entries": {"type": "array", "items": schema_ref("TranscriptEntry")},
+                "head_hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"}, "exported_at": time.clone(),
+                "key_id": {"type": "string"}, "signature": {"type": "string", "contentEncoding": "base64"}}},
+        "TranscriptKeys": {"type": "object", "required": ["keys"], "properties": {"keys": {"type": "array",
+            "items": {"type": "object", "required": ["key_id", "public_key"], "properties": {
+                "key_id": {"type": "string"}, "public_key": {"type": "string", "contentEncoding": "base64"}}}}}},
         "CreateThread": {"type": "object", "required": ["participants"], "properties": {
             "participants": {"type": "array", "items": {"type": "string"}},
             "job_id": nullable("string"), "title": nullable("string")}},

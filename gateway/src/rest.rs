@@ -212,6 +212,9 @@ pub fn router(state: AppState) -> Router {
                 .delete(delete_message),
         )
         .route("/api/chat/unread-count", get(unread_count))
+        .route("/api/chat/search", get(search))
+        .route("/api/chat/threads/{id}/transcript", get(transcript))
+        .route("/api/chat/transcript-keys", get(transcript_keys))
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .fallback(|| async { ApiError::not_found("no such route") })
         .with_state(state)
@@ -733,4 +736,81 @@ async fn unread_count(State(state): State<AppState>, caller: Caller) -> ApiResul
     )
     .await?;
     ok(json!({"total": counts.total, "threads": counts.threads}))
+}
+
+async fn search(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> ApiResult {
+    let query = QueryParams::parse(query);
+    let q = query
+        .get("q")
+        .ok_or_else(|| ApiError::invalid("q: required, 2 to 200 characters"))?;
+    if !(2..=200).contains(&q.trim().chars().count()) {
+        return Err(ApiError::invalid("q: must be 2 to 200 characters"));
+    }
+    let limit = query.integer("limit", 1..=50)?.unwrap_or(0) as i32;
+    let page = unary(
+        &state,
+        &caller,
+        true,
+        pb::SearchMessagesRequest {
+            q: q.to_owned(),
+            thread_id: query.get("thread_id").map(str::to_owned),
+            limit,
+            cursor: query.get("cursor").map(str::to_owned),
+        },
+        |request| {
+            let mut client = state.upstream.chat();
+            async move { client.search_messages(request).await }
+        },
+    )
+    .await?;
+    let results: Vec<Value> = page
+        .results
+        .iter()
+        .filter_map(|result| {
+            let message = result.message.as_ref()?;
+            Some(json!({"thread_id": result.thread_id, "message": json::message(message)}))
+        })
+        .collect();
+    ok(json!({"results": results, "next_cursor": page.next_cursor}))
+}
+
+async fn transcript(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let export = unary(
+        &state,
+        &caller,
+        true,
+        pb::ExportTranscriptRequest { thread_id: id },
+        |request| {
+            let mut client = state.upstream.chat();
+            async move { client.export_transcript(request).await }
+        },
+    )
+    .await?;
+    ok(json::transcript(&export))
+}
+
+async fn transcript_keys(State(state): State<AppState>, caller: Caller) -> ApiResult {
+    let keys = unary(
+        &state,
+        &caller,
+        true,
+        pb::ListTranscriptKeysRequest {},
+        |request| {
+            let mut client = state.upstream.chat();
+            async move { client.list_transcript_keys(request).await }
+        },
+    )
+    .await?;
+    ok(json!({"keys": keys.keys.iter().map(|key| json!({
+        "key_id": key.key_id,
+        "public_key": key.public_key,
+    })).collect::<Vec<_>>()}))
 }

@@ -25,6 +25,9 @@ const SPEC_ROUTES: &[(&str, &str)] = &[
     ("post", "/api/chat/threads/{id}/initiate-payment/"),
     ("post", "/api/chat/threads/{id}/job-update/"),
     ("get", "/api/chat/unread-count/"),
+    ("get", "/api/chat/search/"),
+    ("get", "/api/chat/threads/{id}/transcript/"),
+    ("get", "/api/chat/transcript-keys/"),
 ];
 
 #[tokio::test]

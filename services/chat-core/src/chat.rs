@@ -5,6 +5,10 @@
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use uuid::Uuid;
 
+mod records;
+
+pub use records::{SearchPage, TranscriptExport, TranscriptKey};
+
 use crate::{
     domain::{
         self, Caller, Invalid, Message, MessageKind, ThreadView, limits, normalize_metadata,
@@ -118,6 +122,8 @@ pub struct Chat {
     writer: MessageWriter,
     live: LiveEvents,
     caps: std::sync::Arc<crate::caps::Caps>,
+    /// Signs transcript exports; set by [`Chat::with_transcript_signer`].
+    signer: Option<std::sync::Arc<crate::transcript::signing::TranscriptSigner>>,
 }
 
 fn thread_id(id: &str) -> Result<Uuid, ChatError> {
@@ -172,6 +178,7 @@ impl Chat {
             writer,
             live,
             caps: crate::caps::Caps::new(crate::caps::CapSettings::default()),
+            signer: None,
         }
     }
 
@@ -503,7 +510,7 @@ impl Chat {
         }
         let edited = self
             .store
-            .edit_message(message.id, content, now_micros())
+            .edit_message(message.id, acting_user(caller)?, content, now_micros())
             .await?
             .ok_or(ChatError::FailedPrecondition(
                 "a deleted message cannot be edited",
@@ -521,7 +528,7 @@ impl Chat {
         let message = self.own_message(caller, id).await?;
         let deleted = self
             .store
-            .delete_message(message.id, now_micros())
+            .delete_message(message.id, acting_user(caller)?, now_micros())
             .await?
             .ok_or(ChatError::NotFound(MESSAGE))?;
         if message.deleted_at.is_none() {

@@ -80,6 +80,23 @@ pub struct Settings {
     /// `CHAT_CORE_FIRST_REQUEST_TIMEOUT_SECONDS`: a connection that has made
     /// no request this long after opening is closed.
     pub first_request_timeout: Duration,
+    /// `TRANSCRIPT_SIGNING_KEY_FILE`: the key transcript exports are signed
+    /// with.
+    pub transcript_key: TranscriptKeySource,
+}
+
+/// Where the transcript signing key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TranscriptKeySource {
+    /// `TRANSCRIPT_SIGNING_KEY_FILE`: an Ed25519 PKCS#8 PEM file that must
+    /// exist (several replicas share it, so exports carry one key id).
+    File(PathBuf),
+    /// The embedded default: a key in this file, created on first start.
+    Created(PathBuf),
+    /// A database was configured but no key file: a key made for this
+    /// process alone. Its public half is still registered, so its exports
+    /// verify; but each restart adds a key, so deployments set the file.
+    Ephemeral,
 }
 
 /// Every environment variable chat-core reads (SPEC §7 and the extras in
@@ -107,6 +124,7 @@ pub const ENVIRONMENT: &[&str] = &[
     "CHAT_CORE_MAX_CONNECTIONS",
     "CHAT_CORE_MAX_CONNECTIONS_PER_ADDRESS",
     "CHAT_CORE_FIRST_REQUEST_TIMEOUT_SECONDS",
+    "TRANSCRIPT_SIGNING_KEY_FILE",
 ];
 
 /// The directory of the embedded default's files (database, dev secret).
@@ -255,7 +273,16 @@ impl Settings {
             Duration::from_secs(10),
         )?;
 
+        let transcript_key = match get("TRANSCRIPT_SIGNING_KEY_FILE") {
+            Some(path) => TranscriptKeySource::File(PathBuf::from(path)),
+            None if database_url.is_none() => {
+                TranscriptKeySource::Created(Path::new(DATA_DIR).join("transcript-signing-key.pem"))
+            }
+            None => TranscriptKeySource::Ephemeral,
+        };
+
         Ok(Settings {
+            transcript_key,
             grpc_addr,
             http_addr,
             database,

@@ -16,7 +16,10 @@ use crate::{
     events::EventKind,
     integrations::Integrations,
     live::SubscribeRequest,
-    wire::{event_to_proto, integration_to_proto, message_to_proto, thread_to_proto},
+    wire::{
+        event_to_proto, integration_to_proto, message_to_proto, thread_to_proto,
+        transcript_to_proto,
+    },
 };
 
 /// Checks the `authorization` metadata of every call (SPEC §2) and hands
@@ -380,6 +383,64 @@ impl ChatService for ChatGrpc {
             .set_typing(&caller, &req.thread_id, req.is_typing)
             .await?;
         Ok(Response::new(pb::SetTypingResponse {}))
+    }
+
+    async fn search_messages(
+        &self,
+        request: Request<pb::SearchMessagesRequest>,
+    ) -> Result<Response<pb::SearchMessagesResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.get_ref();
+        let page = self
+            .chat
+            .search(
+                &caller,
+                &req.q,
+                req.thread_id.as_deref(),
+                Some(u32::try_from(req.limit).unwrap_or(u32::MAX)),
+                req.cursor.as_deref(),
+            )
+            .await?;
+        Ok(Response::new(pb::SearchMessagesResponse {
+            results: page
+                .results
+                .into_iter()
+                .map(|message| pb::SearchResult {
+                    thread_id: message.thread_id.to_string(),
+                    message: Some(message_to_proto(message)),
+                })
+                .collect(),
+            next_cursor: page.next_cursor,
+        }))
+    }
+
+    async fn export_transcript(
+        &self,
+        request: Request<pb::ExportTranscriptRequest>,
+    ) -> Result<Response<pb::ExportTranscriptResponse>, Status> {
+        let caller = caller(&request)?;
+        let export = self
+            .chat
+            .export_transcript(&caller, &request.get_ref().thread_id)
+            .await?;
+        Ok(Response::new(transcript_to_proto(export)))
+    }
+
+    async fn list_transcript_keys(
+        &self,
+        request: Request<pb::ListTranscriptKeysRequest>,
+    ) -> Result<Response<pb::ListTranscriptKeysResponse>, Status> {
+        caller(&request)?;
+        let keys = self.chat.transcript_keys().await?;
+        Ok(Response::new(pb::ListTranscriptKeysResponse {
+            keys: keys
+                .into_iter()
+                .map(|key| pb::TranscriptKey {
+                    key_id: key.key_id,
+                    public_key: key.public_key,
+                })
+                .collect(),
+        }))
     }
 
     type SubscribeStream = EventStream;

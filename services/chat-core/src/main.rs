@@ -1,10 +1,19 @@
-//! `chat-core`: serve (default), `migrate`, or mint a development `token`.
+//! `chat-core`: serve (default), `migrate`, mint a development `token`, or
+//! `verify-transcript` an exported transcript offline.
 
-use std::{process::ExitCode, time::Duration};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, bail};
 use chat_auth::{JwtAlgorithm, JwtKey, Role, TokenIssuer};
-use chat_core::{config::Settings, startup::Application, store::Store};
+use chat_core::{
+    config::{Settings, TranscriptKeySource},
+    startup::Application,
+    store::Store,
+    transcript::{
+        signing::TranscriptSigner,
+        verify::{KeyRing, verify},
+    },
+};
 use chat_runtime::{init_tracing, shutdown_signal};
 
 const USAGE: &str = "\
@@ -13,7 +22,12 @@ usage:
   chat-core migrate                 apply database migrations and exit
   chat-core token --sub ID [--role service] [--ttl SECONDS]
                                     print a token signed with JWT_SECRET (or the embedded
-                                    default's development secret under ./data)";
+                                    default's development secret under ./data)
+  chat-core verify-transcript FILE [--keys KEYS.json]
+                                    check an exported transcript offline: its hash chain and
+                                    its signature, with the keys of a saved transcript-keys
+                                    answer or else the configured signing key; names the first
+                                    entry that does not verify and exits non-zero";
 
 enum Command {
     Serve,
@@ -22,6 +36,10 @@ enum Command {
         subject: String,
         role: Role,
         ttl: Duration,
+    },
+    VerifyTranscript {
+        file: PathBuf,
+        keys: Option<PathBuf>,
     },
 }
 
@@ -59,6 +77,22 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> anyhow::Result<Command>
                 subject: subject.context("--sub is required")?,
                 role,
                 ttl,
+            }
+        }
+        Some("verify-transcript") => {
+            let mut file = None;
+            let mut keys = None;
+            while let Some(arg) = args.next() {
+                match arg.as_str() {
+                    "--keys" => keys = Some(args.next().context("--keys needs a file")?.into()),
+                    flag if flag.starts_with("--") => bail!("unknown option {flag:?}\n{USAGE}"),
+                    _ if file.is_none() => file = Some(arg.into()),
+                    _ => bail!("unexpected argument {arg:?}\n{USAGE}"),
+                }
+            }
+            Command::VerifyTranscript {
+                file: file.context("the export FILE is required")?,
+                keys,
             }
         }
         Some("-h" | "--help" | "help") => {
@@ -123,5 +157,41 @@ async fn run() -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
+        Command::VerifyTranscript { file, keys } => {
+            verify_transcript(&file, keys.as_deref(), &settings.transcript_key)
+        }
     }
+}
+
+/// Checks an export offline; an error names what does not verify.
+fn verify_transcript(
+    file: &std::path::Path,
+    keys: Option<&std::path::Path>,
+    configured: &TranscriptKeySource,
+) -> anyhow::Result<()> {
+    let read_json = |path: &std::path::Path| -> anyhow::Result<serde_json::Value> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))
+    };
+    let export = read_json(file)?;
+    let ring = match (keys, configured) {
+        (Some(path), _) => KeyRing::from_json(&read_json(path)?)
+            .map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))?,
+        (None, TranscriptKeySource::File(path) | TranscriptKeySource::Created(path)) => {
+            KeyRing::single(TranscriptSigner::load(path, false)?.verifying_key())
+        }
+        (None, TranscriptKeySource::Ephemeral) => {
+            bail!(
+                "no signing key is configured here (TRANSCRIPT_SIGNING_KEY_FILE): pass --keys KEYS.json"
+            )
+        }
+    };
+    let verified = verify(&export, &ring)
+        .map_err(|failure| anyhow::anyhow!("{}: does not verify: {failure}", file.display()))?;
+    println!(
+        "verified: thread {}, {} entries, head {}, signed by key {}",
+        verified.thread_id, verified.entries, verified.head_hash, verified.key_id
+    );
+    Ok(())
 }

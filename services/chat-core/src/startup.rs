@@ -17,7 +17,7 @@ use crate::{
     bus::{EventBus, RedisBus},
     calls::CallService,
     chat::Chat,
-    config::{JwtSource, Settings},
+    config::{JwtSource, Settings, TranscriptKeySource},
     grpc::{Authenticator, ChatGrpc, IntegrationGrpc},
     http,
     integrations::Integrations,
@@ -25,6 +25,7 @@ use crate::{
     metrics::{RpcMetrics, RpcObserverLayer},
     relay::RelayGrpc,
     store::{Store, sqlite_file},
+    transcript::signing::TranscriptSigner,
 };
 
 /// How long, at least, the message writer may take at shutdown to commit
@@ -44,6 +45,7 @@ pub struct Application {
     connections: Arc<chat_runtime::connections::ConnectionLimiter>,
     first_request_timeout: Duration,
     drain: Duration,
+    signer: Arc<TranscriptSigner>,
 }
 
 impl Application {
@@ -72,6 +74,15 @@ impl Application {
             .migrate()
             .await
             .context("applying database migrations")?;
+        let signer = Arc::new(load_signer(&settings.transcript_key)?);
+        store
+            .register_transcript_key(
+                signer.key_id(),
+                &signer.public_key_base64(),
+                crate::domain::now_micros(),
+            )
+            .await
+            .context("registering the transcript signing key")?;
         match sqlite_file(&settings.database) {
             Some(file) => tracing::info!(file, "storage: embedded SQLite"),
             None => tracing::info!("storage: PostgreSQL"),
@@ -115,6 +126,7 @@ impl Application {
             ),
             first_request_timeout: settings.first_request_timeout,
             drain: settings.drain,
+            signer,
         })
     }
 
@@ -149,7 +161,9 @@ impl Application {
 
         let metrics = Arc::new(RpcMetrics::default());
         let live = LiveEvents::new(self.store.clone(), self.bus, stop_rx.clone());
-        let chat = Chat::new(self.store.clone(), live).with_caps(self.caps);
+        let chat = Chat::new(self.store.clone(), live)
+            .with_caps(self.caps)
+            .with_transcript_signer(self.signer);
         let writer = chat.writer().clone();
         let integrations = IntegrationGrpc::new(Integrations::new(
             chat.writer().clone(),
@@ -275,4 +289,25 @@ impl Application {
         tracing::info!("chat-core stopped");
         result
     }
+}
+
+/// The transcript signing key of `source`, said in the log by key id
+/// (never its private half).
+fn load_signer(source: &TranscriptKeySource) -> anyhow::Result<TranscriptSigner> {
+    let signer = match source {
+        TranscriptKeySource::File(path) => {
+            TranscriptSigner::load(path, false).context("loading TRANSCRIPT_SIGNING_KEY_FILE")?
+        }
+        TranscriptKeySource::Created(path) => TranscriptSigner::load(path, true)
+            .context("loading or creating the embedded transcript signing key")?,
+        TranscriptKeySource::Ephemeral => {
+            tracing::warn!(
+                "TRANSCRIPT_SIGNING_KEY_FILE is not set: transcripts are signed with a key made \
+                 for this process; set it so that every replica and restart signs with one key"
+            );
+            TranscriptSigner::from_key(ed25519_dalek::SigningKey::from_bytes(&rand::random()))
+        }
+    };
+    tracing::info!(key_id = signer.key_id(), "transcript signing key");
+    Ok(signer)
 }

@@ -355,6 +355,12 @@ const THREAD_COLUMNS: &str =
     "t.id, t.job_id, t.title, t.created_by, t.created_at, t.last_message_at, t.last_seq";
 const THREAD_COLUMN_COUNT: usize = 7;
 
+mod search;
+mod transcript;
+
+pub use search::{SearchCursor, SearchScope};
+pub use transcript::{StoredEntry, StoredTranscript};
+
 /// Message columns, read by [`message_at`] in this order.
 const MESSAGE_COLUMNS: &str = "m.id, m.thread_id, m.seq, m.sender_id, m.message_type, m.content, \
      m.metadata, m.client_msg_id, m.created_at, m.edited_at, m.deleted_at";
@@ -426,6 +432,11 @@ const POSTGRES_MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations(&[
         "hot rows without unique checks",
         include_str!("../../../migrations/postgres/0002_hot_rows_without_unique_checks.sql"),
     ),
+    (
+        3,
+        "transcripts and search",
+        include_str!("../../../migrations/postgres/0003_transcripts_and_search.sql"),
+    ),
 ]);
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations(&[
@@ -438,6 +449,11 @@ const SQLITE_MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations(&[
         2,
         "hot rows without unique checks",
         include_str!("../../../migrations/sqlite/0002_hot_rows_without_unique_checks.sql"),
+    ),
+    (
+        3,
+        "transcripts and search",
+        include_str!("../../../migrations/sqlite/0003_transcripts_and_search.sql"),
     ),
 ]);
 
@@ -943,120 +959,28 @@ impl Store {
         })
     }
 
-    /// Appends one message: the next seq of its thread, the insert, and the
-    /// participants' activity, unread and (for the sender) read cursor, all
-    /// in one transaction. `None` when the thread does not exist or the
-    /// sender is not in it.
+    /// Appends one message, as a batch of one (so its transcript entry and
+    /// search words are written exactly as in a batch). `None` when the
+    /// thread does not exist or the sender is not in it.
     ///
     /// The message writer batches appends through `append_batch` and comes
     /// here only when a batch fails as a whole, to give each of its
-    /// messages its own fate. The thread row's update serialises this path
-    /// with batches (which lock the same row), so seqs have no gap and no
-    /// duplicate either way.
+    /// messages its own fate: a service key that a concurrent transaction
+    /// used meanwhile, say, fails only its own message, which then answers
+    /// with the message stored under that key.
     pub async fn append_message(&self, new: &NewMessage) -> Result<Option<Appended>, StoreError> {
-        let outcome = with_pools!(self, |reader, writer, Db| {
-            let mut tx = writer.begin().await?;
-            if let Some(original) = duplicate_of!(&mut *tx, new) {
-                return Ok(Some(Appended::Duplicate(original)));
-            }
-            let seq: Option<i64> = match &new.sender_id {
-                Some(sender) => {
-                    sqlx::query_scalar(
-                        "UPDATE threads SET last_seq = last_seq + 1, last_message_at = $2, \
-                         activity_at = $2 WHERE id = $1 AND EXISTS (SELECT 1 FROM \
-                         thread_participants WHERE thread_id = $1 AND user_id = $3) \
-                         RETURNING last_seq",
-                    )
-                    .bind(new.thread_id)
-                    .bind(new.created_at)
-                    .bind(sender)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                }
-                None => {
-                    sqlx::query_scalar(
-                        "UPDATE threads SET last_seq = last_seq + 1, last_message_at = $2, \
-                         activity_at = $2 WHERE id = $1 RETURNING last_seq",
-                    )
-                    .bind(new.thread_id)
-                    .bind(new.created_at)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                }
-            };
-            let Some(seq) = seq else { return Ok(None) };
-            let inserted = sqlx::query(
-                "INSERT INTO messages (id, thread_id, seq, sender_id, message_type, content, \
-                 metadata, client_msg_id, posted_by, idempotency_key, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            )
-            .bind(new.id)
-            .bind(new.thread_id)
-            .bind(seq)
-            .bind(&new.sender_id)
-            .bind(new.kind.as_str())
-            .bind(&new.content)
-            .bind(&new.metadata)
-            .bind(&new.client_msg_id)
-            .bind(&new.posted_by)
-            .bind(&new.idempotency_key)
-            .bind(new.created_at)
-            .execute(&mut *tx)
-            .await;
-            match inserted {
-                Ok(_) => {}
-                Err(err) if is_unique_violation(&err) => {
-                    // A concurrent send with the same key won the race; this
-                    // transaction (and its seq) is rolled back.
-                    drop(tx);
-                    return match duplicate_of!(writer, new) {
+        match self.append_batch(std::slice::from_ref(new)).await {
+            Ok(mut outcomes) => Ok(outcomes.pop().flatten()),
+            Err(StoreError::Database(err)) if is_unique_violation(&err) => {
+                with_pools!(self, |reader, writer, Db| {
+                    match duplicate_of!(writer, new) {
                         Some(original) => Ok(Some(Appended::Duplicate(original))),
-                        None => Err(err.into()),
-                    };
-                }
-                Err(err) => return Err(err.into()),
+                        None => Err(StoreError::Database(err)),
+                    }
+                })
             }
-            sqlx::query(
-                "UPDATE thread_participants SET last_seq = $2, activity_at = $3, \
-                 last_read_seq = CASE WHEN user_id = $4 THEN $2 ELSE last_read_seq END \
-                 WHERE thread_id = $1",
-            )
-            .bind(new.thread_id)
-            .bind(seq)
-            .bind(new.created_at)
-            .bind(&new.sender_id)
-            .execute(&mut *tx)
-            .await?;
-            let mut event_id = None;
-            if let Some(event) = &new.event {
-                // The counter row's lock orders event writers: ids commit in
-                // id order (see the migration).
-                let id: i64 = sqlx::query_scalar(
-                    "UPDATE integration_event_counter SET last_id = last_id + 1 \
-                     WHERE id = 1 RETURNING last_id",
-                )
-                .fetch_one(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "INSERT INTO integration_events (id, event_type, thread_id, message_id, \
-                     actor_id, payload, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
-                .bind(id)
-                .bind(&event.event_type)
-                .bind(new.thread_id)
-                .bind(new.id)
-                .bind(&event.actor_id)
-                .bind(&event.payload)
-                .bind(new.created_at)
-                .execute(&mut *tx)
-                .await?;
-                event_id = Some(id);
-            }
-            tx.commit().await?;
-            (seq, event_id)
-        });
-        let (seq, event_id) = outcome;
-        Ok(Some(Appended::Created(new.stored(seq), event_id)))
+            Err(err) => Err(err),
+        }
     }
 
     /// A page of a thread's messages in ascending seq order, and whether
@@ -1143,46 +1067,6 @@ impl Store {
                     .await?
                 }
             };
-            Ok(row.map(|row| message_at(&row, 0)).transpose()?)
-        })
-    }
-
-    /// Replaces a live message's content. `None` when it is gone or deleted.
-    pub async fn edit_message(
-        &self,
-        message_id: Uuid,
-        content: &str,
-        now: UnixMicros,
-    ) -> Result<Option<Message>, StoreError> {
-        with_pools!(self, |reader, writer, Db| {
-            let row = sqlx::query(&format!(
-                "UPDATE messages SET content = $2, edited_at = $3 \
-                 WHERE id = $1 AND deleted_at IS NULL RETURNING {MESSAGE_RETURNING}"
-            ))
-            .bind(message_id)
-            .bind(content)
-            .bind(now)
-            .fetch_optional(writer)
-            .await?;
-            Ok(row.map(|row| message_at(&row, 0)).transpose()?)
-        })
-    }
-
-    /// Soft-deletes a message (the first deletion time stays).
-    pub async fn delete_message(
-        &self,
-        message_id: Uuid,
-        now: UnixMicros,
-    ) -> Result<Option<Message>, StoreError> {
-        with_pools!(self, |reader, writer, Db| {
-            let row = sqlx::query(&format!(
-                "UPDATE messages SET deleted_at = COALESCE(deleted_at, $2) \
-                 WHERE id = $1 RETURNING {MESSAGE_RETURNING}"
-            ))
-            .bind(message_id)
-            .bind(now)
-            .fetch_optional(writer)
-            .await?;
             Ok(row.map(|row| message_at(&row, 0)).transpose()?)
         })
     }

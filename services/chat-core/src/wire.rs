@@ -271,3 +271,30 @@ mod tests {
         }
     }
 }
+
+/// A signed transcript as `ExportTranscript` answers it.
+pub fn transcript_to_proto(export: crate::chat::TranscriptExport) -> pb::ExportTranscriptResponse {
+    pb::ExportTranscriptResponse {
+        thread_id: export.thread_id.to_string(),
+        entries: export
+            .entries
+            .into_iter()
+            .map(|entry| pb::TranscriptEntry {
+                n: entry.n,
+                kind: entry.kind.as_str().to_owned(),
+                message_id: entry.message_id.to_string(),
+                seq: entry.seq,
+                sender_id: entry.sender_id,
+                message_type: entry.message_type,
+                content: entry.content,
+                metadata_json: entry.metadata,
+                at: crate::transcript::at_text(entry.at),
+                hash: crate::transcript::hex(&entry.hash),
+            })
+            .collect(),
+        head_hash: export.head_hash,
+        exported_at: export.exported_at,
+        key_id: export.key_id,
+        signature: export.signature,
+    }
+}

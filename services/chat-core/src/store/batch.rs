@@ -19,9 +19,11 @@
 //! where each statement is a round trip to sqlx's worker thread. At
 //! 10,000 messages/s those round trips, not the rows, are the price.
 //!
-//! Rows derived from each message (a transcript entry, a search-index row)
-//! belong in the write phase, built from [`Plan::created`], which is in
-//! arrival order and so in seq order within each thread.
+//! What each message adds besides its row is decided in the plan too: its
+//! transcript entry (the chain is extended in seq order, from the head
+//! read under the thread lock, so it has no gap and no fork) and the
+//! normalized words the search index holds. Both are written by the same
+//! statements as the message, in the same transaction.
 
 use std::collections::HashMap;
 
@@ -30,6 +32,11 @@ use uuid::Uuid;
 
 use super::{Appended, MESSAGE_COLUMNS, NewMessage, Store, StoreError, message_at};
 use crate::domain::{Message, UnixMicros};
+use crate::transcript::{self, Entry, EntryKind, Hash};
+
+/// The integration event whose payload carries the thread's transcript
+/// head, so the dispute service can later prove which record it was shown.
+pub(crate) const DISPUTE_REQUESTED: &str = "dispute.requested";
 
 /// What names a message for idempotent retries: a user's client_msg_id in
 /// one thread, or a service's key across all threads (the two unique
@@ -82,6 +89,8 @@ struct Locked {
     participants: HashMap<Uuid, Vec<String>>,
     /// Stored messages named by the batch's idempotency keys.
     originals: HashMap<IdempotencyKey, Message>,
+    /// Each thread's transcript head: its last entry's number and hash.
+    heads: HashMap<Uuid, (i64, Hash)>,
 }
 
 /// One message's fate, decided before anything is written.
@@ -105,6 +114,13 @@ struct Created<'a> {
     seq: i64,
     /// Filled in once the event counter has been advanced.
     event_id: Option<i64>,
+    /// The message's transcript entry number and hash.
+    transcript_n: i64,
+    transcript_hash: Hash,
+    /// What the search index holds for it.
+    words: String,
+    /// The event payload, when the plan added to it (a dispute's head).
+    payload: Option<String>,
 }
 
 impl Created<'_> {
@@ -119,6 +135,8 @@ struct ThreadTail {
     id: Uuid,
     last_seq: i64,
     at: UnixMicros,
+    transcript_n: i64,
+    transcript_head: Hash,
 }
 
 /// A participant's row after the batch: the thread's copies of last seq and
@@ -151,6 +169,7 @@ struct Plan<'a> {
 /// thread or a sender outside it, else the thread's next seq.
 fn plan<'a>(batch: &'a [NewMessage], locked: &Locked) -> Plan<'a> {
     let mut next_seq = locked.last_seq.clone();
+    let mut heads = locked.heads.clone();
     let mut first_with_key: HashMap<IdempotencyKey, usize> = HashMap::new();
     let mut fates = Vec::with_capacity(batch.len());
     let mut created: Vec<Created<'a>> = Vec::with_capacity(batch.len());
@@ -181,11 +200,39 @@ fn plan<'a>(batch: &'a [NewMessage], locked: &Locked) -> Plan<'a> {
             }
         }
         *last += 1;
+        let head = heads
+            .entry(new.thread_id)
+            .or_insert_with(|| (0, transcript::genesis(new.thread_id)));
+        let previous = head.1;
+        head.0 += 1;
+        head.1 = transcript::link(
+            &previous,
+            &Entry {
+                n: head.0,
+                kind: EntryKind::Message,
+                message_id: new.id,
+                seq: *last,
+                sender_id: new.sender_id.as_deref(),
+                message_type: new.kind.as_str(),
+                content: Some(&new.content),
+                metadata: Some(&new.metadata),
+                at: new.created_at,
+            },
+        );
+        let payload = new
+            .event
+            .as_ref()
+            .filter(|event| event.event_type == DISPUTE_REQUESTED)
+            .map(|event| with_head_hash(&event.payload, &transcript::hex(&previous)));
         let index = created.len();
         created.push(Created {
             new,
             seq: *last,
             event_id: None,
+            transcript_n: head.0,
+            transcript_hash: head.1,
+            words: crate::search::index_text(&new.content),
+            payload,
         });
         if let Some(key) = key {
             first_with_key.insert(key, index);
@@ -204,6 +251,8 @@ fn plan<'a>(batch: &'a [NewMessage], locked: &Locked) -> Plan<'a> {
             Some(&i) => {
                 threads[i].last_seq = entry.seq;
                 threads[i].at = new.created_at;
+                threads[i].transcript_n = entry.transcript_n;
+                threads[i].transcript_head = entry.transcript_hash;
             }
             None => {
                 thread_at.insert(new.thread_id, threads.len());
@@ -211,6 +260,8 @@ fn plan<'a>(batch: &'a [NewMessage], locked: &Locked) -> Plan<'a> {
                     id: new.thread_id,
                     last_seq: entry.seq,
                     at: new.created_at,
+                    transcript_n: entry.transcript_n,
+                    transcript_head: entry.transcript_hash,
                 });
             }
         }
@@ -241,6 +292,15 @@ fn plan<'a>(batch: &'a [NewMessage], locked: &Locked) -> Plan<'a> {
         participants,
         events: i64::try_from(events).unwrap_or(i64::MAX),
     }
+}
+
+/// `payload` (a JSON object) with the thread's transcript head added as
+/// `head_hash`: the record as it stood when the dispute was requested.
+fn with_head_hash(payload: &str, head_hash: &str) -> String {
+    let mut object: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(payload).unwrap_or_default();
+    object.insert("head_hash".to_owned(), head_hash.into());
+    serde_json::Value::Object(object).to_string()
 }
 
 impl Plan<'_> {
@@ -371,6 +431,20 @@ fn thread_ids(batch: &[NewMessage]) -> Vec<Uuid> {
     ids
 }
 
+/// A thread's transcript head from a row's `transcript_n` and
+/// `transcript_head` columns (`at` and the next).
+fn head_at<R>(row: &R, thread_id: Uuid, at: usize) -> Result<(i64, Hash), sqlx::Error>
+where
+    R: Row,
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let n: i64 = row.try_get(at)?;
+    let head: Option<Vec<u8>> = row.try_get(at + 1)?;
+    Ok((n, transcript::head_or_genesis(thread_id, head.as_deref())))
+}
+
 /// Files a stored message read by its idempotency key (columns: the
 /// message's, then `posted_by` and `idempotency_key`) under every key that
 /// names it.
@@ -423,7 +497,7 @@ mod postgres {
         // the whole (update-heavy, so bloated) participants table.
         let rows = sqlx::query(
             "SELECT t.id, t.last_seq, ARRAY(SELECT p.user_id FROM thread_participants p \
-             WHERE p.thread_id = t.id) FROM threads t \
+             WHERE p.thread_id = t.id), t.transcript_n, t.transcript_head FROM threads t \
              WHERE t.id = ANY($1) ORDER BY t.id FOR UPDATE",
         )
         .bind(&ids)
@@ -434,6 +508,7 @@ mod postgres {
             let id: Uuid = row.try_get(0)?;
             locked.last_seq.insert(id, row.try_get(1)?);
             locked.participants.insert(id, row.try_get(2)?);
+            locked.heads.insert(id, head_at(row, id, 3)?);
         }
 
         read_originals(&mut tx, batch, &mut locked).await?;
@@ -525,7 +600,8 @@ mod postgres {
                 e.event_type.push(event.event_type.as_str());
                 e.thread_id.push(entry.new.thread_id);
                 e.actor_id.push(event.actor_id.as_deref());
-                e.payload.push(event.payload.as_str());
+                e.payload
+                    .push(entry.payload.as_deref().unwrap_or(&event.payload));
                 e.created_at.push(entry.new.created_at);
             }
         }
@@ -544,13 +620,22 @@ mod postgres {
         let last_event_id: Option<i64> = sqlx::query_scalar(
             "WITH inserted AS ( \
                INSERT INTO messages (id, thread_id, seq, sender_id, message_type, content, \
-               metadata, client_msg_id, posted_by, idempotency_key, created_at) \
-               SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::text[], $5::text[], \
-               $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::int8[]) \
+               metadata, client_msg_id, posted_by, idempotency_key, created_at, \
+               transcript_n, transcript_hash, search) \
+               SELECT u.id, u.thread_id, u.seq, u.sender_id, u.message_type, u.content, \
+               u.metadata, u.client_msg_id, u.posted_by, u.idempotency_key, u.created_at, \
+               u.transcript_n, u.transcript_hash, to_tsvector('simple', u.words) \
+               FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::text[], $5::text[], \
+               $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::int8[], \
+               $26::int8[], $27::bytea[], $28::text[]) AS u(id, thread_id, seq, sender_id, \
+               message_type, content, metadata, client_msg_id, posted_by, idempotency_key, \
+               created_at, transcript_n, transcript_hash, words) \
              ), threads_moved AS ( \
                UPDATE threads t SET last_seq = u.last_seq, last_message_at = u.at, \
-               activity_at = u.at \
-               FROM UNNEST($12::uuid[], $13::int8[], $14::int8[]) AS u(id, last_seq, at) \
+               activity_at = u.at, transcript_n = u.transcript_n, \
+               transcript_head = u.transcript_head \
+               FROM UNNEST($12::uuid[], $13::int8[], $14::int8[], $29::int8[], $30::bytea[]) \
+               AS u(id, last_seq, at, transcript_n, transcript_head) \
                WHERE t.id = u.id AND t.id = ANY($12::uuid[]) \
              ), participants_moved AS ( \
                UPDATE thread_participants tp SET last_seq = u.last_seq, activity_at = u.at, \
@@ -602,6 +687,16 @@ mod postgres {
         .bind(&e.actor_id)
         .bind(&e.payload)
         .bind(&e.created_at)
+        .bind(&m.transcript_n)
+        .bind(&m.transcript_hash)
+        .bind(&m.words)
+        .bind(threads.iter().map(|t| t.transcript_n).collect::<Vec<_>>())
+        .bind(
+            threads
+                .iter()
+                .map(|t| t.transcript_head.as_slice())
+                .collect::<Vec<_>>(),
+        )
         .fetch_optional(&mut *tx)
         .await?;
         if plan.events > 0 {
@@ -637,6 +732,9 @@ mod postgres {
         posted_by: Vec<Option<&'a str>>,
         idempotency_key: Vec<Option<&'a str>>,
         created_at: Vec<i64>,
+        transcript_n: Vec<i64>,
+        transcript_hash: Vec<&'a [u8]>,
+        words: Vec<&'a str>,
     }
 
     impl<'a> MessageColumns<'a> {
@@ -653,10 +751,13 @@ mod postgres {
                 posted_by: Vec::with_capacity(n),
                 idempotency_key: Vec::with_capacity(n),
                 created_at: Vec::with_capacity(n),
+                transcript_n: Vec::with_capacity(n),
+                transcript_hash: Vec::with_capacity(n),
+                words: Vec::with_capacity(n),
             }
         }
 
-        fn push(&mut self, entry: &Created<'a>) {
+        fn push(&mut self, entry: &'a Created<'a>) {
             let new = entry.new;
             self.id.push(new.id);
             self.thread_id.push(new.thread_id);
@@ -669,6 +770,9 @@ mod postgres {
             self.posted_by.push(new.posted_by.as_deref());
             self.idempotency_key.push(new.idempotency_key.as_deref());
             self.created_at.push(new.created_at);
+            self.transcript_n.push(entry.transcript_n);
+            self.transcript_hash.push(&entry.transcript_hash);
+            self.words.push(&entry.words);
         }
     }
 }
@@ -701,7 +805,8 @@ mod sqlite {
         let ids = thread_ids(batch);
         for chunk in ids.chunks(rows_per_statement(1)) {
             let mut query = QueryBuilder::<Sqlite>::new(
-                "SELECT t.id, t.last_seq, tp.user_id FROM threads t \
+                "SELECT t.id, t.last_seq, tp.user_id, t.transcript_n, t.transcript_head \
+                 FROM threads t \
                  LEFT JOIN thread_participants tp ON tp.thread_id = t.id WHERE t.id IN (",
             );
             let mut list = query.separated(", ");
@@ -714,6 +819,7 @@ mod sqlite {
                 locked.last_seq.insert(id, row.try_get(1)?);
                 let user: Option<String> = row.try_get(2)?;
                 locked.participants.entry(id).or_default().extend(user);
+                locked.heads.insert(id, head_at(row, id, 3)?);
             }
         }
         read_originals(&mut tx, batch, &mut locked).await?;
@@ -788,10 +894,11 @@ mod sqlite {
     }
 
     async fn write(tx: &mut sqlx::SqliteConnection, plan: &mut Plan<'_>) -> Result<(), StoreError> {
-        for chunk in plan.created.chunks(rows_per_statement(11)) {
+        for chunk in plan.created.chunks(rows_per_statement(13)) {
             let mut query = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO messages (id, thread_id, seq, sender_id, message_type, content, \
-                 metadata, client_msg_id, posted_by, idempotency_key, created_at) ",
+                 metadata, client_msg_id, posted_by, idempotency_key, created_at, \
+                 transcript_n, transcript_hash) ",
             );
             query.push_values(chunk, |mut row, entry| {
                 let new = entry.new;
@@ -805,20 +912,38 @@ mod sqlite {
                     .push_bind(new.client_msg_id.as_deref())
                     .push_bind(new.posted_by.as_deref())
                     .push_bind(new.idempotency_key.as_deref())
-                    .push_bind(new.created_at);
+                    .push_bind(new.created_at)
+                    .push_bind(entry.transcript_n)
+                    .push_bind(entry.transcript_hash.as_slice());
             });
             query.build().execute(&mut *tx).await?;
         }
-        for chunk in plan.threads.chunks(rows_per_statement(3)) {
-            let mut query = QueryBuilder::<Sqlite>::new("WITH u(id, last_seq, at) AS (");
+        for chunk in plan.created.chunks(rows_per_statement(2)) {
+            let mut query = QueryBuilder::<Sqlite>::new("WITH v(id, words) AS (");
+            query.push_values(chunk, |mut row, entry| {
+                row.push_bind(entry.new.id).push_bind(entry.words.as_str());
+            });
+            query.push(
+                ") INSERT INTO message_search (rowid, words) \
+                 SELECT m.rowid, v.words FROM v JOIN messages m ON m.id = v.id",
+            );
+            query.build().execute(&mut *tx).await?;
+        }
+        for chunk in plan.threads.chunks(rows_per_statement(5)) {
+            let mut query = QueryBuilder::<Sqlite>::new(
+                "WITH u(id, last_seq, at, transcript_n, transcript_head) AS (",
+            );
             query.push_values(chunk, |mut row, tail| {
                 row.push_bind(tail.id)
                     .push_bind(tail.last_seq)
-                    .push_bind(tail.at);
+                    .push_bind(tail.at)
+                    .push_bind(tail.transcript_n)
+                    .push_bind(tail.transcript_head.as_slice());
             });
             query.push(
                 ") UPDATE threads SET last_seq = u.last_seq, last_message_at = u.at, \
-                 activity_at = u.at FROM u WHERE threads.id = u.id",
+                 activity_at = u.at, transcript_n = u.transcript_n, \
+                 transcript_head = u.transcript_head FROM u WHERE threads.id = u.id",
             );
             query.build().execute(&mut *tx).await?;
         }
@@ -866,7 +991,7 @@ mod sqlite {
                         .push_bind(entry.new.thread_id)
                         .push_bind(entry.new.id)
                         .push_bind(event.actor_id.as_deref())
-                        .push_bind(event.payload.as_str())
+                        .push_bind(entry.payload.as_deref().unwrap_or(&event.payload))
                         .push_bind(entry.new.created_at);
                 });
                 query.build().execute(&mut *tx).await?;

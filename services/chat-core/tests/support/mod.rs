@@ -117,6 +117,19 @@ impl TestApp {
     }
 }
 
+impl TestApp {
+    /// Another chat-core over this one's database with extra settings: a
+    /// replica on PostgreSQL, or on SQLite the next process over the same
+    /// file (stop this one first).
+    pub async fn restart_with(&self, extra: &[(&'static str, &str)]) -> TestApp {
+        let db = TestDatabase {
+            url: self.db_url.clone(),
+            _dir: None,
+        };
+        spawn_on_with(db, self.backend, self.secret.clone(), extra).await
+    }
+}
+
 /// Starts chat-core over `db` (which may already hold data).
 pub async fn spawn_on(db: TestDatabase, backend: Backend, secret: String) -> TestApp {
     spawn_on_with(db, backend, secret, &[]).await
@@ -426,6 +439,32 @@ impl TestApp {
     /// to its 5 s busy timeout, so release well before).
     pub async fn block_writes(&self, thread_id: &str) -> WriteBlock {
         block_writes(self.backend, &self.db_url, thread_id).await
+    }
+
+    /// Runs `statement` directly on the database, behind the service's back.
+    pub async fn execute(&self, statement: &str) {
+        match self.backend {
+            Backend::Postgres => {
+                let mut conn = PgConnection::connect(&self.db_url).await.expect("connect");
+                conn.execute(statement).await.expect("execute");
+            }
+            Backend::Sqlite => {
+                let mut conn = sqlx::SqliteConnection::connect(&self.db_url)
+                    .await
+                    .expect("connect");
+                conn.execute(statement).await.expect("execute");
+            }
+        }
+    }
+
+    /// A UUID as a literal of this backend's SQL (SQLite stores them as
+    /// 16-byte blobs).
+    pub fn uuid_literal(&self, id: &str) -> String {
+        let id = uuid::Uuid::parse_str(id).expect("uuid");
+        match self.backend {
+            Backend::Postgres => format!("'{id}'::uuid"),
+            Backend::Sqlite => format!("X'{}'", id.simple()),
+        }
     }
 
     /// Runs `statement` (one row, one BIGINT) directly on the database.
