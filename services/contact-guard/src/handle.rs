@@ -1,0 +1,189 @@
+//! Handles on messaging and payment apps, and invitations to move there:
+//! "my insta is @anna.makes", "add me on telegram", "whatsapp me", "pay me
+//! via zelle", "$annakdesigns on cash app", "w h a t s a p p".
+//!
+//! App names alone are not enough: chat about building a "Telegram bot" or
+//! a "PayPal checkout" is ordinary work. A handle needs an identifier after
+//! the app ("discord: jdev_pro"), or an invitation around it ("hit me up on
+//! whats app", "let's move to Signal"), or a disguise of the app's name
+//! (nobody spells "t.e.l.e.g.r.a.m" to talk about a bot).
+
+use std::ops::Range;
+
+use regex::Regex;
+
+use crate::patterns::B;
+
+/// Messaging apps whose names are not everyday words, with the usual
+/// misspellings and digit-for-letter swaps.
+const STRONG: &str = concat!(
+    r"wh?[a4@]t+'?s? ?-?[a4@]+pp?|t[e3]l[e3] ?gr?[a4@]?m|[i1!|]nst[a4@]gr[a4@]m|[i1!|]nst[a4@]",
+    r"|sk[yi]pe|d[i1!|]sc[o0]rd|sn[a4@]p ?ch[a4@]t|w[e3]ch[a4@]t|weixin|v[i1]b[e3]r|k[i1]k",
+    r"|t[i1]k ?t[o0]k|tw[i1]tt[e3]r|f[a4]c[e3]b[o0][o0]k|l[i1]nk[e3]d ?[i1]n|imessage|threema",
+    r"|line ?app"
+);
+/// Payment apps whose names are not everyday words.
+const PAY: &str = concat!(
+    r"v[e3]nm[o0]|c[a4@][s$5]h ?[a4@]pp?|p[a4@]y ?p[a4@]l|z[e3]ll[e3]|r[e3]v[o0]lut",
+    r"|payoneer|skrill|western union|moneygram"
+);
+/// Short or everyday names that count only with an identifier or an
+/// invitation around them.
+const WEAK: &str = r"s[i1]gn[a4]l|snap|tele|tg|ig|fb|messenger|gram|line ?id|wise|pp";
+
+/// What a handle's identifier must not be: ordinary words after "is".
+const NOT_NAMES: &[&str] = &[
+    "the", "a", "an", "great", "good", "fine", "down", "better", "slow", "easier", "faster", "not",
+    "too", "also", "same", "ok", "okay", "there", "here", "better", "best", "free", "blocked",
+    "banned", "broken", "working", "cheaper", "safer", "easy", "bad", "weird", "it", "this",
+    "that", "and", "or", "for", "with", "so", "just", "my", "your", "me",
+];
+
+/// The compiled handle rules.
+#[derive(Debug)]
+pub(crate) struct HandleRules {
+    any_app: Regex,
+    weak_exact: Regex,
+    strong_exact: Regex,
+    /// App, optional "id"/"handle", separator, identifier.
+    named: Regex,
+    /// "whatsapp me", "venmo me".
+    app_me: Regex,
+    /// "my telegram is", "to my paypal".
+    my_app: Regex,
+    /// "add me on", "hit me up on", "pay me via".
+    invitation: Regex,
+    /// "let's move this to", "talk on".
+    move_to: Regex,
+    /// "pay via", "accept payoneer", "zelle to my".
+    payment: Regex,
+    /// "I'm on viber", "I'm @jdev on twitter".
+    presence: Regex,
+    /// "$annak on cash app".
+    tag_on: Regex,
+    /// "what's your telegram?", "got whatsapp?".
+    asking: Regex,
+}
+
+impl HandleRules {
+    pub(crate) fn new() -> Self {
+        let build = |pattern: String| Regex::new(&pattern).expect("handle pattern compiles");
+        let all = format!("{STRONG}|{PAY}|{WEAK}");
+        let keyword = format!(r"(?:(?:id|handle|username|user ?name|user|nick|number|no\.?|account|acc|tag|address){B} ?)?");
+        let named_keyword = format!(r"(?:,? ?(?P<kw>id|handle|username|user ?name|user|nick|number|no\.?|account|acc|tag|address){B} ?)?");
+        HandleRules {
+            any_app: build(format!("{B}(?:{all}|wa|wsp|wpp|whats|zap){B}")),
+            weak_exact: build(format!("^(?:{WEAK})$")),
+            strong_exact: build(format!("^(?:{STRONG}|{PAY}|s[i1]gn[a4]l)$")),
+            named: build(format!(
+                r"{B}(?P<app>{all}){B} ?{named_keyword}(?P<sep>:|=|→|->| -|is{B})? ?(?P<id>[@$][a-z0-9][a-z0-9._\-]*|\+ ?[0-9]|[a-z0-9][a-z0-9._\-#:]*)"
+            )),
+            app_me: build(format!(
+                r"{B}(?P<app>{STRONG}|{PAY}|s[i1]gn[a4]l|snap|tele|tg|messenger|wise) me{B}"
+            )),
+            my_app: build(format!(
+                r"{B}(?:my (?P<app>{all}){B} ?{keyword}(?::|=|is{B}|→|->|,|\.|\?|!|$)|(?:to|on|via|into|through|thru|at) my (?P<app2>{all}){B})"
+            )),
+            invitation: build(format!(
+                r"{B}(?:(?:add|text|message|msg|dm|ping|call|reach|contact|find|hit|write|catch|follow|pay|send|inbox|buzz|friend) (?:me|us)(?: up)?|hmu){B}[^.!?]{{0,25}}?{B}(?:on|via|over|through|thru|in|at|using) (?:the )?(?P<app>{all}|wa|wsp|wpp|whats|zap){B}"
+            )),
+            move_to: build(format!(
+                r"{B}(?:talk|chat|continue|move|switch|go|connect|speak|meet|hop|jump|call|take (?:this|it)|message|msg|text|communicate){B}[^.!?]{{0,22}}?{B}(?:on|via|over|to|through|thru|in|onto) (?:the )?(?P<app>{STRONG}|s[i1]gn[a4]l|snap|insta|ig|tele|tg|fb|messenger|gram){B}"
+            )),
+            payment: build(format!(
+                r"{B}(?:(?:pay|paid|payment|send|transfer|wire|take|receive|accept|prefer){B}[^.!?]{{0,25}}?{B}(?:via|through|thru|with|using|on|by|over|to) (?:my )?(?P<app>{PAY}|wise|pp){B}|(?:accept|prefer|take) (?P<app2>{PAY}|wise){B}|(?P<app3>{PAY}|wise) to (?:me|my){B})"
+            )),
+            presence: build(format!(
+                r"{B}(?:i'?m|i am|are you|are u|you|u|we'?re|also)(?: also)?(?: @[a-z0-9._\-]+)? (?:on|at) (?:the )?(?P<app>{all}){B}"
+            )),
+            asking: build(format!(
+                r"{B}(?:what'?s|whats|wats|got|have|send|give me|drop|share) (?:your|ur|u r|you're) (?P<app>{all}){B}"
+            )),
+            tag_on: build(format!(
+                r"(?P<id>[@$][a-z0-9][a-z0-9._\-]+) (?:on|at|via) (?:the )?(?P<app>{all}){B}"
+            )),
+        }
+    }
+
+    /// Finds handles in `text`, a folded view. `phones` are the phone
+    /// numbers already found in it (an app name followed by one is a
+    /// handle); `disguised` tells whether the original behind a range of
+    /// the view was written in disguise.
+    pub(crate) fn find(
+        &self,
+        text: &str,
+        phones: &[Range<usize>],
+        disguised: impl Fn(Range<usize>) -> bool,
+        out: &mut Vec<Range<usize>>,
+    ) {
+        if !self.any_app.is_match(text) {
+            return;
+        }
+        for caps in self.named.captures_iter(text) {
+            let app = caps.name("app").expect("app group");
+            let id = caps.name("id").expect("id group");
+            let sep = caps.name("sep").map(|s| s.as_str().trim()).or_else(|| caps.name("kw").map(|_| ":"));
+            let mine = text[..app.start()].trim_end().ends_with("my");
+            if let Some(end) = self.named_end(app.as_str(), sep, id.as_str(), id.range(), mine, phones) {
+                out.push(app.start()..end.max(app.end()));
+            }
+        }
+        for rule in [
+            &self.app_me,
+            &self.my_app,
+            &self.invitation,
+            &self.move_to,
+            &self.payment,
+            &self.presence,
+            &self.asking,
+        ] {
+            for caps in rule.captures_iter(text) {
+                let app = ["app", "app2", "app3"].iter().find_map(|n| caps.name(n)).expect("an app group");
+                let whole = caps.get(0).expect("whole match");
+                out.push(app.start().min(whole.start())..whole.end().max(app.end()));
+            }
+        }
+        for caps in self.tag_on.captures_iter(text) {
+            out.push(caps.get(0).expect("whole match").range());
+        }
+        // A disguised app name is an invitation by itself.
+        for m in self.any_app.find_iter(text) {
+            if self.strong_exact.is_match(m.as_str()) && disguised(m.range()) {
+                out.push(m.range());
+            }
+        }
+    }
+
+    /// Whether "app [keyword] [sep] id" names a handle; returns where the
+    /// finding ends.
+    fn named_end(
+        &self,
+        app: &str,
+        sep: Option<&str>,
+        id: &str,
+        id_range: Range<usize>,
+        mine: bool,
+        phones: &[Range<usize>],
+    ) -> Option<usize> {
+        let weak = self.weak_exact.is_match(app);
+        if id.starts_with('@') || id.starts_with('$') {
+            return (id.len() > 1).then_some(id_range.end);
+        }
+        if id.starts_with('+') || id.as_bytes()[0].is_ascii_digit() {
+            let phone_follows = phones.iter().any(|p| p.start <= id_range.start + 1 && p.end > id_range.start);
+            return phone_follows.then_some(id_range.start);
+        }
+        let sep = sep?;
+        if NOT_NAMES.contains(&id) || id.len() < 2 {
+            return None;
+        }
+        let strong_sep = matches!(sep, ":" | "=" | "→" | "->");
+        let name_like = id.bytes().any(|b| b.is_ascii_digit() || b"._#:-".contains(&b));
+        let accepted = if weak {
+            strong_sep || (mine && name_like)
+        } else {
+            strong_sep || name_like || mine
+        };
+        accepted.then_some(id_range.end)
+    }
+}
