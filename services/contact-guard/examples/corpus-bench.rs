@@ -15,57 +15,45 @@ use std::time::Instant;
 use contact_guard::ContactDetector;
 
 fn main() {
-    let passes: usize = std::env::args().nth(1).map_or(400, |a| a.parse().expect("passes is a number"));
+    let passes: usize = std::env::args()
+        .nth(1)
+        .map_or(400, |a| a.parse().expect("passes is a number"));
     let started = Instant::now();
     let detector = ContactDetector::new();
     let compile = started.elapsed();
-    let lines = corpus::load();
-    let score = corpus::score(&detector, &lines);
-    for miss in &score.misses {
-        println!("missed: {miss}");
+    let mut lines = Vec::new();
+    for set in corpus::SETS {
+        let set_lines = corpus::load(set);
+        let score = corpus::score(&detector, &set_lines);
+        for miss in &score.misses {
+            println!("{set}: missed: {miss}");
+        }
+        for flagged in &score.flagged {
+            println!("{set}: false positive: {flagged}");
+        }
+        for wrong in &score.wrong_kinds {
+            println!("{set}: other kinds: {wrong}");
+        }
+        println!(
+            "{set}: {} lines; recall {:.1}% ({}/{}), false-positive rate {:.1}% ({}/{}), kind accuracy {:.1}%",
+            set_lines.len(),
+            score.recall() * 100.0,
+            score.found,
+            score.positives,
+            score.false_positive_rate() * 100.0,
+            score.false_positives,
+            score.innocents,
+            score.kind_accuracy() * 100.0
+        );
+        lines.extend(set_lines);
     }
-    for flagged in &score.flagged {
-        println!("false positive: {flagged}");
-    }
-    println!(
-        "corpus: {} lines, {} hiding contact details, {} innocent",
-        lines.len(),
-        score.positives,
-        score.innocents
-    );
-    println!("recall:              {:.1}% ({}/{})", score.recall() * 100.0, score.found, score.positives);
-    println!(
-        "false-positive rate: {:.1}% ({}/{})",
-        score.false_positive_rate() * 100.0,
-        score.false_positives,
-        score.innocents
-    );
-    println!("kind accuracy:       {:.1}% (exact set of kinds)", score.kind_accuracy() * 100.0);
-
-    let heldout = corpus::load_heldout();
-    let held = corpus::score(&detector, &heldout);
-    for miss in &held.misses {
-        println!("held-out missed: {miss}");
-    }
-    for flagged in &held.flagged {
-        println!("held-out false positive: {flagged}");
-    }
-    for wrong in held.wrong_kinds.iter().chain(&score.wrong_kinds) {
-        println!("other kinds: {wrong}");
-    }
-    println!(
-        "held-out: recall {:.1}% ({}/{}), false-positive rate {:.1}% ({}/{}), kind accuracy {:.1}%",
-        held.recall() * 100.0,
-        held.found,
-        held.positives,
-        held.false_positive_rate() * 100.0,
-        held.false_positives,
-        held.innocents,
-        held.kind_accuracy() * 100.0
-    );
 
     let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
-    let innocent: Vec<&str> = lines.iter().filter(|l| l.expected.is_empty()).map(|l| l.text.as_str()).collect();
+    let innocent: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.expected.is_empty())
+        .map(|l| l.text.as_str())
+        .collect();
     // Warm up, then time single-threaded passes.
     for text in &texts {
         black_box(detector.detect(text));
@@ -79,7 +67,16 @@ fn main() {
         }
         (passes * sample.len()) as f64 / started.elapsed().as_secs_f64()
     };
-    println!("rules compiled in:   {:.1} ms", compile.as_secs_f64() * 1000.0);
-    println!("speed, whole corpus: {:.0} messages/s (one thread, {passes} passes)", rate(&texts));
-    println!("speed, innocent:     {:.0} messages/s (one thread, {passes} passes)", rate(&innocent));
+    println!(
+        "rules compiled in:   {:.1} ms",
+        compile.as_secs_f64() * 1000.0
+    );
+    println!(
+        "speed, whole corpus: {:.0} messages/s (one thread, {passes} passes)",
+        rate(&texts)
+    );
+    println!(
+        "speed, innocent:     {:.0} messages/s (one thread, {passes} passes)",
+        rate(&innocent)
+    );
 }

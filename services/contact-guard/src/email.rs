@@ -23,15 +23,15 @@ pub(crate) struct EmailRules {
     mail_context: Regex,
 }
 
-const AT: &str = r"(?: ?[\(\[\{<] ?(?:at|@|a) ?[\)\]\}>] ?|,? at,? | ?@ ?)";
-const DOT: &str = r"(?: ?[\(\[\{<] ?(?:dot|\.|d0t|point) ?[\)\]\}>] ?|,? (?:dot|d0t|point),? | ?\. ?)";
+const AT: &str = r"(?: ?[\(\[\{<] ?(?:at|@|a|arroba) ?[\)\]\}>] ?|,? (?:at|arroba),? | ?@ ?)";
+const DOT: &str = r"(?: ?[\(\[\{<] ?(?:dot|\.|d0t|point|punto|ponto|punkt) ?[\)\]\}>] ?|,? (?:dot|d0t|point|punto|ponto|punkt),? | ?\. ?)";
 const LOCAL_WORD: &str = r"[a-z0-9][a-z0-9._%+\-]*";
 const LABEL: &str = r"(?:g ?mail|[a-z0-9][a-z0-9\-]*)";
 
 impl EmailRules {
     pub(crate) fn new() -> Self {
         let local = format!(
-            r"{LOCAL_WORD}(?:(?: (?:dot|point|underscore|dash|hyphen) | ?\. ?|\(dot\)|\[dot\]){LOCAL_WORD})*"
+            r"{LOCAL_WORD}(?:(?: (?:dot|point|punto|ponto|punkt|underscore|dash|hyphen) | ?\. ?|\(dot\)|\[dot\]){LOCAL_WORD})*"
         );
         let tlds = email_tlds();
         let build = |pattern: String| Regex::new(&pattern).expect("e-mail pattern compiles");
@@ -42,12 +42,14 @@ impl EmailRules {
             disguised: build(format!(
                 r"{B}(?P<local>{local})(?P<at>{AT})(?P<domain>{LABEL}(?:{DOT}{LABEL})*){DOT}(?:{tlds}){B}"
             )),
-            provider_only: build(format!(r"{B}(?P<local>{local})(?P<at>{AT})(?:{PROVIDERS}){B}")),
+            provider_only: build(format!(
+                r"{B}(?P<local>{local})(?P<at>{AT})(?:{PROVIDERS}){B}"
+            )),
             provider_name: build(format!(
                 r"{B}(?:{PROVIDERS}){B},? ?(?:address |account |id |username |user name |name )?(?:is|:|=|-|→|->) ?(?P<name>[a-z0-9][a-z0-9._\-]+)"
             )),
             mail_context: build(format!(
-                r"{B}(?:e-?mail|mail|address|inbox|contact|write|reach|send|em@il){B}"
+                r"{B}(?:e-?mail|mail|address|inbox|contact|write|reach|send|em@il|correo|adresse){B}"
             )),
         }
     }
@@ -80,7 +82,7 @@ impl EmailRules {
             if reserved(all) {
                 continue;
             }
-            let spelled_at = at.trim_matches([' ', ',']) == "at";
+            let spelled_at = matches!(at.trim_matches([' ', ',']), "at" | "arroba");
             let range = caps.get(0).expect("whole match").range();
             let at_range = caps.name("at").expect("at group").range();
             let accepted = !spelled_at
@@ -124,40 +126,100 @@ fn trim_range(text: &str, range: Range<usize>) -> Range<usize> {
 }
 
 fn has_provider_word(text: &str) -> bool {
-    ["mail", "outlook", "yahoo", "icloud", "proton", "gmx", "aol", "yandex", "zoho"]
-        .iter()
-        .any(|p| text.contains(p))
+    [
+        "mail", "outlook", "yahoo", "icloud", "proton", "gmx", "aol", "yandex", "zoho",
+    ]
+    .iter()
+    .any(|p| text.contains(p))
 }
 
 fn is_provider(domain: &str) -> bool {
     let first = domain.split([' ', '.', '(', '[']).next().unwrap_or(domain);
     matches!(
         first,
-        "gmail" | "g" | "googlemail" | "hotmail" | "outlook" | "yahoo" | "ymail" | "icloud"
-            | "protonmail" | "proton" | "gmx" | "aol" | "yandex" | "fastmail" | "zoho" | "live" | "msn"
+        "gmail"
+            | "g"
+            | "googlemail"
+            | "hotmail"
+            | "outlook"
+            | "yahoo"
+            | "ymail"
+            | "icloud"
+            | "protonmail"
+            | "proton"
+            | "gmx"
+            | "aol"
+            | "yandex"
+            | "fastmail"
+            | "zoho"
+            | "live"
+            | "msn"
     )
 }
 
 /// Names with digits, dots, underscores or dashes are user names, not words.
 fn looks_like_username(local: &str) -> bool {
-    local.bytes().any(|b| b.is_ascii_digit() || b"._-+ ".contains(&b))
+    local
+        .bytes()
+        .any(|b| b.is_ascii_digit() || b"._-+ ".contains(&b))
 }
 
 /// "look at google.com", "meet at site.com": an everyday word before "at".
 fn is_prose_before_at(local: &str) -> bool {
     matches!(
         local,
-        "look" | "me" | "us" | "it" | "him" | "her" | "them" | "you" | "here" | "there" | "is"
-            | "are" | "was" | "be" | "available" | "online" | "live" | "find" | "see" | "check"
-            | "visit" | "hosted" | "based" | "work" | "works" | "working" | "arrive" | "meet"
-            | "stay" | "login" | "log" | "sign" | "signed" | "limits" | "limit" | "im" | "i'm"
-            | "m" | "s" | "re" | "ll" | "we" | "they" | "i"
+        "look"
+            | "me"
+            | "us"
+            | "it"
+            | "him"
+            | "her"
+            | "them"
+            | "you"
+            | "here"
+            | "there"
+            | "is"
+            | "are"
+            | "was"
+            | "be"
+            | "available"
+            | "online"
+            | "live"
+            | "find"
+            | "see"
+            | "check"
+            | "visit"
+            | "hosted"
+            | "based"
+            | "work"
+            | "works"
+            | "working"
+            | "arrive"
+            | "meet"
+            | "stay"
+            | "login"
+            | "log"
+            | "sign"
+            | "signed"
+            | "limits"
+            | "limit"
+            | "im"
+            | "i'm"
+            | "m"
+            | "s"
+            | "re"
+            | "ll"
+            | "we"
+            | "they"
+            | "i"
     )
 }
 
 fn reserved(address: &str) -> bool {
     let host = address.rsplit(['@', ' ']).next().unwrap_or(address);
-    NOT_LINKS.iter().any(|r| host == *r || host.ends_with(&format!(".{r}")))
+    NOT_LINKS
+        .iter()
+        .any(|r| host == *r || host.ends_with(&format!(".{r}")))
         || address.ends_with(".test")
         || address.ends_with(".invalid")
         || address.ends_with(".local")

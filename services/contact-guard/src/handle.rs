@@ -63,14 +63,20 @@ pub(crate) struct HandleRules {
     tag_on: Regex,
     /// "what's your telegram?", "got whatsapp?".
     asking: Regex,
+    /// "Skype? my name there is kim.designs".
+    name_there: Regex,
 }
 
 impl HandleRules {
     pub(crate) fn new() -> Self {
         let build = |pattern: String| Regex::new(&pattern).expect("handle pattern compiles");
         let all = format!("{STRONG}|{PAY}|{WEAK}");
-        let keyword = format!(r"(?:(?:id|handle|username|user ?name|user|nick|number|no\.?|account|acc|tag|address){B} ?)?");
-        let named_keyword = format!(r"(?:,? ?(?P<kw>id|handle|username|user ?name|user|nick|number|no\.?|account|acc|tag|address){B} ?)?");
+        let keyword = format!(
+            r"(?:(?:id|handle|username|user ?name|user|nick|number|no\.?|account|acc|tag|address){B} ?)?"
+        );
+        let named_keyword = format!(
+            r"(?:,? ?(?P<kw>id|handle|username|user ?name|user|nick|number|no\.?|account|acc|tag|address){B} ?)?"
+        );
         HandleRules {
             any_app: build(format!("{B}(?:{all}|wa|wsp|wpp|whats|zap){B}")),
             weak_exact: build(format!("^(?:{WEAK})$")),
@@ -82,7 +88,7 @@ impl HandleRules {
                 r"{B}(?P<app>{STRONG}|{PAY}|s[i1]gn[a4]l|snap|tele|tg|messenger|wise) me{B}"
             )),
             my_app: build(format!(
-                r"{B}(?:my (?P<app>{all}){B} ?{keyword}(?::|=|is{B}|→|->|,|\.|\?|!|$)|(?:to|on|via|into|through|thru|at) my (?P<app2>{all}){B})"
+                r"{B}(?:my (?P<app>{all}){B} ?{keyword}(?::|=|is{B}|→|->|,|\.|\?|!|$)|(?:to|on|via|into|through|thru|at|(?:send|give|text|dm|pm) (?:you|u)) my (?P<app2>{all}){B})"
             )),
             invitation: build(format!(
                 r"{B}(?:(?:add|text|message|msg|dm|ping|call|reach|contact|find|hit|write|catch|follow|pay|send|inbox|buzz|friend) (?:me|us)(?: up)?|hmu){B}[^.!?]{{0,25}}?{B}(?:on|via|over|through|thru|in|at|using) (?:the )?(?P<app>{all}|wa|wsp|wpp|whats|zap){B}"
@@ -91,13 +97,16 @@ impl HandleRules {
                 r"{B}(?:talk|chat|continue|move|switch|go|connect|speak|meet|hop|jump|call|take (?:this|it)|message|msg|text|communicate){B}[^.!?]{{0,22}}?{B}(?:on|via|over|to|through|thru|in|onto) (?:the )?(?P<app>{STRONG}|s[i1]gn[a4]l|snap|insta|ig|tele|tg|fb|messenger|gram){B}"
             )),
             payment: build(format!(
-                r"{B}(?:(?:pay|paid|payment|send|transfer|wire|take|receive|accept|prefer){B}[^.!?]{{0,25}}?{B}(?:via|through|thru|with|using|on|by|over|to) (?:my )?(?P<app>{PAY}|wise|pp){B}|(?:accept|prefer|take) (?P<app2>{PAY}|wise){B}|(?P<app3>{PAY}|wise) to (?:me|my){B})"
+                r"{B}(?:(?:pay|paid|payment|send|transfer|wire|take|receive|accept|prefer){B}[^.!?]{{0,25}}?{B}(?:via|through|thru|with|using|on|by|over|to) (?:my )?(?P<app>{PAY}|wise|pp){B}|(?:accept|prefer|take) (?P<app2>{PAY}|wise){B}|(?P<app3>{PAY}|wise) (?:to (?:me|my)|works for (?:me|us)){B})"
             )),
             presence: build(format!(
                 r"{B}(?:i'?m|i am|are you|are u|you|u|we'?re|also)(?: also)?(?: @[a-z0-9._\-]+)? (?:on|at) (?:the )?(?P<app>{all}){B}"
             )),
             asking: build(format!(
-                r"{B}(?:what'?s|whats|wats|got|have|send|give me|drop|share) (?:your|ur|u r|you're) (?P<app>{all}){B}"
+                r"{B}(?:(?:what'?s|whats|wats|got|have|send|give me|drop|share) (?:your|ur|u r|you're)|(?:do|did) (?:you|u) (?:have|use)|(?:you|u) have|have (?:you|u) got) (?P<app>{all}){B}"
+            )),
+            name_there: build(format!(
+                r"{B}(?P<app>{all}){B}[^.!]{{0,12}}?{B}(?:my|the) (?:name|id|handle|username|user ?name|nick)(?: there| on it| on there)? (?:is|:) ?@?[a-z0-9][a-z0-9._\-]*"
             )),
             tag_on: build(format!(
                 r"(?P<id>[@$][a-z0-9][a-z0-9._\-]+) (?:on|at|via) (?:the )?(?P<app>{all}){B}"
@@ -122,9 +131,14 @@ impl HandleRules {
         for caps in self.named.captures_iter(text) {
             let app = caps.name("app").expect("app group");
             let id = caps.name("id").expect("id group");
-            let sep = caps.name("sep").map(|s| s.as_str().trim()).or_else(|| caps.name("kw").map(|_| ":"));
+            let sep = caps
+                .name("sep")
+                .map(|s| s.as_str().trim())
+                .or_else(|| caps.name("kw").map(|_| ":"));
             let mine = text[..app.start()].trim_end().ends_with("my");
-            if let Some(end) = self.named_end(app.as_str(), sep, id.as_str(), id.range(), mine, phones) {
+            if let Some(end) =
+                self.named_end(app.as_str(), sep, id.as_str(), id.range(), mine, phones)
+            {
                 out.push(app.start()..end.max(app.end()));
             }
         }
@@ -136,9 +150,13 @@ impl HandleRules {
             &self.payment,
             &self.presence,
             &self.asking,
+            &self.name_there,
         ] {
             for caps in rule.captures_iter(text) {
-                let app = ["app", "app2", "app3"].iter().find_map(|n| caps.name(n)).expect("an app group");
+                let app = ["app", "app2", "app3"]
+                    .iter()
+                    .find_map(|n| caps.name(n))
+                    .expect("an app group");
                 let whole = caps.get(0).expect("whole match");
                 out.push(app.start().min(whole.start())..whole.end().max(app.end()));
             }
@@ -170,7 +188,9 @@ impl HandleRules {
             return (id.len() > 1).then_some(id_range.end);
         }
         if id.starts_with('+') || id.as_bytes()[0].is_ascii_digit() {
-            let phone_follows = phones.iter().any(|p| p.start <= id_range.start + 1 && p.end > id_range.start);
+            let phone_follows = phones
+                .iter()
+                .any(|p| p.start <= id_range.start + 1 && p.end > id_range.start);
             return phone_follows.then_some(id_range.start);
         }
         let sep = sep?;
@@ -178,7 +198,9 @@ impl HandleRules {
             return None;
         }
         let strong_sep = matches!(sep, ":" | "=" | "→" | "->");
-        let name_like = id.bytes().any(|b| b.is_ascii_digit() || b"._#:-".contains(&b));
+        let name_like = id
+            .bytes()
+            .any(|b| b.is_ascii_digit() || b"._#:-".contains(&b));
         let accepted = if weak {
             strong_sep || (mine && name_like)
         } else {

@@ -146,13 +146,15 @@ impl ContactDetector {
         let mut phones = Vec::new();
         phone::find(folded_text, &mut phones);
         let mut emails = Vec::new();
-        let uppercase_at = |r: Range<usize>| r.start < r.end && &text[view.original_range(r)] == "AT";
+        let uppercase_at =
+            |r: Range<usize>| r.start < r.end && &text[view.original_range(r)] == "AT";
         self.email.find(folded_text, uppercase_at, &mut emails);
         let mut links = Vec::new();
         self.link.find(folded_text, &mut links);
         let mut handles = Vec::new();
         let disguised = |r: Range<usize>| is_disguised(&text[view.original_range(r)]);
-        self.handle.find(folded_text, &phones, disguised, &mut handles);
+        self.handle
+            .find(folded_text, &phones, disguised, &mut handles);
 
         let mut findings: Vec<Finding> = Vec::new();
         for (kind, ranges) in [
@@ -163,7 +165,10 @@ impl ContactDetector {
         ] {
             for range in ranges {
                 if let Some(range) = trim(folded_text, range) {
-                    findings.push(Finding { kind, range: view.original_range(range) });
+                    findings.push(Finding {
+                        kind,
+                        range: view.original_range(range),
+                    });
                 }
             }
         }
@@ -186,7 +191,9 @@ fn is_disguised(original: &str) -> bool {
 fn trim(text: &str, range: Range<usize>) -> Option<Range<usize>> {
     let slice = &text[range.clone()];
     let leading = slice.len() - slice.trim_start_matches(' ').len();
-    let kept = slice.trim_start_matches(' ').trim_end_matches([' ', '.', ',', '!', '?', ';', ':', ')', '(']);
+    let kept = slice
+        .trim_start_matches(' ')
+        .trim_end_matches([' ', '.', ',', '!', '?', ';', ':', ')', '(']);
     let start = range.start + leading;
     let end = start + kept.len();
     (start < end).then_some(start..end)
@@ -202,7 +209,8 @@ fn merge(mut findings: Vec<Finding>) -> Vec<Finding> {
                 last.range.end = last.range.end.max(finding.range.end);
                 // "skype: john.smith.dev" is a handle that looks like a
                 // domain: the app named first decides.
-                let handle_first = last.kind == ContactKind::Handle && finding.kind == ContactKind::Link;
+                let handle_first =
+                    last.kind == ContactKind::Handle && finding.kind == ContactKind::Link;
                 if finding.kind.precedence() > last.kind.precedence() && !handle_first {
                     last.kind = finding.kind;
                 }
@@ -224,7 +232,10 @@ pub fn mask(text: &str, findings: &[Finding]) -> String {
         .iter()
         .map(|f| f.range.clone())
         .filter(|r| {
-            r.start < r.end && r.end <= text.len() && text.is_char_boundary(r.start) && text.is_char_boundary(r.end)
+            r.start < r.end
+                && r.end <= text.len()
+                && text.is_char_boundary(r.start)
+                && text.is_char_boundary(r.end)
         })
         .collect();
     ranges.sort_by_key(|r| r.start);

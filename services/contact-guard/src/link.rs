@@ -66,7 +66,11 @@ impl LinkRules {
                 }
             }
         }
-        if text.contains("dot") || text.contains(" .") || text.contains("[.]") || text.contains("(.)") {
+        if text.contains("dot")
+            || text.contains(" .")
+            || text.contains("[.]")
+            || text.contains("(.)")
+        {
             for caps in self.disguised.captures_iter(text) {
                 let first = &caps["first"];
                 if !is_one_of(first, PROSE_WORDS) {

@@ -23,13 +23,18 @@ pub(crate) fn email_tlds() -> String {
 
 /// Free mail providers: "john at gmail" needs no top-level domain to be an
 /// address.
-pub(crate) const PROVIDERS: &str =
-    "g ?mail|googlemail|hotmail|outlook|yahoo|ymail|icloud|protonmail|proton|gmx|aol|yandex|fastmail|zoho";
+pub(crate) const PROVIDERS: &str = "g ?mail|googlemail|hotmail|outlook|yahoo|ymail|icloud|protonmail|proton|gmx|aol|yandex|fastmail|zoho";
 
 /// Hosts that look like links but are technology names or reserved for
 /// examples.
 pub(crate) const NOT_LINKS: &[&str] = &[
-    "asp.net", "vb.net", "ado.net", "socket.io", "example.com", "example.org", "example.net",
+    "asp.net",
+    "vb.net",
+    "ado.net",
+    "socket.io",
+    "example.com",
+    "example.org",
+    "example.net",
 ];
 
 /// Words that, as the first label of "word . tld" or "word dot tld", are

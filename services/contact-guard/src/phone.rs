@@ -19,9 +19,6 @@ const MIN_DIGITS: usize = 7;
 /// Finds phone numbers in a folded view and returns their byte ranges in it.
 pub(crate) fn find(text: &str, out: &mut Vec<Range<usize>>) {
     let bytes = text.as_bytes();
-    if !bytes.iter().any(u8::is_ascii_digit) && !has_number_word(bytes) {
-        return;
-    }
     let mut run = Run::default();
     let mut index = 0;
     while index < bytes.len() {
@@ -30,7 +27,11 @@ pub(crate) fn find(text: &str, out: &mut Vec<Range<usize>>) {
             run.push(index, index + 1, &[byte - b'0'], false, bytes);
             index += 1;
         } else if byte.is_ascii_alphabetic() {
-            let end = index + bytes[index..].iter().take_while(|b| b.is_ascii_alphabetic()).count();
+            let end = index
+                + bytes[index..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_alphabetic())
+                    .count();
             let word = &bytes[index..end];
             let glued_to_digit = (index > 0 && bytes[index - 1].is_ascii_digit())
                 || bytes.get(end).is_some_and(u8::is_ascii_digit);
@@ -59,14 +60,6 @@ fn is_separator(byte: u8) -> bool {
     matches!(byte, b' ' | b'.' | b'-' | b'(' | b')' | b'/' | b',')
 }
 
-fn has_number_word(bytes: &[u8]) -> bool {
-    // Cheap test before scanning: spelled digits all contain one of these.
-    let text = bytes;
-    [&b"one"[..], b"two", b"thr", b"fou", b"fiv", b"six", b"sev", b"eig", b"nin", b"zero"]
-        .iter()
-        .any(|needle| text.windows(needle.len()).any(|w| w == *needle))
-}
-
 enum Word {
     Digits(&'static [u8]),
     Repeat(usize),
@@ -85,6 +78,18 @@ fn number_word(word: &[u8], glued_to_digit: bool) -> Option<Word> {
         b"seven" => &[7],
         b"eight" => &[8],
         b"nine" => &[9],
+        // Spanish, Portuguese, German and French, leaving out words that are
+        // English too ("un", "um", "sept").
+        b"cero" | b"null" => &[0],
+        b"uno" | b"eins" => &[1],
+        b"dos" | b"dois" | b"zwei" | b"deux" => &[2],
+        b"tres" | b"drei" | b"trois" => &[3],
+        b"cuatro" | b"quatro" | b"vier" | b"quatre" => &[4],
+        b"cinco" | b"funf" | b"cinq" => &[5],
+        b"seis" | b"sechs" => &[6],
+        b"siete" | b"sete" | b"sieben" => &[7],
+        b"ocho" | b"oito" | b"acht" | b"huit" => &[8],
+        b"nueve" | b"nove" | b"neun" | b"neuf" => &[9],
         b"double" => return Some(Word::Repeat(2)),
         b"triple" => return Some(Word::Repeat(3)),
         // "O1OO": letter o standing for zero next to digits.
@@ -139,12 +144,15 @@ impl Run {
     }
 
     fn close(&mut self, text: &str, out: &mut Vec<Range<usize>>) {
-        if self.count > 0 {
-            if let Some(range) = judge(self, text) {
-                out.push(range);
-            }
+        if self.count > 0
+            && let Some(range) = judge(self, text)
+        {
+            out.push(range);
         }
-        *self = Run { last_end: 0, ..Run::default() };
+        *self = Run {
+            last_end: 0,
+            ..Run::default()
+        };
     }
 }
 
@@ -180,7 +188,16 @@ fn judge(run: &Run, text: &str) -> Option<Range<usize>> {
     if !run.spelled && !plus && year_then_serial(chunks, digits, raw) {
         return None;
     }
-    let context = phone_context(&text[start.saturating_sub(48)..start]) || phone_context(after(text, end, 28));
+    // One decimal point and nothing else: "1234567.891".
+    if !run.spelled
+        && !plus
+        && chunks.len() == 2
+        && raw.iter().filter(|b| !b.is_ascii_digit()).eq([&b'.'])
+    {
+        return None;
+    }
+    let context = phone_context(&text[start.saturating_sub(48)..start])
+        || phone_context(after(text, end, 28));
     if !plus && !context && looks_like_thousands(chunks, raw) {
         return None;
     }
@@ -235,21 +252,87 @@ fn next_non_space(bytes: &[u8], from: usize) -> Option<u8> {
 
 fn money_before(bytes: &[u8], start: usize) -> bool {
     let before = bytes[..start].trim_ascii_end();
-    before.ends_with(b"$") || before.ends_with("€".as_bytes()) || before.ends_with("£".as_bytes())
-        || before.ends_with("¥".as_bytes()) || before.ends_with("₹".as_bytes())
+    before.ends_with(b"$")
+        || before.ends_with("€".as_bytes())
+        || before.ends_with("£".as_bytes())
+        || before.ends_with("¥".as_bytes())
+        || before.ends_with("₹".as_bytes())
 }
 
 /// Words after a number that make it an amount or a quantity.
 fn unit_after(rest: &str) -> bool {
     const UNITS: &[&str] = &[
-        "usd", "eur", "gbp", "chf", "pln", "dollars", "dollar", "euro", "euros", "bucks", "k", "m",
-        "bn", "million", "billion", "lines", "line", "rows", "words", "users", "pixels", "px",
-        "views", "impressions", "downloads", "records", "items", "units", "bytes", "kb", "mb",
-        "gb", "tb", "ms", "seconds", "sec", "minutes", "min", "hours", "days", "miles", "km",
-        "people", "visitors", "followers", "times", "steps", "characters", "chars", "tokens",
-        "requests", "messages", "pages", "copies", "orders", "transactions", "clicks", "visits",
-        "subscribers", "members", "customers", "results", "entries", "points", "votes", "€", "$",
-        "£", "%", "x", "per",
+        "usd",
+        "eur",
+        "gbp",
+        "chf",
+        "pln",
+        "dollars",
+        "dollar",
+        "euro",
+        "euros",
+        "bucks",
+        "k",
+        "m",
+        "bn",
+        "million",
+        "billion",
+        "lines",
+        "line",
+        "rows",
+        "words",
+        "users",
+        "pixels",
+        "px",
+        "views",
+        "impressions",
+        "downloads",
+        "records",
+        "items",
+        "units",
+        "bytes",
+        "kb",
+        "mb",
+        "gb",
+        "tb",
+        "ms",
+        "seconds",
+        "sec",
+        "minutes",
+        "min",
+        "hours",
+        "days",
+        "miles",
+        "km",
+        "people",
+        "visitors",
+        "followers",
+        "times",
+        "steps",
+        "characters",
+        "chars",
+        "tokens",
+        "requests",
+        "messages",
+        "pages",
+        "copies",
+        "orders",
+        "transactions",
+        "clicks",
+        "visits",
+        "subscribers",
+        "members",
+        "customers",
+        "results",
+        "entries",
+        "points",
+        "votes",
+        "€",
+        "$",
+        "£",
+        "%",
+        "x",
+        "per",
     ];
     let word = first_word(rest);
     !word.is_empty() && UNITS.contains(&word)
@@ -268,17 +351,60 @@ fn first_word(text: &str) -> &str {
 /// "invoice", "ticket", "id =", "timestamp", "created_at:".
 fn id_before(before: &str) -> bool {
     const IDS: &[&str] = &[
-        "order", "ord", "job", "invoice", "inv", "ticket", "ref", "reference", "id", "ids", "sku",
-        "isbn", "ean", "upc", "tracking", "batch", "build", "version", "ver", "release", "project",
-        "case", "commit", "timestamp", "ts", "epoch", "serial", "model", "po", "item",
-        "transaction", "txn", "acct", "iban", "code", "pin", "otp", "zip", "postcode", "contract",
-        "milestone", "task", "issue", "pr", "row", "user_id", "uid", "account",
+        "order",
+        "ord",
+        "job",
+        "invoice",
+        "inv",
+        "ticket",
+        "ref",
+        "reference",
+        "id",
+        "ids",
+        "sku",
+        "isbn",
+        "ean",
+        "upc",
+        "tracking",
+        "batch",
+        "build",
+        "version",
+        "ver",
+        "release",
+        "project",
+        "case",
+        "commit",
+        "timestamp",
+        "ts",
+        "epoch",
+        "serial",
+        "model",
+        "po",
+        "item",
+        "transaction",
+        "txn",
+        "acct",
+        "iban",
+        "code",
+        "pin",
+        "otp",
+        "zip",
+        "postcode",
+        "contract",
+        "milestone",
+        "task",
+        "issue",
+        "pr",
+        "row",
+        "user_id",
+        "uid",
+        "account",
     ];
     if before.trim_end().ends_with('#') {
         return true;
     }
     let mut words = before
-        .rsplit(|c: char| c == ' ')
+        .rsplit(' ')
         .map(|w| w.trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '_'))
         .filter(|w| !w.is_empty());
     for word in words.by_ref().take(2) {
@@ -292,9 +418,45 @@ fn id_before(before: &str) -> bool {
 /// Words near a number that say it is one to call or text.
 fn phone_context(window: &str) -> bool {
     const WORDS: &[&str] = &[
-        "phone", "number", "numbr", "num", "no", "nr", "tel", "cell", "cel", "mobile", "mob",
-        "call", "text", "txt", "sms", "ring", "reach", "whatsapp", "viber", "signal", "telegram",
-        "contact", "digits", "ph", "dial", "cellphone", "landline", "mob", "number's", "hotline",
+        "phone",
+        "number",
+        "numbr",
+        "num",
+        "no",
+        "nr",
+        "tel",
+        "cell",
+        "cel",
+        "mobile",
+        "mob",
+        "call",
+        "text",
+        "txt",
+        "sms",
+        "ring",
+        "reach",
+        "whatsapp",
+        "viber",
+        "signal",
+        "telegram",
+        "contact",
+        "digits",
+        "ph",
+        "dial",
+        "cellphone",
+        "landline",
+        "mob",
+        "number's",
+        "hotline",
+        "nummer",
+        "numero",
+        "telefono",
+        "telefone",
+        "handy",
+        "celular",
+        "movil",
+        "zap",
+        "tlf",
     ];
     if window.contains('📞') || window.contains('☎') || window.contains('📱') {
         return true;
@@ -327,8 +489,10 @@ fn looks_like_date(chunks: &[u8], digits: &[u8]) -> bool {
                 let first = value(group);
                 let second = value(&digits[offset + a..offset + a + b]);
                 let third = value(&digits[offset + a + b..offset + a + b + c]);
-                let ymd = a == 4 && b <= 2 && c <= 2 && is_year(first) && second <= 12 && third <= 31;
-                let dmy = a <= 2 && b <= 2 && c == 4 && is_year(third) && first <= 31 && second <= 31;
+                let ymd =
+                    a == 4 && b <= 2 && c <= 2 && is_year(first) && second <= 12 && third <= 31;
+                let dmy =
+                    a <= 2 && b <= 2 && c == 4 && is_year(third) && first <= 31 && second <= 31;
                 if ymd || dmy {
                     return true;
                 }
@@ -372,10 +536,12 @@ fn looks_like_thousands(chunks: &[u8], raw: &[u8]) -> bool {
         return false;
     }
     let mut rest = &chunks[1..];
-    if let Some((&last, init)) = rest.split_last() {
-        if last == 2 && raw.len() > 3 && raw[raw.len() - 3] == b'.' {
-            rest = init;
-        }
+    if let Some((&last, init)) = rest.split_last()
+        && last == 2
+        && raw.len() > 3
+        && raw[raw.len() - 3] == b'.'
+    {
+        rest = init;
     }
     !rest.is_empty() && rest.iter().all(|&len| len == 3)
 }
@@ -399,9 +565,18 @@ mod tests {
     fn finds_written_and_spelled_numbers() {
         assert_eq!(phones("call 555-123-4567 now"), ["555-123-4567"]);
         assert_eq!(phones("+44 7700 900123"), ["+44 7700 900123"]);
-        assert_eq!(phones("five five five one two three four"), ["five five five one two three four"]);
-        assert_eq!(phones("my cell: 5five5 123 4five67"), ["5five5 123 4five67"]);
-        assert_eq!(phones("zero seven seven double zero nine zero zero"), ["zero seven seven double zero nine zero zero"]);
+        assert_eq!(
+            phones("five five five one two three four"),
+            ["five five five one two three four"]
+        );
+        assert_eq!(
+            phones("my cell: 5five5 123 4five67"),
+            ["5five5 123 4five67"]
+        );
+        assert_eq!(
+            phones("zero seven seven double zero nine zero zero"),
+            ["zero seven seven double zero nine zero zero"]
+        );
         assert_eq!(phones("+1 212 555 o1oo"), ["+1 212 555 o1oo"]);
     }
 

@@ -104,7 +104,11 @@ fn fold_char(c: char) -> Folded {
         // Mathematical bold/italic/script/... letters: 52 per style.
         0x1D400..=0x1D6A3 => {
             let index = ((code - 0x1D400) % 52) as u8;
-            Folded::Ascii(if index < 26 { b'a' + index } else { b'a' + index - 26 })
+            Folded::Ascii(if index < 26 {
+                b'a' + index
+            } else {
+                b'a' + index - 26
+            })
         }
         // Mathematical digits: 10 per style.
         0x1D7CE..=0x1D7FF => Folded::Ascii(b'0' + ((code - 0x1D7CE) % 10) as u8),
@@ -145,7 +149,9 @@ fn confusable(c: char) -> Option<u8> {
         'ꜰ' => b'f',
         'ɡ' | 'ɢ' => b'g',
         'һ' | 'Н' | 'Η' | 'ʜ' => b'h',
-        'і' | 'І' | 'ї' | 'ι' | 'Ι' | 'ɪ' | 'ì' | 'í' | 'î' | 'ï' | 'Ì' | 'Í' | 'Î' | 'Ï' => b'i',
+        'і' | 'І' | 'ї' | 'ι' | 'Ι' | 'ɪ' | 'ì' | 'í' | 'î' | 'ï' | 'Ì' | 'Í' | 'Î' | 'Ï' => {
+            b'i'
+        }
         'ј' | 'Ј' | 'ᴊ' => b'j',
         'к' | 'К' | 'κ' | 'Κ' | 'ᴋ' => b'k',
         'ӏ' | 'ʟ' => b'l',
@@ -165,8 +171,8 @@ fn confusable(c: char) -> Option<u8> {
         'у' | 'У' | 'Υ' | 'ʏ' | 'ý' | 'ÿ' | 'Ý' => b'y',
         'Ζ' | 'ᴢ' => b'z',
         '\u{2010}'..='\u{2015}' | '\u{2212}' | '\u{FE58}' | '\u{FE63}' => b'-',
-        '\u{00B7}' | '\u{2022}' | '\u{2024}' | '\u{2027}' | '\u{2219}' | '\u{22C5}' | '\u{30FB}'
-        | '\u{FF65}' | '\u{3002}' | '\u{FF61}' | '\u{2E31}' => b'.',
+        '\u{00B7}' | '\u{2022}' | '\u{2024}' | '\u{2027}' | '\u{2219}' | '\u{22C5}'
+        | '\u{30FB}' | '\u{FF65}' | '\u{3002}' | '\u{FF61}' | '\u{2E31}' => b'.',
         '\u{FE6B}' => b'@',
         '\u{2018}' | '\u{2019}' | '\u{02BC}' => b'\'',
         '\u{3000}' => b' ',
@@ -184,6 +190,9 @@ fn confusable(c: char) -> Option<u8> {
 /// among them are closed up, so "2 - 3 days" and "e.g." stay as they are.
 pub(crate) fn close_up(view: &View) -> Option<View> {
     let bytes = view.text.as_bytes();
+    if !has_spelled_apart(bytes) {
+        return None;
+    }
     let mut skip: Vec<bool> = Vec::new();
     mark_spaced_runs(bytes, &mut skip);
     mark_dotted_letters(bytes, &mut skip);
@@ -201,12 +210,47 @@ pub(crate) fn close_up(view: &View) -> Option<View> {
         let width = utf8_width(bytes[index]);
         if !skip[index] {
             closed.text.push_str(&text[index..index + width]);
-            closed.starts.extend_from_slice(&view.starts[index..index + width]);
-            closed.ends.extend_from_slice(&view.ends[index..index + width]);
+            closed
+                .starts
+                .extend_from_slice(&view.starts[index..index + width]);
+            closed
+                .ends
+                .extend_from_slice(&view.ends[index..index + width]);
         }
         index += width;
     }
     Some(closed)
+}
+
+/// Cheap test before the real work: three lone letters or digits in a row,
+/// each at most four bytes after the previous one with nothing alphanumeric
+/// between ("w h a", "t.e.l", "j o h n @").
+fn has_spelled_apart(bytes: &[u8]) -> bool {
+    let mut chain = 0;
+    let mut last_lone: Option<usize> = None;
+    for (index, &byte) in bytes.iter().enumerate() {
+        if !byte.is_ascii_alphanumeric() {
+            continue;
+        }
+        let lone = (index == 0 || !bytes[index - 1].is_ascii_alphanumeric())
+            && bytes
+                .get(index + 1)
+                .is_none_or(|b| !b.is_ascii_alphanumeric());
+        if !lone {
+            chain = 0;
+            last_lone = None;
+            continue;
+        }
+        chain = match last_lone {
+            Some(previous) if index - previous <= 4 => chain + 1,
+            _ => 1,
+        };
+        if chain >= 3 {
+            return true;
+        }
+        last_lone = Some(index);
+    }
+    false
 }
 
 fn utf8_width(first: u8) -> usize {
@@ -271,13 +315,21 @@ fn mark_spaced_runs(bytes: &[u8], skip: &mut Vec<bool>) {
         let is_alnum = |&(from, to): &(usize, usize)| {
             single_token(&bytes[from..to]).is_some_and(|c| c.is_ascii_alphanumeric())
         };
-        let first = tokens[run_start..run_end].iter().position(is_alnum).map(|i| run_start + i);
-        let last = tokens[run_start..run_end].iter().rposition(is_alnum).map(|i| run_start + i);
-        if let (Some(first), Some(last)) = (first, last) {
-            if last + 1 - first >= 3 && letters >= 2 && alnum >= 3 {
-                for &(_, to) in &tokens[first..last] {
-                    mark(skip, bytes.len(), to);
-                }
+        let first = tokens[run_start..run_end]
+            .iter()
+            .position(is_alnum)
+            .map(|i| run_start + i);
+        let last = tokens[run_start..run_end]
+            .iter()
+            .rposition(is_alnum)
+            .map(|i| run_start + i);
+        if let (Some(first), Some(last)) = (first, last)
+            && last + 1 - first >= 3
+            && letters >= 2
+            && alnum >= 3
+        {
+            for &(_, to) in &tokens[first..last] {
+                mark(skip, bytes.len(), to);
             }
         }
         run_start = run_end.max(run_start + 1);

@@ -12,22 +12,15 @@ pub struct Line {
     pub text: String,
 }
 
-/// Reads the labelled corpus (`tests/corpus/`).
-pub fn load() -> Vec<Line> {
-    load_dir("corpus")
-}
-
-/// Reads the held-out lines (`tests/heldout/`), written after the rules
-/// and never used to tune them.
-#[allow(dead_code)]
-pub fn load_heldout() -> Vec<Line> {
-    load_dir("heldout")
-}
+/// The line sets under `tests/`: `corpus` (the labelled corpus the rules
+/// were written against), `heldout` (written after the first rules, then
+/// used to fix them) and `unseen` (written after all tuning).
+pub const SETS: [&str; 3] = ["corpus", "heldout", "unseen"];
 
 /// Reads every `*.tsv` file of `tests/<name>/`: `kinds<TAB>text`, `kinds` a
 /// comma list of email, phone, link, handle or `-`; `#` starts a comment
 /// line.
-fn load_dir(name: &str) -> Vec<Line> {
+pub fn load(name: &str) -> Vec<Line> {
     let dir = format!("{}/tests/{name}", env!("CARGO_MANIFEST_DIR"));
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .expect("corpus directory exists")
@@ -50,7 +43,10 @@ fn load_dir(name: &str) -> Vec<Line> {
             } else {
                 labels.split(',').map(|l| parse_kind(l.trim())).collect()
             };
-            lines.push(Line { expected, text: text.to_owned() });
+            lines.push(Line {
+                expected,
+                text: text.to_owned(),
+            });
         }
     }
     lines
@@ -119,13 +115,17 @@ pub fn score(detector: &ContactDetector, lines: &[Line]) -> Score {
         } else {
             score.positives += 1;
             if findings.is_empty() {
-                score.misses.push(format!("{:?} (expected {:?})", line.text, line.expected));
+                score
+                    .misses
+                    .push(format!("{:?} (expected {:?})", line.text, line.expected));
             } else {
                 score.found += 1;
                 if found == line.expected {
                     score.kinds_exact += 1;
                 } else {
-                    score.wrong_kinds.push(format!("{} expected {:?}", shown(), line.expected));
+                    score
+                        .wrong_kinds
+                        .push(format!("{} expected {:?}", shown(), line.expected));
                 }
             }
         }
