@@ -29,7 +29,11 @@ fn recall_and_false_positives_on_every_set() {
         let lines = corpus::load(set);
         let score = corpus::score(&detector, &lines);
         report(set, &score);
-        assert!(score.recall() >= 0.95, "{set}: recall {:.3}", score.recall());
+        assert!(
+            score.recall() >= 0.95,
+            "{set}: recall {:.3}",
+            score.recall()
+        );
         assert!(
             score.false_positive_rate() <= 0.01,
             "{set}: false positives {:.3}",
