@@ -134,7 +134,11 @@ impl ContactDetector {
 
     /// Finds the contact details in `text`: sorted by start, overlapping
     /// findings merged, ranges on character boundaries of `text`.
+    ///
+    /// Only the first 4 GiB of a text are looked at (offsets are kept in 32
+    /// bits); chat messages are far shorter.
     pub fn detect(&self, text: &str) -> Vec<Finding> {
+        let text = within_u32(text);
         if text.is_empty() {
             return Vec::new();
         }
@@ -174,6 +178,15 @@ impl ContactDetector {
         }
         merge(findings)
     }
+}
+
+/// The longest prefix of `text` whose offsets fit in 32 bits.
+fn within_u32(text: &str) -> &str {
+    let mut end = text.len().min(u32::MAX as usize);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// An app name written so a filter would miss it: digits or symbols for
