@@ -262,3 +262,13 @@ fn findings_are_sorted_disjoint_and_on_char_boundaries() {
         let _ = mask(text, &findings);
     }
 }
+
+#[test]
+fn spanish_at_and_dot() {
+    let detector = ContactDetector::new();
+    let text = "Mi correo es lucia punto gomez arroba gmail punto com";
+    assert_eq!(
+        found(&detector, text),
+        [(ContactKind::Email, "lucia punto gomez arroba gmail punto com".to_owned())]
+    );
+}
