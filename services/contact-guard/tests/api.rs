@@ -269,6 +269,9 @@ fn spanish_at_and_dot() {
     let text = "Mi correo es lucia punto gomez arroba gmail punto com";
     assert_eq!(
         found(&detector, text),
-        [(ContactKind::Email, "lucia punto gomez arroba gmail punto com".to_owned())]
+        [(
+            ContactKind::Email,
+            "lucia punto gomez arroba gmail punto com".to_owned()
+        )]
     );
 }
