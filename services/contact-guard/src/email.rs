@@ -64,7 +64,6 @@ impl EmailRules {
         let bytes = text.as_bytes();
         let has_at_sign = bytes.contains(&b'@');
         let has_spelled_at = text.contains("at") || text.contains("(a)") || text.contains("arroba");
-        || text.contains("at ") || text.contains("(a)") || text.contains("arroba");
         let has_provider = has_provider_word(text);
         if !has_at_sign && !has_spelled_at && !has_provider {
             return;
