@@ -158,6 +158,9 @@ impl HandleRules {
                     .find_map(|n| caps.name(n))
                     .expect("an app group");
                 let whole = caps.get(0).expect("whole match");
+                if self.weak_exact.is_match(app.as_str()) && names_a_thing(text, app.end()) {
+                    continue;
+                }
                 out.push(app.start().min(whole.start())..whole.end().max(app.end()));
             }
         }
@@ -208,4 +211,27 @@ impl HandleRules {
         };
         accepted.then_some(id_range.end)
     }
+}
+
+/// Words that may follow an app's name when it is the app being meant:
+/// "move to signal instead", "find me on snap too".
+const AFTER_APP: &[&str] = &[
+    "instead", "then", "too", "please", "pls", "plz", "as", "if", "so", "and", "or", "me", "it",
+    "with", "because", "since", "for", "later", "now", "tonight", "today", "tomorrow", "same",
+    "my", "i'm", "im", "id", "handle", "name", "username", "app", "is", "where", "rather", "to",
+    "on", "at", "via", "in", "from", "account", "transfer", "number", "acc", "but", "we", "you",
+    "u", "they",
+];
+
+/// A short app name followed by a noun is a thing, not the app: "the snap
+/// layout", "the signal channel".
+fn names_a_thing(text: &str, app_end: usize) -> bool {
+    let Some(rest) = text[app_end..].strip_prefix(' ') else {
+        return false;
+    };
+    let word = rest
+        .split([' ', ',', '.', '!', '?', ';', ':'])
+        .next()
+        .unwrap_or("");
+    word.bytes().next().is_some_and(|b| b.is_ascii_alphabetic()) && !AFTER_APP.contains(&word)
 }

@@ -228,6 +228,8 @@ fn ordinary_marketplace_talk_is_left_alone() {
         "Add a PayPal checkout button next to Stripe",
         "Should we use ASP.NET Core 8 or Node.js?",
         "this.store.dispatch(updateCart(items))",
+        "switch to the snap layout",
+        "Let's talk in the signal channel",
     ] {
         assert_eq!(found(&detector, text), [], "{text}");
     }
