@@ -102,7 +102,12 @@ impl EmailRules {
             if local.len() < 2 || is_prose_before_at(local) {
                 continue;
             }
-            if at.trim_matches([' ', ',']) != "at" || looks_like_username(local) || context {
+            let at_range = caps.name("at").expect("at group").range();
+            if !matches!(at.trim_matches([' ', ',']), "at" | "arroba")
+                || looks_like_username(local)
+                || context
+                || original_at(trim_range(text, at_range))
+            {
                 out.push(caps.get(0).expect("whole match").range());
             }
         }

@@ -20,16 +20,16 @@ const STRONG: &str = concat!(
     r"wh?[a4@]t+'?s? ?-?[a4@]+pp?|t[e3]l[e3] ?gr?[a4@]?m|[i1!|]nst[a4@]gr[a4@]m|[i1!|]nst[a4@]",
     r"|sk[yi]pe|d[i1!|]sc[o0]rd|sn[a4@]p ?ch[a4@]t|w[e3]ch[a4@]t|weixin|v[i1]b[e3]r|k[i1]k",
     r"|t[i1]k ?t[o0]k|tw[i1]tt[e3]r|f[a4]c[e3]b[o0][o0]k|l[i1]nk[e3]d ?[i1]n|imessage|threema",
-    r"|line ?app"
+    r"|line ?app|bluesky|bsky|mastodon|reddit"
 );
 /// Payment apps whose names are not everyday words.
 const PAY: &str = concat!(
     r"v[e3]nm[o0]|c[a4@][s$5]h ?[a4@]pp?|p[a4@]y ?p[a4@]l|z[e3]ll[e3]|r[e3]v[o0]lut",
-    r"|payoneer|skrill|western union|moneygram"
+    r"|payoneer|skrill|western union|moneygram|apple ?pay|google ?pay|gpay"
 );
 /// Short or everyday names that count only with an identifier or an
 /// invitation around them.
-const WEAK: &str = r"s[i1]gn[a4]l|snap|tele|tg|ig|fb|messenger|gram|line ?id|wise|pp";
+const WEAK: &str = r"s[i1]gn[a4]l|snap|tele|tg|ig|fb|messenger|gram|line ?id|wise|pp|threads";
 
 /// What a handle's identifier must not be: ordinary words after "is".
 const NOT_NAMES: &[&str] = &[
@@ -59,8 +59,14 @@ pub(crate) struct HandleRules {
     payment: Regex,
     /// "I'm on viber", "I'm @jdev on twitter".
     presence: Regex,
-    /// "$annak on cash app".
+    /// "$annak on cash app", "kim_draws on insta".
     tag_on: Regex,
+    /// "let's use Telegram", "use whatsapp instead".
+    use_app: Regex,
+    /// "my handle everywhere is @kim", "@kim on all socials".
+    social_at: Regex,
+    /// "$kimdraws", a Cash App tag.
+    cashtag: Regex,
     /// "what's your telegram?", "got whatsapp?".
     asking: Regex,
     /// "Skype? my name there is kim.designs".
@@ -91,7 +97,7 @@ impl HandleRules {
                 r"{B}(?:my (?P<app>{all}){B} ?{keyword}(?::|=|is{B}|→|->|,|\.|\?|!|$)|(?:to|on|via|into|through|thru|at|(?:send|give|text|dm|pm) (?:you|u)) my (?P<app2>{all}){B})"
             )),
             invitation: build(format!(
-                r"{B}(?:(?:add|text|message|msg|dm|ping|call|reach|contact|find|hit|write|catch|follow|pay|send|inbox|buzz|friend) (?:me|us)(?: up)?|hmu){B}[^.!?]{{0,25}}?{B}(?:on|via|over|through|thru|in|at|using) (?:the )?(?P<app>{all}|wa|wsp|wpp|whats|zap){B}"
+                r"{B}(?:(?:add|text|message|msg|dm|ping|call|reach|contact|find|hit|write|catch|follow|pay|send|inbox|buzz|friend|look) (?:me|us)(?: up)?|hmu){B}[^.!?]{{0,25}}?{B}(?:on|via|over|through|thru|in|at|using|with|by) (?:the )?(?P<app>{all}|wa|wsp|wpp|whats|zap){B}"
             )),
             move_to: build(format!(
                 r"{B}(?:talk|chat|continue|move|switch|go|connect|speak|meet|hop|jump|call|take (?:this|it)|message|msg|text|communicate){B}[^.!?]{{0,22}}?{B}(?:on|via|over|to|through|thru|in|onto) (?:the )?(?P<app>{STRONG}|s[i1]gn[a4]l|snap|insta|ig|tele|tg|fb|messenger|gram){B}"
@@ -109,8 +115,15 @@ impl HandleRules {
                 r"{B}(?P<app>{all}){B}[^.!]{{0,12}}?{B}(?:my|the) (?:name|id|handle|username|user ?name|nick)(?: there| on it| on there)? (?:is|:) ?@?[a-z0-9][a-z0-9._\-]*"
             )),
             tag_on: build(format!(
-                r"(?P<id>[@$][a-z0-9][a-z0-9._\-]+) (?:on|at|via) (?:the )?(?P<app>{all}){B}"
+                r"(?P<id>[@$][a-z0-9][a-z0-9._\-]+|{B}[a-z][a-z0-9\-]*[._0-9][a-z0-9._\-]*) (?:on|at|via) (?:the )?(?P<app>{all}){B}"
             )),
+            use_app: build(format!(
+                r"{B}(?:(?:let'?s|we can|can we|could we|shall we|just|pls|please) (?:use|try|do) (?P<app>{STRONG}|{PAY}|s[i1]gn[a4]l){B}|use (?P<app2>{all}) instead{B})"
+            )),
+            social_at: build(format!(
+                r"{B}(?:(?:handle|username|user name|socials?|follow me|find me|add me|dm me|look me up|my name)(?-u:\b)[^.!?]{{0,25}}?(?P<id>@[a-z0-9_][a-z0-9_.]+)|(?P<id2>@[a-z0-9_][a-z0-9_.]+) (?:on|across|at|everywhere) (?:all )?(?:my |the )?(?:socials|social media|everything|platforms))"
+            )),
+            cashtag: build(r"\$[a-z][a-z0-9_]{2,}(?-u:\b)".to_owned()),
         }
     }
 
@@ -125,6 +138,9 @@ impl HandleRules {
         disguised: impl Fn(Range<usize>) -> bool,
         out: &mut Vec<Range<usize>>,
     ) {
+        if text.contains('@') || text.contains('$') {
+            self.find_tags(text, out);
+        }
         if !self.any_app.is_match(text) {
             return;
         }
@@ -151,6 +167,7 @@ impl HandleRules {
             &self.presence,
             &self.asking,
             &self.name_there,
+            &self.use_app,
         ] {
             for caps in rule.captures_iter(text) {
                 let app = ["app", "app2", "app3"]
@@ -158,18 +175,56 @@ impl HandleRules {
                     .find_map(|n| caps.name(n))
                     .expect("an app group");
                 let whole = caps.get(0).expect("whole match");
-                if self.weak_exact.is_match(app.as_str()) && names_a_thing(text, app.end()) {
+                let weak = self.weak_exact.is_match(app.as_str());
+                let thing_after = names_a_thing(text, app.end());
+                if thing_after && (weak || std::ptr::eq(rule, &self.use_app)) {
                     continue;
                 }
-                out.push(app.start().min(whole.start())..whole.end().max(app.end()));
+                let end = identifier_after(text, whole.end().max(app.end()));
+                out.push(app.start().min(whole.start())..end);
             }
         }
         for caps in self.tag_on.captures_iter(text) {
-            out.push(caps.get(0).expect("whole match").range());
+            // "kim_draws on insta", not "v1.2 on discord".
+            let id = &caps["id"];
+            if id.starts_with(['@', '$']) || letters(id) >= 2 {
+                out.push(caps.get(0).expect("whole match").range());
+            }
         }
         // A disguised app name is an invitation by itself.
         for m in self.any_app.find_iter(text) {
             if self.strong_exact.is_match(m.as_str()) && disguised(m.range()) {
+                out.push(m.range());
+            }
+        }
+    }
+
+    /// Handles that need no app name: "@kim" given as a handle or across
+    /// socials, and Cash App tags in talk about paying.
+    fn find_tags(&self, text: &str, out: &mut Vec<Range<usize>>) {
+        for caps in self.social_at.captures_iter(text) {
+            out.push(caps.get(0).expect("whole match").range());
+        }
+        let paying = [
+            "cash app", "cashapp", "cashtag", "ca$h", "send", "pay", "tip", "transfer",
+        ]
+        .iter()
+        .any(|w| text.contains(w));
+        if !paying {
+            return;
+        }
+        for m in self.cashtag.find_iter(text) {
+            let before = text[..m.start()].trim_end();
+            let standalone =
+                m.start() == 0 || matches!(text.as_bytes()[m.start() - 1], b' ' | b'(' | b':');
+            let introduced = before.is_empty()
+                || before.ends_with(" to")
+                || before.ends_with("my")
+                || before.ends_with(" is")
+                || before.ends_with(':')
+                || before.ends_with("cashtag")
+                || before.ends_with("app");
+            if standalone && introduced {
                 out.push(m.range());
             }
         }
@@ -196,14 +251,20 @@ impl HandleRules {
                 .any(|p| p.start <= id_range.start + 1 && p.end > id_range.start);
             return phone_follows.then_some(id_range.start);
         }
-        let sep = sep?;
         if NOT_NAMES.contains(&id) || id.len() < 2 {
             return None;
         }
-        let strong_sep = matches!(sep, ":" | "=" | "→" | "->");
         let name_like = id
             .bytes()
             .any(|b| b.is_ascii_digit() || b"._#:-".contains(&b));
+        let Some(sep) = sep else {
+            // "venmo kim_draws": a user name straight after a well-known app
+            // (not "click-to-chat" or "v2").
+            let user_name = id.bytes().any(|b| b.is_ascii_digit() || b"._".contains(&b));
+            let plausible = !weak && user_name && letters(id) >= 2 && id.len() >= 4;
+            return plausible.then_some(id_range.end);
+        };
+        let strong_sep = matches!(sep, ":" | "=" | "→" | "->");
         let accepted = if weak {
             strong_sep || (mine && name_like)
         } else {
@@ -234,4 +295,57 @@ fn names_a_thing(text: &str, app_end: usize) -> bool {
         .next()
         .unwrap_or("");
     word.bytes().next().is_some_and(|b| b.is_ascii_alphabetic()) && !AFTER_APP.contains(&word)
+}
+
+/// Where a finding that ends at "is" or ":" should end: past the
+/// identifier that follows, spelled joins included ("my ig is kim
+/// underscore draws"), so masking hides the identifier and not only the
+/// app's name.
+fn identifier_after(text: &str, end: usize) -> usize {
+    let before = text[..end].trim_end();
+    let introduces = before.ends_with(':') || before.ends_with(" is") || before.ends_with('→');
+    let rest = &text[end..];
+    let trimmed = rest.trim_start_matches([' ', ':']);
+    let starts_tag = trimmed.starts_with(['@', '$']);
+    if !(introduces || starts_tag) {
+        return end;
+    }
+    let token_end = |from: usize| {
+        from + text[from..]
+            .bytes()
+            .take_while(|b| b.is_ascii_alphanumeric() || b"._-#@$:".contains(b))
+            .count()
+    };
+    let start = end + (rest.len() - trimmed.len());
+    let first = text[start..token_end(start)].trim_end_matches(['.', ':', '-']);
+    // Numbers are phone findings of their own.
+    if first.is_empty() || NOT_NAMES.contains(&first) || first.as_bytes()[0].is_ascii_digit() {
+        return end;
+    }
+    let mut cursor = start + first.len();
+    // Spelled joins: "kim underscore draws", "kim dot draws".
+    loop {
+        let rest = &text[cursor..];
+        let Some(after_join) = ["underscore", "dot", "dash", "hyphen"]
+            .iter()
+            .find_map(|join| {
+                rest.strip_prefix(' ')
+                    .and_then(|r| r.strip_prefix(join))
+                    .and_then(|r| r.strip_prefix(' '))
+            })
+        else {
+            break;
+        };
+        let next = text.len() - after_join.len();
+        let next_end = token_end(next);
+        if next_end == next {
+            break;
+        }
+        cursor = next_end;
+    }
+    cursor
+}
+
+fn letters(text: &str) -> usize {
+    text.bytes().filter(u8::is_ascii_alphabetic).count()
 }

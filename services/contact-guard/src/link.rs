@@ -17,6 +17,7 @@ pub(crate) struct LinkRules {
     bare: Regex,
     disguised: Regex,
     comma: Regex,
+    glued_dot: Regex,
 }
 
 /// A disguised dot: "(dot)", "[.]", " dot ", " . ", " .".
@@ -41,6 +42,9 @@ impl LinkRules {
                 r"{B}(?P<first>{LABEL})(?:{DOT}{LABEL})*{DOT}(?:{LINK_TLDS}){B}{path}"
             )),
             comma: build(format!(r"{B}[a-z0-9][a-z0-9\-]{{2,}},(?:com|net|org){B}")),
+            glued_dot: build(format!(
+                r"{B}(?P<first>{LABEL}) ?(?:dotcom|dotnet|dotorg|d0tc0m|d0t ?c0m|dot ?c0m|d0t ?com){B}"
+            )),
         }
     }
 
@@ -74,6 +78,16 @@ impl LinkRules {
             for caps in self.disguised.captures_iter(text) {
                 let first = &caps["first"];
                 if !is_one_of(first, PROSE_WORDS) {
+                    out.push(caps.get(0).expect("whole match").range());
+                }
+            }
+        }
+        if ["dotcom", "dotnet", "dotorg", "d0t", "c0m"]
+            .iter()
+            .any(|w| text.contains(w))
+        {
+            for caps in self.glued_dot.captures_iter(text) {
+                if !is_one_of(&caps["first"], PROSE_WORDS) {
                     out.push(caps.get(0).expect("whole match").range());
                 }
             }

@@ -117,6 +117,10 @@ fn fold_char(c: char) -> Folded {
         0x24D0..=0x24E9 => Folded::Ascii(b'a' + (code - 0x24D0) as u8),
         0x2460..=0x2468 => Folded::Ascii(b'1' + (code - 0x2460) as u8),
         0x24EA => Folded::Ascii(b'0'),
+        // Arabic-Indic, Persian and Devanagari digits.
+        0x0660..=0x0669 => Folded::Ascii(b'0' + (code - 0x0660) as u8),
+        0x06F0..=0x06F9 => Folded::Ascii(b'0' + (code - 0x06F0) as u8),
+        0x0966..=0x096F => Folded::Ascii(b'0' + (code - 0x0966) as u8),
         // Regional indicator letters (the halves of flag emoji).
         0x1F1E6..=0x1F1FF => Folded::Ascii(b'a' + (code - 0x1F1E6) as u8),
         _ => match confusable(c) {
@@ -176,6 +180,17 @@ fn confusable(c: char) -> Option<u8> {
         '\u{FE6B}' => b'@',
         '\u{2018}' | '\u{2019}' | '\u{02BC}' => b'\'',
         '\u{3000}' => b' ',
+        // Chinese numerals, used to spell phone numbers past filters.
+        '〇' | '零' => b'0',
+        '一' => b'1',
+        '二' => b'2',
+        '三' => b'3',
+        '四' => b'4',
+        '五' => b'5',
+        '六' => b'6',
+        '七' => b'7',
+        '八' => b'8',
+        '九' => b'9',
         _ => return None,
     };
     Some(byte)

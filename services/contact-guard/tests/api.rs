@@ -277,3 +277,58 @@ fn spanish_at_and_dot() {
         )]
     );
 }
+
+#[test]
+fn handles_without_an_app_name_or_with_one_after() {
+    let detector = ContactDetector::new();
+    for (text, handle) in [
+        (
+            "My handle everywhere is @kimdraws",
+            "handle everywhere is @kimdraws",
+        ),
+        ("kim_draws on insta", "kim_draws on insta"),
+        ("send $ to $kimdraws", "$kimdraws"),
+        ("venmo kim_draws", "venmo kim_draws"),
+        ("Let's use Telegram", "Let's use Telegram"),
+    ] {
+        assert_eq!(
+            found(&detector, text),
+            [(ContactKind::Handle, handle.to_owned())],
+            "{text}"
+        );
+    }
+    for text in [
+        "echo $HOME and send the output",
+        "@Maria can you review the mockups?",
+        "deploy v1.2 on discord",
+        "Let's use the Telegram API for notifications",
+        "We need to add a WhatsApp click-to-chat link",
+    ] {
+        assert_eq!(found(&detector, text), [], "{text}");
+    }
+}
+
+#[test]
+fn masking_a_handle_hides_its_identifier() {
+    let detector = ContactDetector::new();
+    let text = "sure, my ig is kim underscore draws, talk soon";
+    let findings = detector.detect(text);
+    assert_eq!(mask(text, &findings), "sure, [contact hidden], talk soon");
+}
+
+#[test]
+fn digits_of_other_scripts_and_glued_domains() {
+    let detector = ContactDetector::new();
+    assert_eq!(
+        kinds(&detector.detect("555一二三4567")),
+        [ContactKind::Phone]
+    );
+    assert_eq!(
+        kinds(&detector.detect("call ٥٥٥١٢٣٤٥٦٧")),
+        [ContactKind::Phone]
+    );
+    assert_eq!(
+        found(&detector, "kimdraws dotcom"),
+        [(ContactKind::Link, "kimdraws dotcom".to_owned())]
+    );
+}
