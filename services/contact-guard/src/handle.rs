@@ -121,7 +121,7 @@ impl HandleRules {
                 r"{B}(?:(?:let'?s|we can|can we|could we|shall we|just|pls|please) (?:use|try|do) (?P<app>{STRONG}|{PAY}|s[i1]gn[a4]l){B}|use (?P<app2>{all}) instead{B})"
             )),
             social_at: build(format!(
-                r"{B}(?:(?:handle|username|user name|socials?|follow me|find me|add me|dm me|look me up|my name)(?-u:\b)[^.!?]{{0,25}}?(?P<id>@[a-z0-9_][a-z0-9_.]+)|(?P<id2>@[a-z0-9_][a-z0-9_.]+) (?:on|across|at|everywhere) (?:all )?(?:my |the )?(?:socials|social media|everything|platforms))"
+                r"{B}(?:(?:my (?:handle|username|user name|socials?|name|tag)|(?:handle|username)(?: everywhere| on (?:all|every)[a-z ]*)? is|follow me|find me|add me|dm me|look me up)(?-u:\b)[^.!?]{{0,25}}?(?P<id>@[a-z0-9_][a-z0-9_.]+)|(?P<id2>@[a-z0-9_][a-z0-9_.]+) (?:on|across|at|everywhere) (?:all )?(?:my |the )?(?:socials|social media|everything|platforms))"
             )),
             cashtag: build(r"\$[a-z][a-z0-9_]{2,}(?-u:\b)".to_owned()),
         }
@@ -213,7 +213,15 @@ impl HandleRules {
         if !paying {
             return;
         }
+        let cash_app = ["cash app", "cashapp", "cashtag", "ca$h"]
+            .iter()
+            .any(|w| text.contains(w));
         for m in self.cashtag.find_iter(text) {
+            // Variables in code: "$user_name = ...", "$this->x", "$x[0]".
+            let after = text[m.end()..].trim_start();
+            if after.starts_with(['=', '[', '(', '-', '.']) && !after.starts_with("- ") {
+                continue;
+            }
             let before = text[..m.start()].trim_end();
             let standalone =
                 m.start() == 0 || matches!(text.as_bytes()[m.start() - 1], b' ' | b'(' | b':');
@@ -221,7 +229,7 @@ impl HandleRules {
                 || before.ends_with(" to")
                 || before.ends_with("my")
                 || before.ends_with(" is")
-                || before.ends_with(':')
+                || (cash_app && before.ends_with(':'))
                 || before.ends_with("cashtag")
                 || before.ends_with("app");
             if standalone && introduced {
@@ -287,7 +295,12 @@ const AFTER_APP: &[&str] = &[
 /// A short app name followed by a noun is a thing, not the app: "the snap
 /// layout", "the signal channel".
 fn names_a_thing(text: &str, app_end: usize) -> bool {
-    let Some(rest) = text[app_end..].strip_prefix(' ') else {
+    let rest = &text[app_end..];
+    // "WhatsApp's green", "Signal-style messages".
+    if rest.starts_with("'s ") || rest.starts_with("-style") || rest.starts_with("-like") {
+        return true;
+    }
+    let Some(rest) = rest.strip_prefix(' ') else {
         return false;
     };
     let word = rest

@@ -303,6 +303,10 @@ fn handles_without_an_app_name_or_with_one_after() {
         "deploy v1.2 on discord",
         "Let's use the Telegram API for notifications",
         "We need to add a WhatsApp click-to-chat link",
+        "The username field should show @handle style names",
+        "The PHP code: $user_name = $_POST['name']; then send it",
+        "Let's use WhatsApp's green for the CTA",
+        "Could we use Signal-style disappearing messages in the app?",
     ] {
         assert_eq!(found(&detector, text), [], "{text}");
     }
