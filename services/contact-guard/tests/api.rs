@@ -284,7 +284,7 @@ fn handles_without_an_app_name_or_with_one_after() {
     for (text, handle) in [
         (
             "My handle everywhere is @kimdraws",
-            "handle everywhere is @kimdraws",
+            "My handle everywhere is @kimdraws",
         ),
         ("kim_draws on insta", "kim_draws on insta"),
         ("send $ to $kimdraws", "$kimdraws"),
