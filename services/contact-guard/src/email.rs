@@ -29,6 +29,7 @@ const LOCAL_WORD: &str = r"[a-z0-9][a-z0-9._%+\-]*";
 const LABEL: &str = r"(?:g ?mail|[a-z0-9][a-z0-9\-]*)";
 
 impl EmailRules {
+    /// Compiles the e-mail rules (once per detector).
     pub(crate) fn new() -> Self {
         let local = format!(
             r"{LOCAL_WORD}(?:(?: (?:dot|point|punto|ponto|punkt|underscore|dash|hyphen) | ?\. ?|\(dot\)|\[dot\]){LOCAL_WORD})*"
@@ -54,7 +55,9 @@ impl EmailRules {
         }
     }
 
-    /// Finds addresses in `text` (a folded view of `original`).
+    /// Finds addresses in `text`, a folded view; `original_at` tells
+    /// whether the original behind a range of it is an uppercase "AT", a
+    /// sign of a spelled-out address.
     pub(crate) fn find(
         &self,
         text: &str,

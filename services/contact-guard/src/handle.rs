@@ -6,7 +6,9 @@
 //! a "PayPal checkout" is ordinary work. A handle needs an identifier after
 //! the app ("discord: jdev_pro"), or an invitation around it ("hit me up on
 //! whats app", "let's move to Signal"), or a disguise of the app's name
-//! (nobody spells "t.e.l.e.g.r.a.m" to talk about a bot).
+//! (nobody spells "t.e.l.e.g.r.a.m" to talk about a bot). Without an app's
+//! name, an `@name` counts when it is given as one's own ("my handle
+//! everywhere is @kim") and a `$tag` in talk about paying.
 
 use std::ops::Range;
 
@@ -34,9 +36,9 @@ const WEAK: &str = r"s[i1]gn[a4]l|snap|tele|tg|ig|fb|messenger|gram|line ?id|wis
 /// What a handle's identifier must not be: ordinary words after "is".
 const NOT_NAMES: &[&str] = &[
     "the", "a", "an", "great", "good", "fine", "down", "better", "slow", "easier", "faster", "not",
-    "too", "also", "same", "ok", "okay", "there", "here", "better", "best", "free", "blocked",
-    "banned", "broken", "working", "cheaper", "safer", "easy", "bad", "weird", "it", "this",
-    "that", "and", "or", "for", "with", "so", "just", "my", "your", "me",
+    "too", "also", "same", "ok", "okay", "there", "here", "best", "free", "blocked", "banned",
+    "broken", "working", "cheaper", "safer", "easy", "bad", "weird", "it", "this", "that", "and",
+    "or", "for", "with", "so", "just", "my", "your", "me",
 ];
 
 /// The compiled handle rules.
@@ -74,6 +76,7 @@ pub(crate) struct HandleRules {
 }
 
 impl HandleRules {
+    /// Compiles the handle rules (once per detector).
     pub(crate) fn new() -> Self {
         let build = |pattern: String| Regex::new(&pattern).expect("handle pattern compiles");
         let all = format!("{STRONG}|{PAY}|{WEAK}");

@@ -25,6 +25,7 @@ const DOT: &str = r"(?: ?[\(\[\{] ?(?:dot|\.) ?[\)\]\}] ?| (?:dot|d0t) | \. ?)";
 const LABEL: &str = r"[a-z0-9][a-z0-9\-]*";
 
 impl LinkRules {
+    /// Compiles the link rules (once per detector).
     pub(crate) fn new() -> Self {
         let build = |pattern: String| Regex::new(&pattern).expect("link pattern compiles");
         let path = r"(?:(?: ?/ ?| slash )[a-z0-9_\-~.%?=&#@+]+)*";
