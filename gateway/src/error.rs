@@ -69,6 +69,13 @@ impl ApiError {
 impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
         let message = status.message().to_owned();
+        if chat_proto::errors::code_of(&status) == Some(chat_proto::errors::CONTACT_BLOCKED) {
+            return ApiError {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                code: chat_proto::errors::CONTACT_BLOCKED,
+                message,
+            };
+        }
         let (http, code, message) = match status.code() {
             Code::InvalidArgument | Code::OutOfRange => {
                 (StatusCode::BAD_REQUEST, "invalid_request", message)

@@ -202,6 +202,7 @@ pub fn message(message: &pb::Message) -> Value {
         "created_at": time(message.created_at.as_ref()),
         "edited_at": time(message.edited_at.as_ref()),
         "deleted_at": time(message.deleted_at.as_ref()),
+        "flags": message.flags,
     })
 }
 
@@ -348,8 +349,23 @@ impl ObjectWriter {
             w.opt_str("client_msg_id", message.client_msg_id.as_deref())
                 .time("created_at", message.created_at.as_ref())
                 .time("edited_at", message.edited_at.as_ref())
-                .time("deleted_at", message.deleted_at.as_ref());
+                .time("deleted_at", message.deleted_at.as_ref())
+                .str_list("flags", &message.flags);
         })
+    }
+
+    /// An array of strings.
+    pub fn str_list(&mut self, key: &str, values: &[String]) -> &mut Self {
+        let out = self.key(key);
+        out.push('[');
+        for (i, value) in values.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            write_str(out, value);
+        }
+        out.push(']');
+        self
     }
 
     /// The object's text.
@@ -408,6 +424,7 @@ pub fn thread(thread: &pb::Thread) -> Value {
         "last_read_seq": thread.last_read_seq,
         "unread_count": thread.unread_count,
         "last_message": thread.last_message.as_ref().map_or(Value::Null, message),
+        "contact_policy": thread.contact_policy,
     })
 }
 

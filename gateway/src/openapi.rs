@@ -239,6 +239,14 @@ pub const OPERATIONS: &[Operation] = &[
         None,
         (200, Some("TranscriptKeys")),
     ),
+    op(
+        "put",
+        "/api/chat/threads/{id}/contact-policy/",
+        "Set the thread's own contact policy, or null for the deployment's default (service tokens only)",
+        &[],
+        Some("ContactPolicy"),
+        (200, Some("Thread")),
+    ),
 ];
 
 fn schema_ref(name: &str) -> Value {
@@ -257,14 +265,15 @@ fn schemas() -> Value {
             "type": "object", "required": ["code", "message"],
             "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
         "Message": {"type": "object", "required": ["id", "thread_id", "seq", "sender_id", "message_type",
-            "content", "metadata", "client_msg_id", "created_at", "edited_at", "deleted_at"],
+            "content", "metadata", "client_msg_id", "created_at", "edited_at", "deleted_at", "flags"],
             "properties": {
                 "id": {"type": "string", "format": "uuid"}, "thread_id": {"type": "string", "format": "uuid"},
                 "seq": {"type": "integer"}, "sender_id": nullable("string"),
                 "message_type": {"type": "string", "enum": ["text", "system", "payment", "dispute", "job_update"]},
                 "content": {"type": "string"}, "metadata": {"type": "object"},
                 "client_msg_id": nullable("string"), "created_at": time,
-                "edited_at": nullable_time, "deleted_at": nullable_time}},
+                "edited_at": nullable_time, "deleted_at": nullable_time,
+                "flags": {"type": "array", "items": {"type": "string", "enum": ["email", "phone", "link", "handle"]}}}},
         "Thread": {"type": "object", "required": ["id", "participants", "job_id", "title", "created_by",
             "created_at", "last_message_at", "last_seq", "unread_count", "last_message"],
             "properties": {
@@ -273,7 +282,8 @@ fn schemas() -> Value {
                 "job_id": nullable("string"), "title": nullable("string"), "created_by": {"type": "string"},
                 "created_at": time, "last_message_at": nullable_time, "last_seq": {"type": "integer"},
                 "last_read_seq": {"type": "integer"}, "unread_count": {"type": "integer"},
-                "last_message": {"oneOf": [schema_ref("Message"), {"type": "null"}]}}},
+                "last_message": {"oneOf": [schema_ref("Message"), {"type": "null"}]},
+                "contact_policy": {"type": ["string", "null"], "enum": ["off", "flag", "mask", "block", null]}}},
         "ThreadList": {"type": "object", "required": ["results", "next_cursor"], "properties": {
             "results": {"type": "array", "items": schema_ref("Thread")}, "next_cursor": nullable("string")}},
         "MessagePage": {"type": "object", "required": ["results", "has_more"], "properties": {
@@ -302,6 +312,8 @@ fn schemas() -> Value {
         "TranscriptKeys": {"type": "object", "required": ["keys"], "properties": {"keys": {"type": "array",
             "items": {"type": "object", "required": ["key_id", "public_key"], "properties": {
                 "key_id": {"type": "string"}, "public_key": {"type": "string", "contentEncoding": "base64"}}}}}},
+        "ContactPolicy": {"type": "object", "required": ["policy"], "properties": {
+            "policy": {"type": ["string", "null"], "enum": ["off", "flag", "mask", "block", null]}}},
         "CreateThread": {"type": "object", "required": ["participants"], "properties": {
             "participants": {"type": "array", "items": {"type": "string"}},
             "job_id": nullable("string"), "title": nullable("string")}},
@@ -354,8 +366,13 @@ pub fn document() -> Value {
         for (code, description) in [
             ("400", "invalid input"),
             ("401", "no token or a bad one"),
+            ("403", "not allowed for this token (forbidden)"),
             ("404", "not found, or not a participant"),
             ("413", "body too large"),
+            (
+                "422",
+                "the text holds contact details the thread's policy blocks (contact_blocked)",
+            ),
             ("429", "rate limited (see Retry-After)"),
             ("503", "chat-core unavailable"),
         ] {

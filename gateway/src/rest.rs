@@ -9,7 +9,7 @@ use axum::{
     extract::{FromRequestParts, Path, RawQuery, State},
     http::{StatusCode, request::Parts},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{get, post, put},
 };
 use chat_auth::TokenVerifier;
 use chat_proto::v1 as pb;
@@ -215,6 +215,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/chat/search", get(search))
         .route("/api/chat/threads/{id}/transcript", get(transcript))
         .route("/api/chat/transcript-keys", get(transcript_keys))
+        .route(
+            "/api/chat/threads/{id}/contact-policy",
+            put(set_contact_policy),
+        )
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .fallback(|| async { ApiError::not_found("no such route") })
         .with_state(state)
@@ -813,4 +817,49 @@ async fn transcript_keys(State(state): State<AppState>, caller: Caller) -> ApiRe
         "key_id": key.key_id,
         "public_key": key.public_key,
     })).collect::<Vec<_>>()}))
+}
+
+/// `{"policy": "off" | "flag" | "mask" | "block" | null}`: `policy` must be
+/// present, null clearing the thread's own policy.
+#[derive(Deserialize)]
+struct ContactPolicyBody {
+    #[serde(deserialize_with = "present_or_null")]
+    policy: Option<String>,
+}
+
+fn present_or_null<'de, D>(deserializer: D) -> Result<Option<String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Option::<String>::deserialize(deserializer)
+}
+
+async fn set_contact_policy(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<ContactPolicyBody>,
+) -> ApiResult {
+    if let Some(policy) = &body.policy
+        && !matches!(policy.as_str(), "off" | "flag" | "mask" | "block")
+    {
+        return Err(ApiError::invalid(
+            "policy: must be off, flag, mask, block or null",
+        ));
+    }
+    let response = unary(
+        &state,
+        &caller,
+        true,
+        pb::SetContactPolicyRequest {
+            thread_id: id,
+            policy: body.policy,
+        },
+        |request| {
+            let mut client = state.upstream.chat();
+            async move { client.set_contact_policy(request).await }
+        },
+    )
+    .await?;
+    ok(json::thread(&missing(response.thread)?))
 }

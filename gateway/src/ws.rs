@@ -278,6 +278,9 @@ fn error_frame(code: &str, message: &str, client_msg_id: Option<&str>) -> Messag
 
 /// The `code` of an error frame for a chat-core status.
 fn status_code(status: &tonic::Status) -> &'static str {
+    if chat_proto::errors::code_of(status) == Some(chat_proto::errors::CONTACT_BLOCKED) {
+        return chat_proto::errors::CONTACT_BLOCKED;
+    }
     match status.code() {
         Code::InvalidArgument => "invalid_request",
         Code::NotFound => "not_found",

@@ -28,6 +28,7 @@ const SPEC_ROUTES: &[(&str, &str)] = &[
     ("get", "/api/chat/search/"),
     ("get", "/api/chat/threads/{id}/transcript/"),
     ("get", "/api/chat/transcript-keys/"),
+    ("put", "/api/chat/threads/{id}/contact-policy/"),
 ];
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 //! services see generated code only through these re-exports.
 
 pub mod codec;
+pub mod errors;
 pub mod time;
 
 /// Generated messages, clients and servers of package `chat.v1`.

@@ -190,7 +190,13 @@ impl Link {
         };
         let answer = match result.result {
             Some(Answer::Failed(failed)) => {
-                Err(Status::new(Code::from_i32(failed.code), failed.message))
+                let status = Status::new(Code::from_i32(failed.code), failed.message);
+                Err(match failed.error_code.as_str() {
+                    chat_proto::errors::CONTACT_BLOCKED => {
+                        chat_proto::errors::with_code(status, chat_proto::errors::CONTACT_BLOCKED)
+                    }
+                    _ => status,
+                })
             }
             Some(answer) => Ok(answer),
             None => Err(Status::internal("empty answer")),

@@ -126,6 +126,9 @@ impl CallService {
                 Answer::Failed(pb::RelayEnded {
                     code: status.code() as i32,
                     message: status.message().to_owned(),
+                    error_code: chat_proto::errors::code_of(&status)
+                        .unwrap_or_default()
+                        .to_owned(),
                 })
             })),
         }

@@ -11,13 +11,16 @@ pub use records::{SearchPage, TranscriptExport, TranscriptKey};
 
 use crate::{
     domain::{
-        self, Caller, Invalid, Message, MessageKind, ThreadView, limits, normalize_metadata,
+        self, Caller, ContactPolicy, Invalid, Message, MessageKind, ThreadView, limits,
+        normalize_metadata,
         normalize_title, now_micros, parse_id, validate_client_msg_id, validate_content,
         validate_job_id, validate_seq,
     },
     events::{ChatEvent, EventKind},
     live::{EventStream, LiveEvents, SubscribeRequest},
-    store::{Appended, MessagePage, NewMessage, NewThread, Store, StoreError, ThreadCursor},
+    store::{
+        Appended, Changed, MessagePage, NewMessage, NewThread, Store, StoreError, ThreadCursor,
+    },
     writer::MessageWriter,
 };
 
@@ -54,6 +57,10 @@ pub enum ChatError {
     /// says which.
     #[error("{0}")]
     CapReached(&'static str),
+    /// The text holds contact details (these kinds) and the thread's policy
+    /// blocks them: nothing was stored.
+    #[error("message blocked: it contains contact details ({})", .0.join(", "))]
+    ContactBlocked(Vec<&'static str>),
 }
 
 impl From<Invalid> for ChatError {
@@ -124,6 +131,8 @@ pub struct Chat {
     caps: std::sync::Arc<crate::caps::Caps>,
     /// Signs transcript exports; set by [`Chat::with_transcript_signer`].
     signer: Option<std::sync::Arc<crate::transcript::signing::TranscriptSigner>>,
+    /// Checks users' texts for contact details.
+    guard: std::sync::Arc<crate::guard::ContactGuard>,
 }
 
 fn thread_id(id: &str) -> Result<Uuid, ChatError> {
@@ -179,12 +188,20 @@ impl Chat {
             live,
             caps: crate::caps::Caps::new(crate::caps::CapSettings::default()),
             signer: None,
+            guard: std::sync::Arc::new(crate::guard::ContactGuard::new(ContactPolicy::Flag)),
         }
     }
 
     /// The same, with per-user caps of `settings` instead of the defaults.
     pub fn with_caps(mut self, settings: crate::caps::CapSettings) -> Self {
         self.caps = crate::caps::Caps::new(settings);
+        self
+    }
+
+    /// The same, with `policy` for threads without their own
+    /// (`CONTACT_POLICY`).
+    pub fn with_contact_policy(mut self, policy: ContactPolicy) -> Self {
+        self.guard = std::sync::Arc::new(crate::guard::ContactGuard::new(policy));
         self
     }
 
@@ -276,6 +293,36 @@ impl Chat {
             .thread(id, caller.user_id())
             .await?
             .ok_or(ChatError::NotFound(THREAD))
+    }
+
+    /// Sets the thread's own contact policy (`None`: back to the
+    /// deployment's default). Service tokens only: the job service, say,
+    /// blocks contact details until a contract starts.
+    pub async fn set_contact_policy(
+        &self,
+        caller: &Caller,
+        id: &str,
+        policy: Option<&str>,
+    ) -> Result<ThreadView, ChatError> {
+        if caller.user_id().is_some() {
+            return Err(ChatError::PermissionDenied(
+                "only a service token can set a thread's contact policy",
+            ));
+        }
+        let policy = policy
+            .map(|text| {
+                ContactPolicy::parse(text).ok_or_else(|| {
+                    ChatError::InvalidArgument(
+                        "policy: must be off, flag, mask, block or null".into(),
+                    )
+                })
+            })
+            .transpose()?;
+        let id = thread_id(id)?;
+        if !self.store.set_contact_policy(id, policy).await? {
+            return Err(ChatError::NotFound(THREAD));
+        }
+        self.get_thread(caller, &id.to_string()).await
     }
 
     /// A page of the caller's threads (every thread for a service), most
@@ -401,6 +448,7 @@ impl Chat {
         }
         let metadata = normalize_metadata(request.metadata.as_deref())?;
         let thread_id = thread_id(&request.thread_id)?;
+        let contact = self.guard.check(&request.content);
         let new = NewMessage {
             id: Uuid::now_v7(),
             thread_id,
@@ -413,10 +461,12 @@ impl Chat {
             idempotency_key: None,
             created_at: now_micros(),
             event: None,
+            contact,
         };
         match self.writer.append(new).await? {
-            Some(Appended::Created(message, _)) => Ok((message, true)),
+            Some(Appended::Created(message, _)) => Ok((message.as_seen_by(caller), true)),
             Some(Appended::Duplicate(message)) => Ok((message.as_seen_by(caller), false)),
+            Some(Appended::Blocked { kinds, .. }) => Err(ChatError::ContactBlocked(kinds)),
             None => Err(ChatError::NotFound(THREAD)),
         }
     }
@@ -508,29 +558,48 @@ impl Chat {
                 "only text messages can be edited",
             ));
         }
-        let edited = self
+        let changed = self
             .store
-            .edit_message(message.id, acting_user(caller)?, content, now_micros())
+            .edit_message(
+                message.id,
+                acting_user(caller)?,
+                content,
+                self.guard.check(content),
+                now_micros(),
+            )
             .await?
             .ok_or(ChatError::FailedPrecondition(
                 "a deleted message cannot be edited",
             ))?;
+        let (edited, event) = match changed {
+            Changed::Done(edited, event) => (edited, event),
+            Changed::Blocked { kinds, event } => {
+                self.live.publish_integration(event);
+                return Err(ChatError::ContactBlocked(kinds));
+            }
+        };
         self.live.publish(ChatEvent {
             thread_id: edited.thread_id,
             kind: EventKind::MessageUpdated(edited.clone()),
         });
-        Ok(edited)
+        if let Some(event) = event {
+            self.live.publish_integration(event);
+        }
+        Ok(edited.as_seen_by(caller))
     }
 
     /// The sender deletes a message: hidden from users, kept for services.
     /// Deleting it again changes nothing.
     pub async fn delete_message(&self, caller: &Caller, id: &str) -> Result<Message, ChatError> {
         let message = self.own_message(caller, id).await?;
-        let deleted = self
+        let deleted = match self
             .store
             .delete_message(message.id, acting_user(caller)?, now_micros())
             .await?
-            .ok_or(ChatError::NotFound(MESSAGE))?;
+        {
+            Some(Changed::Done(deleted, _)) => deleted,
+            _ => return Err(ChatError::NotFound(MESSAGE)),
+        };
         if message.deleted_at.is_none() {
             self.live.publish(ChatEvent {
                 thread_id: deleted.thread_id,

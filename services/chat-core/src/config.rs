@@ -83,6 +83,9 @@ pub struct Settings {
     /// `TRANSCRIPT_SIGNING_KEY_FILE`: the key transcript exports are signed
     /// with.
     pub transcript_key: TranscriptKeySource,
+    /// `CONTACT_POLICY` (default `flag`): what happens to users' texts that
+    /// hold contact details, in threads without a policy of their own.
+    pub contact_policy: crate::domain::ContactPolicy,
 }
 
 /// Where the transcript signing key comes from.
@@ -125,6 +128,7 @@ pub const ENVIRONMENT: &[&str] = &[
     "CHAT_CORE_MAX_CONNECTIONS_PER_ADDRESS",
     "CHAT_CORE_FIRST_REQUEST_TIMEOUT_SECONDS",
     "TRANSCRIPT_SIGNING_KEY_FILE",
+    "CONTACT_POLICY",
 ];
 
 /// The directory of the embedded default's files (database, dev secret).
@@ -281,7 +285,15 @@ impl Settings {
             None => TranscriptKeySource::Ephemeral,
         };
 
+        let contact_policy = match get("CONTACT_POLICY") {
+            None => crate::domain::ContactPolicy::Flag,
+            Some(text) => crate::domain::ContactPolicy::parse(text.trim()).ok_or_else(|| {
+                config_error("CONTACT_POLICY", "expected off, flag, mask or block")
+            })?,
+        };
+
         Ok(Settings {
+            contact_policy,
             transcript_key,
             grpc_addr,
             http_addr,

@@ -98,6 +98,46 @@ pub struct Thread {
     pub created_at: UnixMicros,
     pub last_message_at: Option<UnixMicros>,
     pub last_seq: i64,
+    /// The thread's own contact policy; `None`: the deployment's default.
+    pub contact_policy: Option<ContactPolicy>,
+}
+
+/// What happens to a user's text that holds contact details (e-mail,
+/// phone, links, app handles), so deals stay on the platform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContactPolicy {
+    /// Not checked.
+    Off,
+    /// Stored and delivered as sent, with `flags` and a moderation event.
+    Flag,
+    /// Users see each finding replaced by `[contact hidden]`; services read
+    /// the original.
+    Mask,
+    /// Not stored: the sender gets `contact_blocked`.
+    Block,
+}
+
+impl ContactPolicy {
+    /// As configured and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContactPolicy::Off => "off",
+            ContactPolicy::Flag => "flag",
+            ContactPolicy::Mask => "mask",
+            ContactPolicy::Block => "block",
+        }
+    }
+
+    /// The inverse of [`ContactPolicy::as_str`].
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "off" => ContactPolicy::Off,
+            "flag" => ContactPolicy::Flag,
+            "mask" => ContactPolicy::Mask,
+            "block" => ContactPolicy::Block,
+            _ => return None,
+        })
+    }
 }
 
 /// A thread as one caller sees it: with their read cursor and, in lists, the
@@ -138,15 +178,26 @@ pub struct Message {
     pub created_at: UnixMicros,
     pub edited_at: Option<UnixMicros>,
     pub deleted_at: Option<UnixMicros>,
+    /// The kinds of contact detail found in it (`email`, `phone`, `link`,
+    /// `handle`), empty when none.
+    pub flags: Vec<String>,
+    /// Under the `mask` policy, the content users are shown.
+    pub masked_content: Option<String>,
 }
 
 impl Message {
     /// The message as `caller` may see it: a deleted message keeps its
-    /// content and metadata for services (dispute evidence) only.
+    /// content and metadata for services (dispute evidence) only, and a
+    /// masked one shows users its masked content.
     pub fn as_seen_by(mut self, caller: &Caller) -> Self {
-        if self.deleted_at.is_some() && matches!(caller, Caller::User(_)) {
-            self.content.clear();
-            self.metadata = EMPTY_METADATA.to_owned();
+        if matches!(caller, Caller::User(_)) {
+            if let Some(masked) = self.masked_content.take() {
+                self.content = masked;
+            }
+            if self.deleted_at.is_some() {
+                self.content.clear();
+                self.metadata = EMPTY_METADATA.to_owned();
+            }
         }
         self
     }

@@ -106,6 +106,10 @@ impl From<ChatError> for Status {
             }
             ChatError::Lagging => Status::resource_exhausted(err.to_string()),
             ChatError::CapReached(message) => Status::resource_exhausted(*message),
+            ChatError::ContactBlocked(_) => chat_proto::errors::with_code(
+                Status::failed_precondition(err.to_string()),
+                chat_proto::errors::CONTACT_BLOCKED,
+            ),
             ChatError::ShuttingDown => Status::unavailable(err.to_string()),
             ChatError::Internal(source) => {
                 tracing::error!(error = %source, cause = ?std::error::Error::source(source), "internal error");
@@ -440,6 +444,21 @@ impl ChatService for ChatGrpc {
                     public_key: key.public_key,
                 })
                 .collect(),
+        }))
+    }
+
+    async fn set_contact_policy(
+        &self,
+        request: Request<pb::SetContactPolicyRequest>,
+    ) -> Result<Response<pb::SetContactPolicyResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.get_ref();
+        let view = self
+            .chat
+            .set_contact_policy(&caller, &req.thread_id, req.policy.as_deref())
+            .await?;
+        Ok(Response::new(pb::SetContactPolicyResponse {
+            thread: Some(thread_to_proto(view)),
         }))
     }
 

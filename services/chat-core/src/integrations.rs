@@ -151,6 +151,7 @@ impl Integrations {
             },
             idempotency_key: None,
             created_at: now_micros(),
+            contact: None,
             event: Some(NewIntegrationEvent {
                 event_type: typed.event_type.to_owned(),
                 actor_id: caller.user_id().map(str::to_owned),
@@ -159,6 +160,8 @@ impl Integrations {
         };
         match self.writer.append(new).await? {
             Some(Appended::Created(message, _) | Appended::Duplicate(message)) => Ok(message),
+            // Only users' text is checked for contact details.
+            Some(Appended::Blocked { kinds, .. }) => Err(ChatError::ContactBlocked(kinds)),
             None => Err(ChatError::NotFound("thread")),
         }
     }
@@ -292,6 +295,7 @@ impl Integrations {
             posted_by: Some(service.clone()),
             idempotency_key: Some(idempotency_key.to_owned()),
             created_at: now_micros(),
+            contact: None,
             event: Some(NewIntegrationEvent {
                 event_type: "system_event.posted".to_owned(),
                 actor_id: None,
@@ -301,6 +305,7 @@ impl Integrations {
         match self.writer.append(new).await? {
             Some(Appended::Created(message, _)) => Ok((message, true)),
             Some(Appended::Duplicate(message)) => Ok((message, false)),
+            Some(Appended::Blocked { kinds, .. }) => Err(ChatError::ContactBlocked(kinds)),
             None => Err(ChatError::NotFound("thread")),
         }
     }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod domain;
 pub mod events;
 pub mod grpc;
+pub mod guard;
 pub mod http;
 pub mod hub;
 pub mod integrations;

@@ -281,5 +281,6 @@ fn ended(status: &Status) -> RelayKind {
     RelayKind::Ended(pb::RelayEnded {
         code: status.code() as i32,
         message: status.message().to_owned(),
+        error_code: String::new(),
     })
 }

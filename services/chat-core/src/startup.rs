@@ -46,6 +46,7 @@ pub struct Application {
     first_request_timeout: Duration,
     drain: Duration,
     signer: Arc<TranscriptSigner>,
+    contact_policy: crate::domain::ContactPolicy,
 }
 
 impl Application {
@@ -127,6 +128,7 @@ impl Application {
             first_request_timeout: settings.first_request_timeout,
             drain: settings.drain,
             signer,
+            contact_policy: settings.contact_policy,
         })
     }
 
@@ -163,7 +165,8 @@ impl Application {
         let live = LiveEvents::new(self.store.clone(), self.bus, stop_rx.clone());
         let chat = Chat::new(self.store.clone(), live)
             .with_caps(self.caps)
-            .with_transcript_signer(self.signer);
+            .with_transcript_signer(self.signer)
+            .with_contact_policy(self.contact_policy);
         let writer = chat.writer().clone();
         let integrations = IntegrationGrpc::new(Integrations::new(
             chat.writer().clone(),

@@ -23,7 +23,7 @@ use sqlx::{
 };
 use uuid::Uuid;
 
-use crate::domain::{Message, MessageKind, Thread, ThreadView, UnixMicros};
+use crate::domain::{ContactPolicy, Message, MessageKind, Thread, ThreadView, UnixMicros};
 
 mod batch;
 
@@ -187,12 +187,27 @@ pub struct NewMessage {
     pub created_at: UnixMicros,
     /// The integration event written in the same transaction, if any.
     pub event: Option<NewIntegrationEvent>,
+    /// Contact details found in a user's text; what becomes of them is the
+    /// thread's policy (or `default_policy`), decided under its lock.
+    pub contact: Option<ContactFindings>,
+}
+
+/// What the contact guard found in a message's text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContactFindings {
+    /// The kinds found, in a fixed order (`email`, `phone`, `link`,
+    /// `handle`), each once.
+    pub kinds: Vec<&'static str>,
+    /// The text with each finding replaced, for the `mask` policy.
+    pub masked: String,
+    /// The deployment's policy, for threads without their own.
+    pub default_policy: ContactPolicy,
 }
 
 impl NewMessage {
     /// The message as stored with `seq`: both send paths (one at a time
     /// and batched) answer with exactly this.
-    pub fn stored(&self, seq: i64) -> Message {
+    pub fn stored(&self, seq: i64, contact: Option<(&[&str], Option<&str>)>) -> Message {
         Message {
             id: self.id,
             thread_id: self.thread_id,
@@ -205,6 +220,10 @@ impl NewMessage {
             created_at: self.created_at,
             edited_at: None,
             deleted_at: None,
+            flags: contact
+                .map(|(kinds, _)| kinds.iter().map(|k| (*k).to_owned()).collect())
+                .unwrap_or_default(),
+            masked_content: contact.and_then(|(_, masked)| masked.map(str::to_owned)),
         }
     }
 }
@@ -226,7 +245,8 @@ pub struct IntegrationEventRecord {
     pub id: i64,
     pub event_type: String,
     pub thread_id: Uuid,
-    pub message_id: Uuid,
+    /// `None` when the event is about a message that was not stored.
+    pub message_id: Option<Uuid>,
     pub actor_id: Option<String>,
     pub payload: String,
     pub created_at: UnixMicros,
@@ -235,11 +255,17 @@ pub struct IntegrationEventRecord {
 /// What appending a message did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Appended {
-    /// Stored with a new seq (and the id of its integration event, if the
-    /// message had one).
-    Created(Message, Option<i64>),
+    /// Stored with a new seq, and the integration event written with it,
+    /// if any.
+    Created(Message, Option<IntegrationEventRecord>),
     /// The sender's key was used before: the original message.
     Duplicate(Message),
+    /// Refused by the thread's `block` contact policy: nothing stored but
+    /// the moderation event.
+    Blocked {
+        kinds: Vec<&'static str>,
+        event: IntegrationEventRecord,
+    },
 }
 
 /// A position in a thread list: threads strictly after it, in list order.
@@ -351,24 +377,28 @@ macro_rules! duplicate_of {
 }
 
 /// Thread columns, read by [`thread_at`] in this order.
-const THREAD_COLUMNS: &str =
-    "t.id, t.job_id, t.title, t.created_by, t.created_at, t.last_message_at, t.last_seq";
-const THREAD_COLUMN_COUNT: usize = 7;
+const THREAD_COLUMNS: &str = "t.id, t.job_id, t.title, t.created_by, t.created_at, \
+     t.last_message_at, t.last_seq, t.contact_policy";
+const THREAD_COLUMN_COUNT: usize = 8;
 
 mod search;
 mod transcript;
 
 pub use search::{SearchCursor, SearchScope};
-pub use transcript::{StoredEntry, StoredTranscript};
+pub use transcript::{Changed, StoredEntry, StoredTranscript};
 
 /// Message columns, read by [`message_at`] in this order.
 const MESSAGE_COLUMNS: &str = "m.id, m.thread_id, m.seq, m.sender_id, m.message_type, m.content, \
-     m.metadata, m.client_msg_id, m.created_at, m.edited_at, m.deleted_at";
+     m.metadata, m.client_msg_id, m.created_at, m.edited_at, m.deleted_at, m.flags, \
+     m.masked_content";
+
+/// How many columns [`MESSAGE_COLUMNS`] has.
+const MESSAGE_COLUMN_COUNT: usize = 13;
 
 /// [`MESSAGE_COLUMNS`] unqualified, for `RETURNING` (SQLite refuses
 /// qualified names there).
 const MESSAGE_RETURNING: &str = "id, thread_id, seq, sender_id, message_type, content, metadata, \
-     client_msg_id, created_at, edited_at, deleted_at";
+     client_msg_id, created_at, edited_at, deleted_at, flags, masked_content";
 
 fn thread_at<R>(row: &R, at: usize) -> Result<Thread, sqlx::Error>
 where
@@ -387,6 +417,9 @@ where
         created_at: row.try_get(at + 4)?,
         last_message_at: row.try_get(at + 5)?,
         last_seq: row.try_get(at + 6)?,
+        contact_policy: row
+            .try_get::<Option<String>, _>(at + 7)?
+            .and_then(|policy| ContactPolicy::parse(&policy)),
     })
 }
 
@@ -414,6 +447,11 @@ where
         created_at: row.try_get(at + 8)?,
         edited_at: row.try_get(at + 9)?,
         deleted_at: row.try_get(at + 10)?,
+        flags: row
+            .try_get::<Option<String>, _>(at + 11)?
+            .map(|flags| flags.split(',').map(str::to_owned).collect())
+            .unwrap_or_default(),
+        masked_content: row.try_get(at + 12)?,
     })
 }
 
@@ -437,6 +475,11 @@ const POSTGRES_MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations(&[
         "transcripts and search",
         include_str!("../../../migrations/postgres/0003_transcripts_and_search.sql"),
     ),
+    (
+        4,
+        "contact guard",
+        include_str!("../../../migrations/postgres/0004_contact_guard.sql"),
+    ),
 ]);
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations(&[
@@ -454,6 +497,11 @@ const SQLITE_MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations(&[
         3,
         "transcripts and search",
         include_str!("../../../migrations/sqlite/0003_transcripts_and_search.sql"),
+    ),
+    (
+        4,
+        "contact guard",
+        include_str!("../../../migrations/sqlite/0004_contact_guard.sql"),
     ),
 ]);
 
@@ -656,6 +704,7 @@ impl Store {
                 created_at: new.created_at,
                 last_message_at: None,
                 last_seq: 0,
+                contact_policy: None,
             };
             return Ok((thread, true));
         }
@@ -1068,6 +1117,24 @@ impl Store {
                 }
             };
             Ok(row.map(|row| message_at(&row, 0)).transpose()?)
+        })
+    }
+
+    /// Sets a thread's own contact policy; `false` when there is no such
+    /// thread.
+    pub async fn set_contact_policy(
+        &self,
+        thread_id: Uuid,
+        policy: Option<ContactPolicy>,
+    ) -> Result<bool, StoreError> {
+        with_pools!(self, |reader, writer, Db| {
+            let updated = sqlx::query("UPDATE threads SET contact_policy = $2 WHERE id = $1")
+                .bind(thread_id)
+                .bind(policy.map(ContactPolicy::as_str))
+                .execute(writer)
+                .await?
+                .rows_affected();
+            Ok(updated == 1)
         })
     }
 

@@ -41,6 +41,8 @@ pub fn message_to_proto(message: Message) -> pb::Message {
         created_at: Some(timestamp(message.created_at)),
         edited_at: message.edited_at.map(timestamp),
         deleted_at: message.deleted_at.map(timestamp),
+        flags: message.flags,
+        masked_content: message.masked_content,
     }
 }
 
@@ -60,6 +62,7 @@ pub fn thread_to_proto(view: ThreadView) -> pb::Thread {
         last_read_seq: view.last_read_seq,
         unread_count,
         last_message: view.last_message.map(message_to_proto),
+        contact_policy: thread.contact_policy.map(|p| p.as_str().to_owned()),
     }
 }
 
@@ -145,6 +148,8 @@ pub fn message_from_proto(message: pb::Message) -> Option<Message> {
         created_at: micros(message.created_at.as_ref()?),
         edited_at: message.edited_at.as_ref().map(micros),
         deleted_at: message.deleted_at.as_ref().map(micros),
+        flags: message.flags,
+        masked_content: message.masked_content,
     })
 }
 
@@ -159,6 +164,10 @@ pub fn thread_from_proto(thread: pb::Thread) -> Option<Thread> {
         created_at: micros(thread.created_at.as_ref()?),
         last_message_at: thread.last_message_at.as_ref().map(micros),
         last_seq: thread.last_seq,
+        contact_policy: thread
+            .contact_policy
+            .as_deref()
+            .and_then(crate::domain::ContactPolicy::parse),
     })
 }
 
@@ -196,7 +205,7 @@ pub fn integration_to_proto(record: &IntegrationEventRecord) -> pb::IntegrationE
         id: record.id,
         event_type: record.event_type.clone(),
         thread_id: record.thread_id.to_string(),
-        message_id: record.message_id.to_string(),
+        message_id: record.message_id.map(|id| id.to_string()),
         payload_json: record.payload.clone(),
         created_at: Some(timestamp(record.created_at)),
         actor_id: record.actor_id.clone(),
@@ -209,7 +218,10 @@ pub fn integration_from_proto(event: pb::IntegrationEvent) -> Option<Integration
         id: event.id,
         event_type: event.event_type,
         thread_id: Uuid::parse_str(&event.thread_id).ok()?,
-        message_id: Uuid::parse_str(&event.message_id).ok()?,
+        message_id: match event.message_id {
+            Some(id) => Some(Uuid::parse_str(&id).ok()?),
+            None => None,
+        },
         actor_id: event.actor_id,
         payload: event.payload_json,
         created_at: micros(event.created_at.as_ref()?),
@@ -235,6 +247,8 @@ mod tests {
             created_at: 1_700_000_000_123_456,
             edited_at: Some(1_700_000_001_000_001),
             deleted_at: None,
+            flags: vec!["email".into()],
+            masked_content: Some("[contact hidden]".into()),
         };
         let thread = Thread {
             id: thread_id,
@@ -245,6 +259,7 @@ mod tests {
             created_at: 1_700_000_000_000_000,
             last_message_at: None,
             last_seq: 0,
+            contact_policy: Some(crate::domain::ContactPolicy::Mask),
         };
         let service = Caller::Service("bus".into());
         for kind in [

@@ -30,13 +30,19 @@ use std::collections::HashMap;
 use sqlx::{Row, SqlitePool};
 use uuid::Uuid;
 
-use super::{Appended, MESSAGE_COLUMNS, NewMessage, Store, StoreError, message_at};
-use crate::domain::{Message, UnixMicros};
+use super::{
+    Appended, IntegrationEventRecord, MESSAGE_COLUMN_COUNT, MESSAGE_COLUMNS, NewMessage, Store,
+    StoreError, message_at,
+};
+use crate::domain::{ContactPolicy, Message, UnixMicros};
 use crate::transcript::{self, Entry, EntryKind, Hash};
 
 /// The integration event whose payload carries the thread's transcript
 /// head, so the dispute service can later prove which record it was shown.
 pub(crate) const DISPUTE_REQUESTED: &str = "dispute.requested";
+
+/// The contact guard's integration event.
+pub(crate) const CONTACT_DETECTED: &str = "moderation.contact_detected";
 
 /// What names a message for idempotent retries: a user's client_msg_id in
 /// one thread, or a service's key across all threads (the two unique
@@ -91,6 +97,8 @@ struct Locked {
     originals: HashMap<IdempotencyKey, Message>,
     /// Each thread's transcript head: its last entry's number and hash.
     heads: HashMap<Uuid, (i64, Hash)>,
+    /// Each thread's own contact policy (`None`: the default applies).
+    policies: HashMap<Uuid, Option<ContactPolicy>>,
 }
 
 /// One message's fate, decided before anything is written.
@@ -105,6 +113,9 @@ enum Fate {
     SameAs(usize),
     /// No such thread, or the sender is not in it.
     Refused,
+    /// Its text holds contact details and the thread blocks them: only its
+    /// moderation event (index in [`Plan::events`]) is written.
+    Blocked(usize, Vec<&'static str>),
 }
 
 /// A message the batch stores.
@@ -112,20 +123,51 @@ enum Fate {
 struct Created<'a> {
     new: &'a NewMessage,
     seq: i64,
-    /// Filled in once the event counter has been advanced.
-    event_id: Option<i64>,
+    /// Its integration event, if any (index in [`Plan::events`]).
+    event: Option<usize>,
     /// The message's transcript entry number and hash.
     transcript_n: i64,
     transcript_hash: Hash,
     /// What the search index holds for it.
     words: String,
-    /// The event payload, when the plan added to it (a dispute's head).
-    payload: Option<String>,
+    /// The contact details found, as stored: kinds, and under `mask` the
+    /// content users see.
+    flags: Option<String>,
+    masked: Option<&'a str>,
+    kinds: &'a [&'static str],
 }
 
 impl Created<'_> {
     fn message(&self) -> Message {
-        self.new.stored(self.seq)
+        self.new.stored(self.seq, Some((self.kinds, self.masked)))
+    }
+}
+
+/// An integration event the batch writes: a message's own, or the contact
+/// guard's.
+#[derive(Debug)]
+struct PlannedEvent<'a> {
+    event_type: &'a str,
+    thread_id: Uuid,
+    message_id: Option<Uuid>,
+    actor_id: Option<&'a str>,
+    payload: std::borrow::Cow<'a, str>,
+    created_at: UnixMicros,
+    /// Filled in once the event counter has been advanced.
+    id: Option<i64>,
+}
+
+impl PlannedEvent<'_> {
+    fn record(&self) -> Option<IntegrationEventRecord> {
+        Some(IntegrationEventRecord {
+            id: self.id?,
+            event_type: self.event_type.to_owned(),
+            thread_id: self.thread_id,
+            message_id: self.message_id,
+            actor_id: self.actor_id.map(str::to_owned),
+            payload: self.payload.clone().into_owned(),
+            created_at: self.created_at,
+        })
     }
 }
 
@@ -158,21 +200,68 @@ struct Plan<'a> {
     fates: Vec<Fate>,
     /// The messages to insert, in arrival order (seq order per thread).
     created: Vec<Created<'a>>,
+    /// The integration events to insert, in arrival order.
+    events: Vec<PlannedEvent<'a>>,
     threads: Vec<ThreadTail>,
     participants: Vec<ParticipantTail>,
-    /// How many of `created` carry an integration event.
-    events: i64,
+}
+
+/// What the contact guard's policy makes of a message with findings.
+enum ContactOutcome {
+    /// No findings, or the policy is `off`.
+    Clean,
+    Flag,
+    Mask,
+    Block,
+}
+
+fn contact_outcome(new: &NewMessage, locked: &Locked) -> ContactOutcome {
+    let Some(found) = &new.contact else {
+        return ContactOutcome::Clean;
+    };
+    let policy = locked
+        .policies
+        .get(&new.thread_id)
+        .copied()
+        .flatten()
+        .unwrap_or(found.default_policy);
+    match policy {
+        ContactPolicy::Off => ContactOutcome::Clean,
+        ContactPolicy::Flag => ContactOutcome::Flag,
+        ContactPolicy::Mask => ContactOutcome::Mask,
+        ContactPolicy::Block => ContactOutcome::Block,
+    }
+}
+
+/// The `moderation.contact_detected` payload.
+pub(crate) fn contact_payload(
+    thread_id: Uuid,
+    message_id: Option<Uuid>,
+    sender_id: Option<&str>,
+    kinds: &[&str],
+    policy: ContactPolicy,
+) -> String {
+    serde_json::json!({
+        "thread_id": thread_id.to_string(),
+        "message_id": message_id.map(|id| id.to_string()),
+        "sender_id": sender_id,
+        "kinds": kinds,
+        "policy": policy.as_str(),
+    })
+    .to_string()
 }
 
 /// Decides each message's fate in arrival order, the way the per-message
 /// path would have one after the other: a duplicate first, then a missing
-/// thread or a sender outside it, else the thread's next seq.
+/// thread or a sender outside it, then the thread's contact policy, else
+/// the thread's next seq.
 fn plan<'a>(batch: &'a [NewMessage], locked: &Locked) -> Plan<'a> {
     let mut next_seq = locked.last_seq.clone();
     let mut heads = locked.heads.clone();
     let mut first_with_key: HashMap<IdempotencyKey, usize> = HashMap::new();
     let mut fates = Vec::with_capacity(batch.len());
     let mut created: Vec<Created<'a>> = Vec::with_capacity(batch.len());
+    let mut events: Vec<PlannedEvent<'a>> = Vec::new();
     for new in batch {
         let key = IdempotencyKey::of(new);
         if let Some(key) = &key {
@@ -199,6 +288,31 @@ fn plan<'a>(batch: &'a [NewMessage], locked: &Locked) -> Plan<'a> {
                 continue;
             }
         }
+        let contact = contact_outcome(new, locked);
+        let kinds: &'a [&'static str] = match (&contact, &new.contact) {
+            (ContactOutcome::Clean, _) | (_, None) => &[],
+            (_, Some(found)) => &found.kinds,
+        };
+        if let ContactOutcome::Block = contact {
+            events.push(PlannedEvent {
+                event_type: CONTACT_DETECTED,
+                thread_id: new.thread_id,
+                message_id: None,
+                actor_id: new.sender_id.as_deref(),
+                payload: contact_payload(
+                    new.thread_id,
+                    None,
+                    new.sender_id.as_deref(),
+                    kinds,
+                    ContactPolicy::Block,
+                )
+                .into(),
+                created_at: new.created_at,
+                id: None,
+            });
+            fates.push(Fate::Blocked(events.len() - 1, kinds.to_vec()));
+            continue;
+        }
         *last += 1;
         let head = heads
             .entry(new.thread_id)
@@ -219,20 +333,61 @@ fn plan<'a>(batch: &'a [NewMessage], locked: &Locked) -> Plan<'a> {
                 at: new.created_at,
             },
         );
-        let payload = new
-            .event
-            .as_ref()
-            .filter(|event| event.event_type == DISPUTE_REQUESTED)
-            .map(|event| with_head_hash(&event.payload, &transcript::hex(&previous)));
+        let masked = match (&contact, &new.contact) {
+            (ContactOutcome::Mask, Some(found)) => Some(found.masked.as_str()),
+            _ => None,
+        };
+        let event = match (&new.event, &contact) {
+            (Some(event), _) => Some(PlannedEvent {
+                event_type: &event.event_type,
+                thread_id: new.thread_id,
+                message_id: Some(new.id),
+                actor_id: event.actor_id.as_deref(),
+                payload: if event.event_type == DISPUTE_REQUESTED {
+                    with_head_hash(&event.payload, &transcript::hex(&previous)).into()
+                } else {
+                    event.payload.as_str().into()
+                },
+                created_at: new.created_at,
+                id: None,
+            }),
+            (None, ContactOutcome::Flag | ContactOutcome::Mask) => Some(PlannedEvent {
+                event_type: CONTACT_DETECTED,
+                thread_id: new.thread_id,
+                message_id: Some(new.id),
+                actor_id: new.sender_id.as_deref(),
+                payload: contact_payload(
+                    new.thread_id,
+                    Some(new.id),
+                    new.sender_id.as_deref(),
+                    kinds,
+                    if masked.is_some() {
+                        ContactPolicy::Mask
+                    } else {
+                        ContactPolicy::Flag
+                    },
+                )
+                .into(),
+                created_at: new.created_at,
+                id: None,
+            }),
+            (None, _) => None,
+        };
+        let event = event.map(|event| {
+            events.push(event);
+            events.len() - 1
+        });
         let index = created.len();
         created.push(Created {
             new,
             seq: *last,
-            event_id: None,
+            event,
             transcript_n: head.0,
             transcript_hash: head.1,
-            words: crate::search::index_text(&new.content),
-            payload,
+            words: crate::search::index_text(masked.unwrap_or(&new.content)),
+            flags: (!kinds.is_empty()).then(|| kinds.join(",")),
+            masked,
+            kinds,
         });
         if let Some(key) = key {
             first_with_key.insert(key, index);
@@ -284,13 +439,12 @@ fn plan<'a>(batch: &'a [NewMessage], locked: &Locked) -> Plan<'a> {
             });
         }
     }
-    let events = created.iter().filter(|c| c.new.event.is_some()).count();
     Plan {
         fates,
         created,
+        events,
         threads,
         participants,
-        events: i64::try_from(events).unwrap_or(i64::MAX),
     }
 }
 
@@ -304,30 +458,48 @@ fn with_head_hash(payload: &str, head_hash: &str) -> String {
 }
 
 impl Plan<'_> {
+    /// Whether the batch writes anything at all.
+    fn writes(&self) -> bool {
+        !self.created.is_empty() || !self.events.is_empty()
+    }
+
+    /// How many integration events the batch writes.
+    fn event_count(&self) -> i64 {
+        i64::try_from(self.events.len()).unwrap_or(i64::MAX)
+    }
+
     /// Gives the events ids `last_id - events + 1 ..= last_id` in arrival
     /// order: the counter row's lock makes ids commit in id order.
     fn number_events(&mut self, last_id: i64) {
-        let mut next = last_id - self.events + 1;
-        for entry in &mut self.created {
-            if entry.new.event.is_some() {
-                entry.event_id = Some(next);
-                next += 1;
-            }
+        let mut next = last_id - self.event_count() + 1;
+        for event in &mut self.events {
+            event.id = Some(next);
+            next += 1;
         }
     }
 
     /// Each message's outcome, in batch order.
     fn outcomes(self) -> Vec<Option<Appended>> {
-        let created = self.created;
-        self.fates
+        let Plan {
+            fates,
+            created,
+            events,
+            ..
+        } = self;
+        fates
             .into_iter()
             .map(|fate| match fate {
-                Fate::Create(i) => created
-                    .get(i)
-                    .map(|c| Appended::Created(c.message(), c.event_id)),
+                Fate::Create(i) => created.get(i).map(|c| {
+                    let event = c.event.and_then(|e| events.get(e)?.record());
+                    Appended::Created(c.message(), event)
+                }),
                 Fate::SameAs(i) => created.get(i).map(|c| Appended::Duplicate(c.message())),
                 Fate::Original(message) => Some(Appended::Duplicate(message)),
                 Fate::Refused => None,
+                Fate::Blocked(e, kinds) => events
+                    .get(e)
+                    .and_then(PlannedEvent::record)
+                    .map(|event| Appended::Blocked { kinds, event }),
             })
             .collect()
     }
@@ -445,6 +617,17 @@ where
     Ok((n, transcript::head_or_genesis(thread_id, head.as_deref())))
 }
 
+/// A thread's own contact policy from a `contact_policy` column.
+fn policy_at<R>(row: &R, at: usize) -> Result<Option<ContactPolicy>, sqlx::Error>
+where
+    R: Row,
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let policy: Option<String> = row.try_get(at)?;
+    Ok(policy.and_then(|p| ContactPolicy::parse(&p)))
+}
+
 /// Files a stored message read by its idempotency key (columns: the
 /// message's, then `posted_by` and `idempotency_key`) under every key that
 /// names it.
@@ -460,8 +643,8 @@ where
     for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     let message = message_at(row, 0)?;
-    let posted_by: Option<String> = row.try_get(11)?;
-    let key: Option<String> = row.try_get(12)?;
+    let posted_by: Option<String> = row.try_get(MESSAGE_COLUMN_COUNT)?;
+    let key: Option<String> = row.try_get(MESSAGE_COLUMN_COUNT + 1)?;
     if let (Some(sender), Some(client_msg_id)) = (&message.sender_id, &message.client_msg_id) {
         originals.insert(
             IdempotencyKey::Client {
@@ -497,7 +680,8 @@ mod postgres {
         // the whole (update-heavy, so bloated) participants table.
         let rows = sqlx::query(
             "SELECT t.id, t.last_seq, ARRAY(SELECT p.user_id FROM thread_participants p \
-             WHERE p.thread_id = t.id), t.transcript_n, t.transcript_head FROM threads t \
+             WHERE p.thread_id = t.id), t.transcript_n, t.transcript_head, t.contact_policy \
+             FROM threads t \
              WHERE t.id = ANY($1) ORDER BY t.id FOR UPDATE",
         )
         .bind(&ids)
@@ -509,12 +693,13 @@ mod postgres {
             locked.last_seq.insert(id, row.try_get(1)?);
             locked.participants.insert(id, row.try_get(2)?);
             locked.heads.insert(id, head_at(row, id, 3)?);
+            locked.policies.insert(id, policy_at(row, 5)?);
         }
 
         read_originals(&mut tx, batch, &mut locked).await?;
 
         let mut plan = plan(batch, &locked);
-        if !plan.created.is_empty() {
+        if plan.writes() {
             write(&mut tx, &mut plan).await?;
         }
         tx.commit().await.map_err(commit_failed)?;
@@ -594,16 +779,13 @@ mod postgres {
             m.push(entry);
         }
         let mut e = EventColumns::default();
-        for entry in created {
-            if let Some(event) = &entry.new.event {
-                e.message_id.push(entry.new.id);
-                e.event_type.push(event.event_type.as_str());
-                e.thread_id.push(entry.new.thread_id);
-                e.actor_id.push(event.actor_id.as_deref());
-                e.payload
-                    .push(entry.payload.as_deref().unwrap_or(&event.payload));
-                e.created_at.push(entry.new.created_at);
-            }
+        for event in &plan.events {
+            e.message_id.push(event.message_id);
+            e.event_type.push(event.event_type);
+            e.thread_id.push(event.thread_id);
+            e.actor_id.push(event.actor_id);
+            e.payload.push(&event.payload);
+            e.created_at.push(event.created_at);
         }
         let threads = &plan.threads;
         let participants = &plan.participants;
@@ -621,15 +803,17 @@ mod postgres {
             "WITH inserted AS ( \
                INSERT INTO messages (id, thread_id, seq, sender_id, message_type, content, \
                metadata, client_msg_id, posted_by, idempotency_key, created_at, \
-               transcript_n, transcript_hash, search) \
+               transcript_n, transcript_hash, search, flags, masked_content) \
                SELECT u.id, u.thread_id, u.seq, u.sender_id, u.message_type, u.content, \
                u.metadata, u.client_msg_id, u.posted_by, u.idempotency_key, u.created_at, \
-               u.transcript_n, u.transcript_hash, to_tsvector('simple', u.words) \
+               u.transcript_n, u.transcript_hash, to_tsvector('simple', u.words), u.flags, \
+               u.masked_content \
                FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::text[], $5::text[], \
                $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::int8[], \
-               $26::int8[], $27::bytea[], $28::text[]) AS u(id, thread_id, seq, sender_id, \
-               message_type, content, metadata, client_msg_id, posted_by, idempotency_key, \
-               created_at, transcript_n, transcript_hash, words) \
+               $26::int8[], $27::bytea[], $28::text[], $31::text[], $32::text[]) \
+               AS u(id, thread_id, seq, sender_id, message_type, content, metadata, \
+               client_msg_id, posted_by, idempotency_key, created_at, transcript_n, \
+               transcript_hash, words, flags, masked_content) \
              ), threads_moved AS ( \
                UPDATE threads t SET last_seq = u.last_seq, last_message_at = u.at, \
                activity_at = u.at, transcript_n = u.transcript_n, \
@@ -697,9 +881,11 @@ mod postgres {
                 .map(|t| t.transcript_head.as_slice())
                 .collect::<Vec<_>>(),
         )
+        .bind(&m.flags)
+        .bind(&m.masked_content)
         .fetch_optional(&mut *tx)
         .await?;
-        if plan.events > 0 {
+        if !plan.events.is_empty() {
             let last_id = last_event_id.ok_or(StoreError::Corrupt(
                 "the integration event counter row is missing",
             ))?;
@@ -711,7 +897,7 @@ mod postgres {
     /// The integration events' columns as arrays, in arrival order.
     #[derive(Default)]
     struct EventColumns<'a> {
-        message_id: Vec<Uuid>,
+        message_id: Vec<Option<Uuid>>,
         event_type: Vec<&'a str>,
         thread_id: Vec<Uuid>,
         actor_id: Vec<Option<&'a str>>,
@@ -735,6 +921,8 @@ mod postgres {
         transcript_n: Vec<i64>,
         transcript_hash: Vec<&'a [u8]>,
         words: Vec<&'a str>,
+        flags: Vec<Option<&'a str>>,
+        masked_content: Vec<Option<&'a str>>,
     }
 
     impl<'a> MessageColumns<'a> {
@@ -754,6 +942,8 @@ mod postgres {
                 transcript_n: Vec::with_capacity(n),
                 transcript_hash: Vec::with_capacity(n),
                 words: Vec::with_capacity(n),
+                flags: Vec::with_capacity(n),
+                masked_content: Vec::with_capacity(n),
             }
         }
 
@@ -773,6 +963,8 @@ mod postgres {
             self.transcript_n.push(entry.transcript_n);
             self.transcript_hash.push(&entry.transcript_hash);
             self.words.push(&entry.words);
+            self.flags.push(entry.flags.as_deref());
+            self.masked_content.push(entry.masked);
         }
     }
 }
@@ -805,8 +997,8 @@ mod sqlite {
         let ids = thread_ids(batch);
         for chunk in ids.chunks(rows_per_statement(1)) {
             let mut query = QueryBuilder::<Sqlite>::new(
-                "SELECT t.id, t.last_seq, tp.user_id, t.transcript_n, t.transcript_head \
-                 FROM threads t \
+                "SELECT t.id, t.last_seq, tp.user_id, t.transcript_n, t.transcript_head, \
+                 t.contact_policy FROM threads t \
                  LEFT JOIN thread_participants tp ON tp.thread_id = t.id WHERE t.id IN (",
             );
             let mut list = query.separated(", ");
@@ -820,12 +1012,13 @@ mod sqlite {
                 let user: Option<String> = row.try_get(2)?;
                 locked.participants.entry(id).or_default().extend(user);
                 locked.heads.insert(id, head_at(row, id, 3)?);
+                locked.policies.insert(id, policy_at(row, 5)?);
             }
         }
         read_originals(&mut tx, batch, &mut locked).await?;
 
         let mut plan = plan(batch, &locked);
-        if !plan.created.is_empty() {
+        if plan.writes() {
             write(&mut tx, &mut plan).await?;
         }
         tx.commit().await.map_err(commit_failed)?;
@@ -894,11 +1087,11 @@ mod sqlite {
     }
 
     async fn write(tx: &mut sqlx::SqliteConnection, plan: &mut Plan<'_>) -> Result<(), StoreError> {
-        for chunk in plan.created.chunks(rows_per_statement(13)) {
+        for chunk in plan.created.chunks(rows_per_statement(15)) {
             let mut query = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO messages (id, thread_id, seq, sender_id, message_type, content, \
                  metadata, client_msg_id, posted_by, idempotency_key, created_at, \
-                 transcript_n, transcript_hash) ",
+                 transcript_n, transcript_hash, flags, masked_content) ",
             );
             query.push_values(chunk, |mut row, entry| {
                 let new = entry.new;
@@ -914,7 +1107,9 @@ mod sqlite {
                     .push_bind(new.idempotency_key.as_deref())
                     .push_bind(new.created_at)
                     .push_bind(entry.transcript_n)
-                    .push_bind(entry.transcript_hash.as_slice());
+                    .push_bind(entry.transcript_hash.as_slice())
+                    .push_bind(entry.flags.as_deref())
+                    .push_bind(entry.masked);
             });
             query.build().execute(&mut *tx).await?;
         }
@@ -966,33 +1161,28 @@ mod sqlite {
             );
             query.build().execute(&mut *tx).await?;
         }
-        if plan.events > 0 {
+        if !plan.events.is_empty() {
             let last_id: i64 = sqlx::query_scalar(
                 "UPDATE integration_event_counter SET last_id = last_id + $1 \
                  WHERE id = 1 RETURNING last_id",
             )
-            .bind(plan.events)
+            .bind(plan.event_count())
             .fetch_one(&mut *tx)
             .await?;
             plan.number_events(last_id);
-            let events: Vec<(&Created<'_>, &crate::store::NewIntegrationEvent, i64)> = plan
-                .created
-                .iter()
-                .filter_map(|entry| Some((entry, entry.new.event.as_ref()?, entry.event_id?)))
-                .collect();
-            for chunk in events.chunks(rows_per_statement(7)) {
+            for chunk in plan.events.chunks(rows_per_statement(7)) {
                 let mut query = QueryBuilder::<Sqlite>::new(
                     "INSERT INTO integration_events (id, event_type, thread_id, message_id, \
                      actor_id, payload, created_at) ",
                 );
-                query.push_values(chunk, |mut row, (entry, event, id)| {
-                    row.push_bind(*id)
-                        .push_bind(event.event_type.as_str())
-                        .push_bind(entry.new.thread_id)
-                        .push_bind(entry.new.id)
-                        .push_bind(event.actor_id.as_deref())
-                        .push_bind(entry.payload.as_deref().unwrap_or(&event.payload))
-                        .push_bind(entry.new.created_at);
+                query.push_values(chunk, |mut row, event| {
+                    row.push_bind(event.id)
+                        .push_bind(event.event_type)
+                        .push_bind(event.thread_id)
+                        .push_bind(event.message_id)
+                        .push_bind(event.actor_id)
+                        .push_bind(event.payload.as_ref())
+                        .push_bind(event.created_at);
                 });
                 query.build().execute(&mut *tx).await?;
             }

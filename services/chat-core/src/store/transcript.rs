@@ -8,9 +8,62 @@
 
 use uuid::Uuid;
 
-use super::{MESSAGE_RETURNING, Store, StoreError, message_at};
-use crate::domain::{Message, UnixMicros};
+use super::batch::{CONTACT_DETECTED, contact_payload};
+use super::{
+    ContactFindings, IntegrationEventRecord, MESSAGE_RETURNING, Store, StoreError, message_at,
+};
+use crate::domain::{ContactPolicy, Message, UnixMicros};
 use crate::transcript::{self, Entry, EntryKind, Hash};
+
+/// Writes one `moderation.contact_detected` integration event through
+/// `$executor` (inside the caller's transaction): the id from the counter
+/// row, whose lock orders event writers. Evaluates to the event's record.
+macro_rules! insert_event {
+    ($executor:expr, $thread_id:expr, $message_id:expr, $actor:expr, $payload:expr, $now:expr) => {{
+        let id: i64 = sqlx::query_scalar(
+            "UPDATE integration_event_counter SET last_id = last_id + 1 \
+             WHERE id = 1 RETURNING last_id",
+        )
+        .fetch_one($executor)
+        .await?;
+        sqlx::query(
+            "INSERT INTO integration_events (id, event_type, thread_id, message_id, actor_id, \
+             payload, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(id)
+        .bind(CONTACT_DETECTED)
+        .bind($thread_id)
+        .bind($message_id)
+        .bind($actor)
+        .bind(&$payload)
+        .bind($now)
+        .execute($executor)
+        .await?;
+        IntegrationEventRecord {
+            id,
+            event_type: CONTACT_DETECTED.to_owned(),
+            thread_id: $thread_id,
+            message_id: $message_id,
+            actor_id: $actor.map(str::to_owned),
+            payload: $payload,
+            created_at: $now,
+        }
+    }};
+}
+
+/// What an edit or deletion did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Changed {
+    /// Done: the message as it now is, and the moderation event written
+    /// with it, if its new text held contact details.
+    Done(Message, Option<IntegrationEventRecord>),
+    /// The new text holds contact details the thread blocks: the message
+    /// is unchanged, and only the moderation event was written.
+    Blocked {
+        kinds: Vec<&'static str>,
+        event: IntegrationEventRecord,
+    },
+}
 
 /// One stored transcript entry with its hash, as exported.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +91,10 @@ pub struct StoredTranscript {
 
 /// What changes a message and records it in the chain.
 enum Change<'a> {
-    Edit { content: &'a str, words: String },
+    Edit {
+        content: &'a str,
+        contact: Option<ContactFindings>,
+    },
     Delete,
 }
 
@@ -72,12 +128,10 @@ impl Store {
         message_id: Uuid,
         editor: &str,
         content: &str,
+        contact: Option<ContactFindings>,
         now: UnixMicros,
-    ) -> Result<Option<Message>, StoreError> {
-        let change = Change::Edit {
-            content,
-            words: crate::search::index_text(content),
-        };
+    ) -> Result<Option<Changed>, StoreError> {
+        let change = Change::Edit { content, contact };
         self.change_message(message_id, editor, change, now).await
     }
 
@@ -88,7 +142,7 @@ impl Store {
         message_id: Uuid,
         deleter: &str,
         now: UnixMicros,
-    ) -> Result<Option<Message>, StoreError> {
+    ) -> Result<Option<Changed>, StoreError> {
         self.change_message(message_id, deleter, Change::Delete, now)
             .await
     }
@@ -99,7 +153,7 @@ impl Store {
         actor: &str,
         change: Change<'_>,
         now: UnixMicros,
-    ) -> Result<Option<Message>, StoreError> {
+    ) -> Result<Option<Changed>, StoreError> {
         with_pools!(self, |reader, writer, Db| {
             let mut tx = writer.begin().await?;
             let thread_id: Option<Uuid> =
@@ -111,25 +165,63 @@ impl Store {
                 return Ok(None);
             };
             // Taking the next entry number locks the thread row: entries
-            // of a thread commit one at a time, in number order.
-            let (n, head): (i64, Option<Vec<u8>>) = sqlx::query_as(
+            // of a thread commit one at a time, in number order, and the
+            // thread's contact policy holds still meanwhile.
+            let (n, head, policy): (i64, Option<Vec<u8>>, Option<String>) = sqlx::query_as(
                 "UPDATE threads SET transcript_n = transcript_n + 1 WHERE id = $1 \
-                 RETURNING transcript_n, transcript_head",
+                 RETURNING transcript_n, transcript_head, contact_policy",
             )
             .bind(thread_id)
             .fetch_one(&mut *tx)
             .await?;
             let previous = transcript::head_or_genesis(thread_id, head.as_deref());
+            // What the contact guard's findings come to under the policy.
+            let found = match &change {
+                Change::Edit {
+                    contact: Some(found),
+                    ..
+                } => {
+                    let policy = policy
+                        .as_deref()
+                        .and_then(ContactPolicy::parse)
+                        .unwrap_or(found.default_policy);
+                    (policy != ContactPolicy::Off).then_some((found, policy))
+                }
+                _ => None,
+            };
+            if let Some((found, ContactPolicy::Block)) = found {
+                // Nothing changes but the moderation event, on its own.
+                drop(tx);
+                let mut tx = writer.begin().await?;
+                let payload =
+                    contact_payload(thread_id, None, Some(actor), &found.kinds, ContactPolicy::Block);
+                let event =
+                    insert_event!(&mut *tx, thread_id, None::<Uuid>, Some(actor), payload, now);
+                tx.commit().await?;
+                return Ok(Some(Changed::Blocked {
+                    kinds: found.kinds.clone(),
+                    event,
+                }));
+            }
             let changed = match &change {
                 Change::Edit { content, .. } => {
+                    let (flags, masked) = match found {
+                        Some((found, policy)) => (
+                            Some(found.kinds.join(",")),
+                            (policy == ContactPolicy::Mask).then_some(found.masked.as_str()),
+                        ),
+                        None => (None, None),
+                    };
                     sqlx::query(&format!(
                         "UPDATE messages SET original_content = COALESCE(original_content, \
-                         content), content = $2, edited_at = $3 \
+                         content), content = $2, edited_at = $3, flags = $4, masked_content = $5 \
                          WHERE id = $1 AND deleted_at IS NULL RETURNING {MESSAGE_RETURNING}"
                     ))
                     .bind(message_id)
                     .bind(*content)
                     .bind(now)
+                    .bind(flags)
+                    .bind(masked)
                     .fetch_optional(&mut *tx)
                     .await?
                 }
@@ -149,7 +241,10 @@ impl Store {
                 drop(tx);
                 return match change {
                     Change::Edit { .. } => Ok(None),
-                    Change::Delete => self.message(message_id, None).await,
+                    Change::Delete => Ok(self
+                        .message(message_id, None)
+                        .await?
+                        .map(|message| Changed::Done(message, None))),
                 };
             };
             let message = message_at(&row, 0)?;
@@ -195,7 +290,10 @@ impl Store {
                 .bind(hash.as_slice())
                 .execute(&mut *tx)
                 .await?;
-            if let Change::Edit { words, .. } = &change {
+            let mut event = None;
+            if let Change::Edit { content, .. } = &change {
+                let shown = message.masked_content.as_deref().unwrap_or(content);
+                let words = crate::search::index_text(shown);
                 for statement in <Db as SearchIndex>::REINDEX {
                     sqlx::query(statement)
                         .bind(message_id)
@@ -203,9 +301,26 @@ impl Store {
                         .execute(&mut *tx)
                         .await?;
                 }
+                if let Some((found, policy)) = found {
+                    let payload = contact_payload(
+                        thread_id,
+                        Some(message_id),
+                        Some(actor),
+                        &found.kinds,
+                        policy,
+                    );
+                    event = Some(insert_event!(
+                        &mut *tx,
+                        thread_id,
+                        Some(message_id),
+                        Some(actor),
+                        payload,
+                        now
+                    ));
+                }
             }
             tx.commit().await?;
-            Ok(Some(message))
+            Ok(Some(Changed::Done(message, event)))
         })
     }
 

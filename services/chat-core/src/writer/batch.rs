@@ -100,9 +100,13 @@ impl Shard {
         // Committed: announce in batch order, which is seq order within
         // each thread, before anyone hears back (as when one message was
         // one transaction).
-        for (message, outcome) in messages.into_iter().zip(&outcomes) {
-            if let Ok(Some(Appended::Created(stored, event_id))) = outcome {
-                self.publish(message, stored, *event_id);
+        for outcome in &outcomes {
+            match outcome {
+                Ok(Some(Appended::Created(stored, event))) => self.publish(stored, event.as_ref()),
+                Ok(Some(Appended::Blocked { event, .. })) => {
+                    self.live.publish_integration(event.clone());
+                }
+                _ => {}
             }
         }
         for (reply, outcome) in replies.into_iter().zip(outcomes) {
@@ -111,21 +115,13 @@ impl Shard {
         }
     }
 
-    fn publish(&self, message: NewMessage, stored: &crate::domain::Message, event_id: Option<i64>) {
+    fn publish(&self, stored: &crate::domain::Message, event: Option<&IntegrationEventRecord>) {
         self.live.publish(ChatEvent {
             thread_id: stored.thread_id,
             kind: EventKind::MessageCreated(stored.clone()),
         });
-        if let (Some(id), Some(event)) = (event_id, message.event) {
-            self.live.publish_integration(IntegrationEventRecord {
-                id,
-                event_type: event.event_type,
-                thread_id: stored.thread_id,
-                message_id: stored.id,
-                actor_id: event.actor_id,
-                payload: event.payload,
-                created_at: stored.created_at,
-            });
+        if let Some(event) = event {
+            self.live.publish_integration(event.clone());
         }
     }
 }
