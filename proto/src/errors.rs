@@ -13,9 +13,10 @@ pub const CONTACT_BLOCKED: &str = "contact_blocked";
 
 /// `status` carrying the application error `code`.
 pub fn with_code(mut status: Status, code: &'static str) -> Status {
-    status
-        .metadata_mut()
-        .insert(CODE_METADATA, tonic::metadata::MetadataValue::from_static(code));
+    status.metadata_mut().insert(
+        CODE_METADATA,
+        tonic::metadata::MetadataValue::from_static(code),
+    );
     status
 }
 

@@ -12,9 +12,8 @@ pub use records::{SearchPage, TranscriptExport, TranscriptKey};
 use crate::{
     domain::{
         self, Caller, ContactPolicy, Invalid, Message, MessageKind, ThreadView, limits,
-        normalize_metadata,
-        normalize_title, now_micros, parse_id, validate_client_msg_id, validate_content,
-        validate_job_id, validate_seq,
+        normalize_metadata, normalize_title, now_micros, parse_id, validate_client_msg_id,
+        validate_content, validate_job_id, validate_seq,
     },
     events::{ChatEvent, EventKind},
     live::{EventStream, LiveEvents, SubscribeRequest},

@@ -334,7 +334,7 @@ async fn one_key_sent_many_times_in_one_batch_is_stored_once(app: TestApp) {
         .outbox()
         .await
         .into_iter()
-        .map(|(id, _, message, _, _)| (id, message.to_string()))
+        .map(|(id, _, message, _, _)| (id, message.expect("a message").to_string()))
         .collect();
     assert_eq!(outbox, vec![(1, captured.id), (2, refunded.id)]);
     assert_eq!(app.metric(BATCHES).await, 2);
@@ -475,7 +475,7 @@ async fn integration_events_keep_their_messages_and_id_order_under_concurrency(a
     assert_eq!(ids, (1..=total as i64).collect::<Vec<_>>());
     let mut event_of: HashMap<String, i64> = HashMap::new();
     for (id, event_type, message_id, _, _) in &outbox {
-        let message = &messages[&message_id.to_string()];
+        let message = &messages[&message_id.expect("a message").to_string()];
         let expected_type = match MessageType::try_from(message.message_type) {
             Ok(MessageType::Dispute) => "dispute.requested",
             Ok(MessageType::Payment) => "payment.initiated",
@@ -483,7 +483,11 @@ async fn integration_events_keep_their_messages_and_id_order_under_concurrency(a
             other => panic!("unexpected message type {other:?}"),
         };
         assert_eq!(event_type, expected_type);
-        assert!(event_of.insert(message_id.to_string(), *id).is_none());
+        assert!(
+            event_of
+                .insert(message_id.expect("a message").to_string(), *id)
+                .is_none()
+        );
     }
     // Within a thread, event ids follow seqs: the order they committed in.
     for t in &threads {
@@ -504,7 +508,10 @@ async fn integration_events_keep_their_messages_and_id_order_under_concurrency(a
             .expect("an event in time")
             .expect("a healthy stream")
             .expect("the stream is open");
-        assert_eq!(event_of[&event.message_id], event.id);
+        assert_eq!(
+            event_of[event.message_id.as_deref().expect("a message")],
+            event.id
+        );
         watched.push(event.id);
     }
     assert_eq!(watched, ids);
@@ -755,7 +762,8 @@ async fn shards_keep_event_ids_contiguous_and_in_seq_order(backend: Backend) {
     let mut ids = Vec::new();
     for append in appends {
         match append.await.expect("append task") {
-            Ok(Some(Appended::Created(message, Some(event_id)))) => {
+            Ok(Some(Appended::Created(message, Some(event)))) => {
+                let event_id = event.id;
                 by_thread
                     .entry(message.thread_id)
                     .or_default()
@@ -817,6 +825,7 @@ fn text(thread_id: Uuid, sender: &str, content: &str) -> NewMessage {
         idempotency_key: None,
         created_at: chat_core::domain::now_micros(),
         event: None,
+        contact: None,
     }
 }
 

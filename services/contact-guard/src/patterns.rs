@@ -25,17 +25,10 @@ pub(crate) fn email_tlds() -> String {
 /// address.
 pub(crate) const PROVIDERS: &str = "g ?mail|googlemail|hotmail|outlook|yahoo|ymail|icloud|protonmail|proton|gmx|aol|yandex|fastmail|zoho";
 
-/// Hosts that look like links but are technology names or reserved for
-/// examples.
-pub(crate) const NOT_LINKS: &[&str] = &[
-    "asp.net",
-    "vb.net",
-    "ado.net",
-    "socket.io",
-    "example.com",
-    "example.org",
-    "example.net",
-];
+/// Hosts that look like links but are technology names. (The domains
+/// reserved for examples are not among them: an address at example.com is
+/// still written as an address, and test messages use exactly those.)
+pub(crate) const NOT_LINKS: &[&str] = &["asp.net", "vb.net", "ado.net", "socket.io"];
 
 /// Words that, as the first label of "word . tld" or "word dot tld", are
 /// ordinary prose rather than a site name ("in dot net", "a dot com").

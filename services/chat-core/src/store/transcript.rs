@@ -193,8 +193,13 @@ impl Store {
                 // Nothing changes but the moderation event, on its own.
                 drop(tx);
                 let mut tx = writer.begin().await?;
-                let payload =
-                    contact_payload(thread_id, None, Some(actor), &found.kinds, ContactPolicy::Block);
+                let payload = contact_payload(
+                    thread_id,
+                    None,
+                    Some(actor),
+                    &found.kinds,
+                    ContactPolicy::Block,
+                );
                 let event =
                     insert_event!(&mut *tx, thread_id, None::<Uuid>, Some(actor), payload, now);
                 tx.commit().await?;

@@ -303,8 +303,9 @@ impl TestApp {
         sign(&self.secret, sub, Some("service"), now() + 3600)
     }
 
-    /// The outbox as stored: (id, event type, message id, actor, payload).
-    pub async fn outbox(&self) -> Vec<(i64, String, uuid::Uuid, Option<String>, String)> {
+    /// The outbox as stored: (id, event type, message id (none for a blocked
+    /// message's moderation event), actor, payload).
+    pub async fn outbox(&self) -> Vec<(i64, String, Option<uuid::Uuid>, Option<String>, String)> {
         let sql = "SELECT id, event_type, message_id, actor_id, payload FROM integration_events ORDER BY id";
         match self.backend {
             Backend::Postgres => {
