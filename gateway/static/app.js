@@ -423,7 +423,7 @@ function renderMessages(scrollToEnd) {
   let lastSender;
   // The words of a status go on the caller's latest message only (and on
   // any still on its way); older ones keep their ticks.
-  const latestMine = messages.findLast((m) => m.sender_id === chat.userId && m.message_type === "text");
+  const latestMine = messages.findLast((m) => m.sender_id === chat.userId && m.message_type === "text" && !m.deleted_at);
   for (const message of messages) {
     const date = new Date(message.created_at);
     const day = date.toDateString();

@@ -95,6 +95,7 @@ export class ChatClient {
   #refreshing = null;
   #presence = new Map();
   #resumedOnce = false;
+  #moveNow = false;
 
   /** The cursor of the thread list's next page after the first connect (for listThreads), or null. */
   threadsCursor = null;
@@ -288,6 +289,12 @@ export class ChatClient {
       }
     }
     if (gen !== this.#gen || this.#stopped) return;
+    if (this.#moveNow) {
+      // Closed on purpose to move to a new token: straight back.
+      this.#moveNow = false;
+      this.#open();
+      return;
+    }
     const offline = globalThis.navigator && globalThis.navigator.onLine === false;
     this.#attempt++;
     const ceiling = Math.min(
@@ -393,7 +400,10 @@ export class ChatClient {
         await this.#refreshNow();
         // The socket was authenticated with the old token, which the
         // gateway will close at its expiry: move to the new one now.
-        if (this.#state === "connected") this.#socket?.close(4000, "token refreshed");
+        if (this.#state === "connected" && this.#socket) {
+          this.#moveNow = true;
+          this.#socket.close(4000, "token refreshed");
+        }
       } catch (error) {
         this.#emit("error", { code: "token_refresh_failed", message: String(error?.message || error) });
         this.#timers.refresh = setTimeout(() => this.#scheduleRefresh(), 5000);
@@ -1003,7 +1013,8 @@ export class ChatClient {
       this.#emit("error", { code: frame.code, message: frame.message });
       return;
     }
-    if (RETRYABLE.has(frame.code)) {
+    entry.tries = (entry.tries || 0) + 1;
+    if (RETRYABLE.has(frame.code) && entry.tries < 8) {
       // Same client_msg_id: the server stores it at most once.
       clearTimeout(entry.retryTimer);
       entry.retryTimer = setTimeout(() => this.#transmit(entry), frame.code === "rate_limited" ? 1000 : 500);
