@@ -1,5 +1,6 @@
-//! The small web client (`GET /` and its two assets, built into the
-//! binary) and the security headers of every answer.
+//! The web client (`GET /`, its script and style, and the browser
+//! library it is built on, all built into the binary) and the security
+//! headers of every answer.
 //!
 //! The page holds a bearer token, so it runs under a strict Content
 //! Security Policy: scripts and styles only from the gateway's own files
@@ -21,8 +22,10 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; st
      connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'self'; \
      frame-ancestors 'none'";
 
-/// `GET /`, `/app.js` and `/app.css`.
+/// `GET /`, the page's script and style, and the browser library
+/// (`/static/chat-client.js`, an ES module other front-ends may load too).
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    const JS: &str = "text/javascript; charset=utf-8";
     Router::new()
         .route(
             "/",
@@ -35,16 +38,15 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
         )
         .route(
             "/app.js",
-            get(|| async {
-                asset(
-                    "text/javascript; charset=utf-8",
-                    include_str!("../static/app.js"),
-                )
-            }),
+            get(|| async { asset(JS, include_str!("../static/app.js")) }),
         )
         .route(
             "/app.css",
             get(|| async { asset("text/css; charset=utf-8", include_str!("../static/app.css")) }),
+        )
+        .route(
+            "/static/chat-client.js",
+            get(|| async { asset(JS, include_str!("../static/chat-client.js")) }),
         )
 }
 

@@ -383,6 +383,7 @@ async fn every_answer_is_nosniff_and_the_page_runs_under_a_strict_policy() {
         ("/", "text/html; charset=utf-8"),
         ("/app.js", "text/javascript; charset=utf-8"),
         ("/app.css", "text/css; charset=utf-8"),
+        ("/static/chat-client.js", "text/javascript; charset=utf-8"),
     ] {
         let answer = call(stack.gateway, "GET", path, None, None).await;
         assert_eq!(answer.status, 200, "{path}");
@@ -395,7 +396,7 @@ async fn every_answer_is_nosniff_and_the_page_runs_under_a_strict_policy() {
     let page = String::from_utf8(support::raw_get(stack.gateway, "/").await).unwrap();
     assert_eq!(page.matches("<script").count(), 1, "{page}");
     assert!(
-        page.contains(r#"<script src="/app.js"></script>"#),
+        page.contains(r#"<script type="module" src="/app.js"></script>"#),
         "{page}"
     );
     assert!(
@@ -408,11 +409,13 @@ async fn every_answer_is_nosniff_and_the_page_runs_under_a_strict_policy() {
     // Each message and thread name is isolated from its neighbours' bidi
     // controls (U+202E and friends).
     let script = String::from_utf8(support::raw_get(stack.gateway, "/app.js").await).unwrap();
-    assert!(script.contains(r#"body.dir = "auto";"#), "{script}");
-    assert!(script.contains(r#"name.dir = "auto";"#), "{script}");
+    assert!(script.contains(r#"node.dir = "auto";"#), "{script}");
     let style = String::from_utf8(support::raw_get(stack.gateway, "/app.css").await).unwrap();
     assert!(
-        style.contains(".message .text, .thread .name, #title { unicode-bidi: isolate; }"),
+        style.contains(
+            ".bubble .text, .thread .name, .thread .preview, #thread-title, .sender, \
+             .card [dir] { unicode-bidi: isolate; }"
+        ),
         "{style}"
     );
 }

@@ -693,16 +693,28 @@ async fn the_web_client_is_served_at_the_root() {
     let page = String::from_utf8(page).unwrap();
     assert!(page.starts_with("<!doctype html>"));
     assert!(page.contains("<title>Marketplace chat</title>"));
-    assert!(page.contains(r#"<script src="/app.js">"#));
+    assert!(page.contains(r#"<script type="module" src="/app.js">"#));
     let script = String::from_utf8(support::raw_get(stack.gateway, "/app.js").await).unwrap();
     assert!(
-        script.contains("/ws/chat/"),
-        "the client uses the WebSocket"
+        script.contains(r#"from "/static/chat-client.js";"#),
+        "the page is built on the browser library"
+    );
+    let library =
+        String::from_utf8(support::raw_get(stack.gateway, "/static/chat-client.js").await).unwrap();
+    assert!(
+        library.contains("export class ChatClient"),
+        "the library is an ES module"
     );
     assert!(
-        !script.contains("innerHTML"),
-        "content is never inserted as HTML"
+        library.contains("/ws/chat/"),
+        "the client uses the WebSocket"
     );
+    for source in [&script, &library] {
+        assert!(
+            !source.contains("innerHTML") && !source.contains("insertAdjacentHTML"),
+            "content is never inserted as HTML"
+        );
+    }
 }
 
 async fn integration_routes_post_typed_messages(stack: TestStack) {

@@ -1,114 +1,312 @@
-// The gateway's web client (GET /) in a real Chromium: two users sign in,
-// one starts a thread, they chat, and each sees the other's messages live,
-// rendered as text (never as HTML).
+// The gateway's web client (GET /) in a real Chromium, two users in two
+// browser contexts: chatting, typing, read receipts, payment / dispute /
+// job-update messages, edits and deletions, a gateway killed and started
+// again mid-conversation, markup shown as text, phone width, keyboard use
+// and an axe-core accessibility check. Each state is saved as a screenshot
+// in tests/browser/screenshots/ (ignored by git).
 //
-// Runs the real binaries from the Cargo target directory on the embedded
-// default. Needs Chromium (`apt-get install chromium`; CHROMIUM overrides
-// the path) and `npm ci` in this folder; scripts/test does both.
+// Runs the real binaries from the Cargo target directory, each test on an
+// SQLite file of its own. Needs Chromium (`apt-get install chromium`;
+// CHROMIUM overrides the path) and `npm ci` in this folder; scripts/test
+// does both.
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { mkdirSync, readFileSync } from "node:fs";
+import { createRequire } from "node:module";
+import { join } from "node:path";
 import { chromium } from "playwright-core";
+import { stack, until } from "../client/stack.mjs";
 
-const target = process.env.CARGO_TARGET_DIR || resolve(import.meta.dirname, "../../target");
-const bin = (name) => join(target, "debug", name);
+const shots = join(import.meta.dirname, "screenshots");
+mkdirSync(shots, { recursive: true });
+const axeSource = readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
 
-/** Starts `command` and resolves with the address it logs after `key=`. */
-function start(command, env, cwd, key) {
-  const child = spawn(command, [], { cwd, env: { PATH: process.env.PATH, ...env } });
-  return new Promise((resolveStart, reject) => {
-    let log = "";
-    const timer = setTimeout(() => reject(new Error(`${command} did not start:\n${log}`)), 30000);
-    child.stderr.on("data", (chunk) => {
-      log += chunk;
-      const match = log.match(new RegExp(`${key}=([0-9.:]+)`));
-      if (match) {
-        clearTimeout(timer);
-        resolveStart({ child, addr: match[1] });
-      }
-    });
-    child.on("exit", (code) => reject(new Error(`${command} exited (${code}):\n${log}`)));
-  });
-}
-
-test("two people chat through the web client", async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), "chat-browser-"));
-  const token = (sub) => execFileSync(bin("chat-core"), ["token", "--sub", sub], { cwd: dir }).toString().trim();
-  const alice = token("alice");
-  const bob = token("bob");
-  const secret = readFileSync(join(dir, "data/jwt-secret"), "utf8").trim();
-  const core = await start(bin("chat-core"), {
-    CHAT_CORE_GRPC_ADDR: "127.0.0.1:0", CHAT_CORE_HTTP_ADDR: "127.0.0.1:0",
-  }, dir, "grpc");
-  t.after(() => core.child.kill());
-  const gateway = await start(bin("chat-gateway"), {
-    JWT_SECRET: secret, CHAT_CORE_URL: `http://${core.addr}`, GATEWAY_ADDR: "127.0.0.1:0",
-  }, dir, "addr");
-  t.after(() => gateway.child.kill());
-
+async function launch(t) {
   const browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
     args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
       "--disable-background-networking", "--disable-component-update", "--disable-sync"],
   });
   t.after(() => browser.close());
-  const base = `http://${gateway.addr}/`;
+  return browser;
+}
 
-  // The page runs under its Content Security Policy: anything it blocks
-  // (an inline script, a connection elsewhere) fails the test.
-  const violations = [];
-  const watch = (page) => page.on("console", (message) => {
-    if (/Content Security Policy/i.test(message.text())) violations.push(message.text());
+/**
+ * A signed-in page in a browser context of its own. Fails the test on
+ * anything the Content Security Policy blocks, any page error, and any
+ * dialog (a `<script>` message must never run).
+ */
+async function person(t, browser, base, token, { viewport = { width: 1280, height: 800 } } = {}) {
+  const context = await browser.newContext({ viewport });
+  t.after(() => context.close());
+  const page = await context.newPage();
+  page.problems = [];
+  page.on("console", (message) => {
+    if (/Content Security Policy/i.test(message.text())) page.problems.push(message.text());
   });
-
-  const alicePage = await browser.newPage();
-  watch(alicePage);
-  const answer = await alicePage.goto(base);
-  assert.match(answer.headers()["content-security-policy"], /connect-src 'self'/);
-  await alicePage.fill("#token", alice);
-  await alicePage.click("#connect");
-  await alicePage.waitForSelector("text=signed in as alice");
-  await alicePage.fill("#participant", "bob");
-  await alicePage.click("#new-thread button");
-  await alicePage.waitForSelector("#text:not([disabled])");
-  await alicePage.fill("#text", "<b>hello</b> bob");
-  await alicePage.press("#text", "Enter");
-  await alicePage.waitForSelector(".message");
-
-  const bobPage = await browser.newPage();
-  watch(bobPage);
-  await bobPage.goto(base);
-  await bobPage.fill("#token", bob);
-  await bobPage.click("#connect");
-  await bobPage.waitForSelector(".thread .unread");
-  assert.equal(await bobPage.textContent(".thread .unread"), "1");
-  await bobPage.click(".thread");
-  await bobPage.waitForSelector("#text:not([disabled])");
-  await bobPage.fill("#text", "hi alice");
-  await bobPage.press("#text", "Enter");
-
-  const seen = (page, count) => page.waitForFunction(
-    (n) => document.querySelectorAll(".message").length >= n, count);
-  await seen(alicePage, 2);
-  await seen(bobPage, 2);
-  const expected = ["alice<b>hello</b> bob", "bobhi alice"];
-  for (const page of [alicePage, bobPage]) {
-    const messages = await page.$$eval(".message", (ms) => ms.map((m) => m.textContent));
-    assert.deepEqual(messages, expected);
-    // The markup arrived as text: no <b> element was made from it.
-    assert.equal(await page.$$eval("#log b", (bs) => bs.length), 0);
+  page.on("pageerror", (error) => page.problems.push(String(error)));
+  page.on("dialog", (dialog) => {
+    page.problems.push(`dialog: ${dialog.message()}`);
+    dialog.dismiss();
+  });
+  const answer = await page.goto(base);
+  assert.match(answer.headers()["content-security-policy"], /script-src 'self'/);
+  if (token) {
+    await page.fill("#token", token);
+    // Keyboard only: from the token field to the button, Enter.
+    await page.press("#token", "Tab");
+    await page.keyboard.press("Enter");
+    await page.waitForSelector("#conn[data-state=connected]");
   }
+  return page;
+}
 
+const shot = (page, name) => page.screenshot({ path: join(shots, `${name}.png`) });
+
+/** The texts of the text messages on the page, in order. */
+const texts = (page) => page.$$eval("#log .msg .text", (nodes) => nodes.map((n) => n.textContent));
+
+/** Runs axe-core in the page; returns its serious and critical violations. */
+async function accessibility(page) {
+  // Evaluated through the DevTools protocol, so the page's CSP (rightly)
+  // does not apply to the checker, and nothing about the page changes.
+  await page.evaluate(axeSource);
+  const result = await page.evaluate(() => globalThis.axe.run(document, { resultTypes: ["violations"] }));
+  return result.violations
+    .filter((v) => v.impact === "serious" || v.impact === "critical")
+    .map((v) => `${v.id}: ${v.help} (${v.nodes.map((n) => n.target.join(" ")).join("; ")})`);
+}
+
+async function openThread(page, threadId) {
+  await page.click(`.thread[data-id="${threadId}"]`);
+  await page.waitForSelector("#thread-view:not([hidden])");
+}
+
+test("two people chat: typing, read receipts, typed messages, edit and delete, markup as text", async (t) => {
+  const s = await stack(t);
+  const gateway = await s.gateway();
+  const browser = await launch(t);
+  const aliceToken = s.token("alice");
+  const bobToken = s.token("bob");
+
+  // Sign-in refuses a malformed token in place.
+  const alice = await person(t, browser, `${gateway.url}/`, null);
+  await shot(alice, "01-sign-in");
+  await alice.fill("#token", "not a token");
+  await alice.click("#signin-form button");
+  assert.match(await alice.textContent("#signin-error"), /not a valid token/);
+  await alice.fill("#token", aliceToken);
+  await alice.click("#signin-form button");
+  await alice.waitForSelector("#conn[data-state=connected]");
+  assert.equal(await alice.textContent("#me-name"), "alice");
+
+  // Alice starts a thread about a job.
+  await alice.click("#new-thread-box summary");
+  await alice.fill("#nt-participants", "bob");
+  await alice.fill("#nt-job", "job-42");
+  await alice.fill("#nt-title", "Logo design");
+  await alice.click("#new-thread button");
+  await alice.waitForSelector("#thread-view:not([hidden])");
+  assert.equal(await alice.textContent("#thread-title"), "Logo design");
+  assert.match(await alice.textContent("#thread-sub"), /With bob · Job job-42/);
+  const threadId = await alice.getAttribute(".thread.active", "data-id");
+  await alice.fill("#text", "Hi Bob, here is the brief for the logo.");
+  await alice.press("#text", "Enter");
+  await alice.fill("#text", "<script>alert('x')</script> <b>bold?</b>");
+  await alice.press("#text", "Enter");
+  await until(async () => (await alice.$$("#log .msg .status.sent, #log .msg .status.delivered")).length === 2, "alice's two stored");
+
+  // Bob's list shows the thread with its job and unread count.
+  const bob = await person(t, browser, `${gateway.url}/`, bobToken);
+  await bob.waitForSelector(`.thread[data-id="${threadId}"] .unread`);
+  assert.equal(await bob.textContent(`.thread[data-id="${threadId}"] .unread`), "2");
+  assert.equal(await bob.textContent(`.thread[data-id="${threadId}"] .job-chip`), "Job job-42");
+  await shot(bob, "02-thread-list-unread");
+  await openThread(bob, threadId);
+  assert.deepEqual(await texts(bob), ["Hi Bob, here is the brief for the logo.", "<script>alert('x')</script> <b>bold?</b>"]);
+  assert.equal(await bob.$$eval("#log script, #log b", (n) => n.length), 0, "markup arrived as text");
+  // Bob read them: alice sees "Read" on both, and bob's badge is gone.
+  await alice.waitForFunction(() => document.querySelectorAll("#log .msg.mine .status.read").length === 2);
+  await bob.waitForSelector(`.thread[data-id="${threadId}"] .unread`, { state: "detached" });
+
+  // Typing shows on the other side, and goes when bob sends.
+  await bob.focus("#text");
+  await bob.keyboard.type("Thanks! I'll send drafts by Friday", { delay: 20 });
+  await alice.waitForFunction(() => document.getElementById("typing").textContent === "bob is typing…");
+  await shot(alice, "03-typing");
+  await bob.keyboard.press("Enter");
+  await alice.waitForFunction(() => document.getElementById("typing").textContent === "");
+  await alice.waitForFunction(() => [...document.querySelectorAll("#log .msg .text")].some((n) => n.textContent.startsWith("Thanks!")));
+
+  // A payment with a mistake: the error shows next to the amount.
+  await alice.click("#actions-toggle");
+  await alice.fill("#pay-amount", "12.345");
+  await alice.click("#pay-form button");
+  await alice.waitForSelector("#pay-amount[aria-invalid=true]");
+  assert.match(await alice.textContent("#pay-amount-error"), /positive decimal string with at most 2 decimals/);
+  await shot(alice, "04-payment-error-in-place");
+  await alice.fill("#pay-amount", "250.00");
+  await alice.fill("#pay-currency", "eur");
+  await alice.click("#pay-form button");
+  await alice.waitForSelector("#actions", { state: "hidden" });
+
+  // A dispute and a job update from the integration routes.
+  const dispute = await s.api(gateway.url, bobToken, "POST", `/threads/${threadId}/create-dispute/`,
+    { reason: "Deadline missed", details: "The first draft was due Monday." });
+  assert.equal(dispute.status, 201);
+  const update = await s.api(gateway.url, bobToken, "POST", `/threads/${threadId}/job-update/`,
+    { job_id: "job-42", status: "completed", note: "Final files delivered" });
+  assert.equal(update.status, 201);
+  for (const page of [alice, bob]) {
+    await page.waitForSelector("#log .card.job-update");
+    const cards = await page.$$eval("#log .card", (nodes) => nodes.map((n) => [n.dataset.type, n.querySelector(".card-kind").textContent]));
+    assert.deepEqual(cards, [["payment", "Payment requested"], ["dispute", "Dispute opened"], ["job_update", "Job update"]]);
+    assert.match(await page.textContent("#log .card.payment .amount"), /250\.00/);
+    assert.equal(await page.textContent("#log .card.payment .currency"), "EUR");
+    assert.equal(await page.textContent("#log .card.dispute .reason"), "Deadline missed");
+    assert.equal(await page.textContent("#log .card.job-update .status-badge"), "completed");
+    // They look different from text messages and from each other.
+    const colours = await page.$$eval("#log .card", (nodes) => nodes.map((n) => getComputedStyle(n).borderLeftColor));
+    assert.equal(new Set(colours).size, 3);
+  }
+  await shot(bob, "05-typed-messages");
+
+  // Alice edits her first message (Esc cancels, Enter saves), then deletes
+  // the markup one; bob sees both.
+  const first = alice.locator("#log .msg.mine").first();
+  await first.hover();
+  await first.getByRole("button", { name: "Edit message" }).click();
+  await alice.fill("#edit-text", "never mind");
+  await alice.press("#edit-text", "Escape");
+  await alice.waitForSelector("#edit-text", { state: "detached" });
+  assert.equal((await texts(alice))[0], "Hi Bob, here is the brief for the logo.");
+  await first.hover();
+  await first.getByRole("button", { name: "Edit message" }).click();
+  await alice.fill("#edit-text", "Hi Bob, here is the updated brief.");
+  await shot(alice, "06-editing");
+  await alice.press("#edit-text", "Enter");
+  await bob.waitForFunction(() => document.querySelector("#log .msg .text").textContent === "Hi Bob, here is the updated brief.");
+  assert.equal(await bob.textContent("#log .msg .edited"), "edited");
+  const second = alice.locator("#log .msg.mine").nth(1);
+  await second.hover();
+  await second.getByRole("button", { name: "Delete message" }).click();
+  await second.getByRole("button", { name: "Delete message" }).click();
+  await bob.waitForSelector("#log .bubble.deleted");
+  assert.equal(await bob.textContent("#log .bubble.deleted .text"), "This message was deleted");
+  assert.deepEqual(await texts(bob), [
+    "Hi Bob, here is the updated brief.", "This message was deleted", "Thanks! I'll send drafts by Friday",
+  ]);
+  await shot(bob, "07-edited-and-deleted");
+  await shot(alice, "08-conversation");
+
+  // Nothing serious for axe, in the list and the open thread.
+  assert.deepEqual(await accessibility(alice), []);
+  await alice.click("#actions-toggle");
+  assert.deepEqual(await accessibility(alice), [], "with the action forms open");
+  for (const page of [alice, bob]) assert.deepEqual(page.problems, []);
+});
+
+test("a gateway restarted mid-conversation: the page shows it, keeps what is typed, and shows every message once", async (t) => {
+  const s = await stack(t);
+  // Alice's page is served by the gateway that dies; bob's by another.
+  const first = await s.gateway();
+  const second = await s.gateway();
+  const browser = await launch(t);
+  const thread = await s.api(first.url, s.token("alice"), "POST", "/threads/", { participants: ["bob"], job_id: "job-9", title: "Bathroom tiles" });
+  const threadId = thread.json.id;
+  const alice = await person(t, browser, `${first.url}/`, s.token("alice"));
+  const bob = await person(t, browser, `${second.url}/`, s.token("bob"));
+  await openThread(alice, threadId);
+  await alice.fill("#text", "Tiles arrive Tuesday");
+  await alice.press("#text", "Enter");
+  await bob.waitForSelector(`.thread[data-id="${threadId}"]`);
+  await openThread(bob, threadId);
+  await bob.waitForSelector("#log .msg .text");
+
+  await first.kill();
+  await alice.waitForSelector("#banner:not([hidden])");
+  await alice.waitForFunction(() => /^Reconnecting in \d+ s|^Reconnecting…/.test(document.getElementById("conn").textContent));
+  // Bob carries on; alice writes while offline (kept, shown as sending).
+  for (const text of ["Great, I'll be home", "Can you bring grout too?"]) {
+    await bob.fill("#text", text);
+    await bob.press("#text", "Enter");
+  }
+  await alice.fill("#text", "Sure, grout too");
+  await alice.press("#text", "Enter");
+  await alice.waitForSelector("#log .msg.mine .status.sending");
+  await alice.fill("#text", "half-typed draft");
+  await shot(alice, "09-reconnecting");
+
+  const restarted = await s.gateway(first.addr);
+  assert.equal(restarted.addr, first.addr);
+  await alice.waitForSelector("#conn[data-state=connected]", { timeout: 20000 });
+  await alice.waitForSelector("#banner", { state: "hidden" });
+  const want = ["Tiles arrive Tuesday", "Great, I'll be home", "Can you bring grout too?", "Sure, grout too"];
+  await alice.waitForFunction((n) => document.querySelectorAll("#log .msg .status.sending").length === 0
+    && document.querySelectorAll("#log .msg .text").length >= n, want.length);
+  await bob.waitForFunction((n) => document.querySelectorAll("#log .msg .text").length >= n, want.length);
+  await new Promise((r) => setTimeout(r, 500));
+  assert.deepEqual(await texts(alice), want, "each message once, in order");
+  assert.deepEqual(await texts(bob), want);
+  assert.equal(await alice.inputValue("#text"), "half-typed draft", "no input lost");
+  await shot(alice, "10-recovered");
+  for (const page of [alice, bob]) assert.deepEqual(page.problems, []);
+});
+
+test("phone width: list, thread and back, by a link that signs in; no serious accessibility violations", async (t) => {
+  const s = await stack(t);
+  const gateway = await s.gateway();
+  const browser = await launch(t);
+  const aliceToken = s.token("alice");
+  const thread = await s.api(gateway.url, aliceToken, "POST", "/threads/", { participants: ["bob"], job_id: "job-7", title: "Garden fence" });
+  const bobToken = s.token("bob");
+  // Earlier history, more than one page (50): older pages load on scroll.
+  for (let i = 1; i <= 50; i++) {
+    const sent = await s.api(gateway.url, i % 2 ? bobToken : aliceToken, "POST", `/threads/${thread.json.id}/messages/`, { content: `earlier ${i}` });
+    assert.equal(sent.status, 201);
+  }
+  for (const content of ["Hello! Is the fence quote still valid?", "\u202Egnp.exe", "A much longer message to see how wrapping works on a narrow screen, with enough words to take several lines."]) {
+    await s.api(gateway.url, bobToken, "POST", `/threads/${thread.json.id}/messages/`, { content });
+  }
+  await s.api(gateway.url, bobToken, "POST", `/threads/${thread.json.id}/initiate-payment/`, { amount: "1200.00", currency: "USD", job_id: "job-7" });
+
+  // The link scripts/run prints: the token travels in the fragment.
+  const phone = { width: 390, height: 844 };
+  const page = await person(t, browser, `${gateway.url}/#token=${aliceToken}`, null, { viewport: phone });
+  await page.waitForSelector("#conn[data-state=connected]");
+  assert.equal(new URL(page.url()).hash, "", "the token leaves the address bar");
+  await page.waitForSelector(`.thread[data-id="${thread.json.id}"] .unread`);
+  assert.equal(await page.isVisible("#conversation"), false, "one pane at a time");
+  await shot(page, "11-phone-list");
+  assert.deepEqual(await accessibility(page), []);
+
+  await openThread(page, thread.json.id);
+  assert.equal(await page.isVisible("#sidebar"), false);
+  await page.waitForSelector("#log .card.payment");
+  const width = await page.evaluate(() => document.documentElement.scrollWidth);
+  assert.ok(width <= phone.width, `no sideways scrolling (${width}px)`);
   // A right-to-left override stays inside its own message.
-  await alicePage.fill("#text", "\u202Egnp.exe");
-  await alicePage.press("#text", "Enter");
-  await seen(bobPage, 3);
-  const isolated = await bobPage.$$eval(".message .text", (spans) => spans.map((span) =>
-    [span.dir, getComputedStyle(span).unicodeBidi]));
-  assert.deepEqual(isolated, Array(3).fill(["auto", "isolate"]));
-  assert.deepEqual(violations, []);
+  const isolatedText = await page.$$eval("#log .msg .text", (nodes) => nodes.map((n) => [n.dir, getComputedStyle(n).unicodeBidi]));
+  assert.deepEqual(isolatedText, Array(isolatedText.length).fill(["auto", "isolate"]));
+  assert.equal((await texts(page)).length, 49, "the newest page: 46 earlier, 3 new, the payment");
+  assert.equal(await page.textContent("#log .log-note"), "Scroll up for earlier messages");
+  // Scrolling to the top pages in the rest, once each, in order.
+  await page.$eval("#log", (log) => { log.scrollTop = 0; });
+  await page.waitForFunction(() => document.querySelectorAll("#log .msg .text").length === 53);
+  const all = await texts(page);
+  assert.deepEqual(all.slice(0, 50), Array.from({ length: 50 }, (_, i) => `earlier ${i + 1}`));
+  assert.equal(await page.textContent("#log .log-note"), "This is the start of the conversation");
+  assert.deepEqual(await page.$$eval("#log .day", (days) => days.map((d) => d.textContent)), ["Today"]);
+  await page.$eval("#log", (log) => { log.scrollTop = log.scrollHeight; });
+  await page.fill("#text", "Yes, still valid");
+  await page.press("#text", "Enter");
+  await page.waitForSelector("#log .msg.mine .status.sent, #log .msg.mine .status.read");
+  await shot(page, "12-phone-thread");
+  assert.deepEqual(await accessibility(page), []);
+
+  await page.click("#back");
+  await page.waitForSelector("#sidebar", { state: "visible" });
+  assert.equal(await page.isVisible(`.thread[data-id="${thread.json.id}"] .unread`), false, "read on opening");
+  assert.deepEqual(page.problems, []);
 });
