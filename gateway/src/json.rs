@@ -451,6 +451,12 @@ mod tests {
                 seconds: 0,
                 nanos: 0,
             }),
+            flags: if content.is_empty() {
+                Vec::new()
+            } else {
+                vec!["email".into(), "phone \"q\"".into()]
+            },
+            masked_content: None,
         }
     }
 

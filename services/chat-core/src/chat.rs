@@ -571,7 +571,7 @@ impl Chat {
                 "a deleted message cannot be edited",
             ))?;
         let (edited, event) = match changed {
-            Changed::Done(edited, event) => (edited, event),
+            Changed::Done(edited, event) => (*edited, event),
             Changed::Blocked { kinds, event } => {
                 self.live.publish_integration(event);
                 return Err(ChatError::ContactBlocked(kinds));
@@ -596,7 +596,7 @@ impl Chat {
             .delete_message(message.id, acting_user(caller)?, now_micros())
             .await?
         {
-            Some(Changed::Done(deleted, _)) => deleted,
+            Some(Changed::Done(deleted, _)) => *deleted,
             _ => return Err(ChatError::NotFound(MESSAGE)),
         };
         if message.deleted_at.is_none() {

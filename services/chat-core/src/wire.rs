@@ -228,6 +228,33 @@ pub fn integration_from_proto(event: pb::IntegrationEvent) -> Option<Integration
     })
 }
 
+/// A signed transcript as `ExportTranscript` answers it.
+pub fn transcript_to_proto(export: crate::chat::TranscriptExport) -> pb::ExportTranscriptResponse {
+    pb::ExportTranscriptResponse {
+        thread_id: export.thread_id.to_string(),
+        entries: export
+            .entries
+            .into_iter()
+            .map(|entry| pb::TranscriptEntry {
+                n: entry.n,
+                kind: entry.kind.as_str().to_owned(),
+                message_id: entry.message_id.to_string(),
+                seq: entry.seq,
+                sender_id: entry.sender_id,
+                message_type: entry.message_type,
+                content: entry.content,
+                metadata_json: entry.metadata,
+                at: crate::transcript::at_text(entry.at),
+                hash: crate::transcript::hex(&entry.hash),
+            })
+            .collect(),
+        head_hash: export.head_hash,
+        exported_at: export.exported_at,
+        key_id: export.key_id,
+        signature: export.signature,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,32 +311,5 @@ mod tests {
             let wire = event_to_proto(&event, &service).unwrap();
             assert_eq!(event_from_proto(wire).unwrap(), event);
         }
-    }
-}
-
-/// A signed transcript as `ExportTranscript` answers it.
-pub fn transcript_to_proto(export: crate::chat::TranscriptExport) -> pb::ExportTranscriptResponse {
-    pb::ExportTranscriptResponse {
-        thread_id: export.thread_id.to_string(),
-        entries: export
-            .entries
-            .into_iter()
-            .map(|entry| pb::TranscriptEntry {
-                n: entry.n,
-                kind: entry.kind.as_str().to_owned(),
-                message_id: entry.message_id.to_string(),
-                seq: entry.seq,
-                sender_id: entry.sender_id,
-                message_type: entry.message_type,
-                content: entry.content,
-                metadata_json: entry.metadata,
-                at: crate::transcript::at_text(entry.at),
-                hash: crate::transcript::hex(&entry.hash),
-            })
-            .collect(),
-        head_hash: export.head_hash,
-        exported_at: export.exported_at,
-        key_id: export.key_id,
-        signature: export.signature,
     }
 }

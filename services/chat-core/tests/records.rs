@@ -474,7 +474,9 @@ async fn transcripts_chain_messages_edits_and_deletions_in_commit_order(app: Tes
     let third = send(&mut alice, &t.id, "third").await;
 
     let exported = export(&mut service, &t.id).await;
-    let summary: Vec<(i64, &str, &str, i64, Option<&str>, Option<&str>)> = exported
+    /// n, kind, message id, seq, sender, content.
+    type Summary<'a> = (i64, &'a str, &'a str, i64, Option<&'a str>, Option<&'a str>);
+    let summary: Vec<Summary> = exported
         .entries
         .iter()
         .map(|e| {

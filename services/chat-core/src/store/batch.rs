@@ -471,10 +471,9 @@ impl Plan<'_> {
     /// Gives the events ids `last_id - events + 1 ..= last_id` in arrival
     /// order: the counter row's lock makes ids commit in id order.
     fn number_events(&mut self, last_id: i64) {
-        let mut next = last_id - self.event_count() + 1;
-        for event in &mut self.events {
-            event.id = Some(next);
-            next += 1;
+        let first = last_id - self.event_count() + 1;
+        for (id, event) in (first..).zip(self.events.iter_mut()) {
+            event.id = Some(id);
         }
     }
 

@@ -56,7 +56,7 @@ macro_rules! insert_event {
 pub enum Changed {
     /// Done: the message as it now is, and the moderation event written
     /// with it, if its new text held contact details.
-    Done(Message, Option<IntegrationEventRecord>),
+    Done(Box<Message>, Option<IntegrationEventRecord>),
     /// The new text holds contact details the thread blocks: the message
     /// is unchanged, and only the moderation event was written.
     Blocked {
@@ -249,7 +249,7 @@ impl Store {
                     Change::Delete => Ok(self
                         .message(message_id, None)
                         .await?
-                        .map(|message| Changed::Done(message, None))),
+                        .map(|message| Changed::Done(Box::new(message), None))),
                 };
             };
             let message = message_at(&row, 0)?;
@@ -325,7 +325,7 @@ impl Store {
                 }
             }
             tx.commit().await?;
-            Ok(Some(Changed::Done(message, event)))
+            Ok(Some(Changed::Done(Box::new(message), event)))
         })
     }
 
