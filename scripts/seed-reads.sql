@@ -42,19 +42,48 @@ UNION ALL
 SELECT id, b, :per_thread, :per_thread, activity_at FROM seed_threads;
 COMMIT;
 
+-- A vocabulary for search: each message carries three of these words, so
+-- one word occurs in about 3 % of messages and two given words together
+-- in about 0.1 %.
+CREATE TEMP TABLE seed_words AS
+SELECT array_agg(w ORDER BY w) AS words FROM unnest(string_to_array(
+  'invoice milestone deadline payment refund contract revision draft logo website '
+  'mockup wireframe budget estimate schedule meeting feedback approval delivery upload '
+  'download attachment screenshot bug feature release deploy server database backend frontend '
+  'design color palette font layout banner brochure flyer poster video animation '
+  'voiceover script translation proofread article blog copy keyword audit report '
+  'spreadsheet invoice2 receipt tax quote proposal scope hourly fixed bonus '
+  'tip review rating dispute support account profile portfolio sample prototype '
+  'sprint ticket issue branch merge commit test staging production launch '
+  'campaign audience analytics conversion funnel landing checkout cart shipping warehouse '
+  'inventory catalog product photo retouch illustration icon vector print label', ' ')) AS w;
+
+-- Bulk loading is faster without the search indexes; they are rebuilt after.
+DROP INDEX IF EXISTS messages_search;
+DROP INDEX IF EXISTS messages_by_time;
+
 -- Messages in slices, so progress shows and no one transaction is huge.
 SELECT format(
-    'INSERT INTO messages (id, thread_id, seq, sender_id, message_type, content, metadata, client_msg_id, created_at)
-     SELECT md5(t.id::text || ''-'' || s)::uuid, t.id, s,
-            CASE WHEN s %% 2 = 0 THEN t.a ELSE t.b END, ''text'',
-            ''message '' || s || '' of job '' || t.i || '': the quick brown fox jumps over the lazy dog'',
-            ''{}'', ''c-'' || s,
-            t.activity_at - (%s - s)::bigint * 60000000
-     FROM seed_threads t, generate_series(1, %s) AS s
-     WHERE t.i > %s AND t.i <= %s',
+    'INSERT INTO messages (id, thread_id, seq, sender_id, message_type, content, metadata, client_msg_id, created_at, search)
+     SELECT id, thread_id, seq, sender_id, ''text'', content, ''{}'', client_msg_id, created_at,
+            to_tsvector(''simple'', lower(content))
+     FROM (SELECT md5(t.id::text || ''-'' || s)::uuid AS id, t.id AS thread_id, s AS seq,
+            CASE WHEN s %% 2 = 0 THEN t.a ELSE t.b END AS sender_id,
+            ''message '' || s || '' of job '' || t.i || '': '' ||
+              w.words[1 + (t.i * 7 + s * 13) %% 100] || '' '' ||
+              w.words[1 + (t.i * 11 + s * 17 + 29) %% 100] || '' '' ||
+              w.words[1 + (t.i * 3 + s * 31 + 53) %% 100] ||
+              '', the quick brown fox jumps over the lazy dog'' AS content,
+            ''c-'' || s AS client_msg_id,
+            t.activity_at - (%s - s)::bigint * 60000000 AS created_at
+     FROM seed_threads t, seed_words w, generate_series(1, %s) AS s
+     WHERE t.i > %s AND t.i <= %s) m',
     :per_thread, :per_thread, lo, lo + 10000)
 FROM generate_series(0, :threads - 1, 10000) AS lo
 \gexec
+
+CREATE INDEX messages_search ON messages USING GIN (search);
+CREATE INDEX messages_by_time ON messages (created_at DESC, id DESC);
 
 ANALYZE threads;
 ANALYZE thread_participants;

@@ -381,3 +381,23 @@ async fn the_deployment_default_comes_from_contact_policy() {
     .unwrap_err();
     assert_eq!(bad.variable, "CONTACT_POLICY");
 }
+
+#[tokio::test]
+async fn a_policy_set_on_one_replica_holds_on_another() {
+    let a = support::spawn_app(support::Backend::Postgres).await;
+    let b = a.restart_with(&[]).await;
+    let mut alice_on_b = b.user("alice").await;
+    let t = create(&mut alice_on_b, &["bob"], None).await;
+    set_policy(&mut a.service("job-service").await, &t.id, Some("block")).await;
+    let err = try_send(&mut alice_on_b, &t.id, CONTACT).await.unwrap_err();
+    assert_eq!(
+        err.metadata().get("chat-error-code").and_then(|v| v.to_str().ok()),
+        Some("contact_blocked")
+    );
+    set_policy(&mut b.service("job-service").await, &t.id, Some("mask")).await;
+    let sent = try_send(&mut a.user("alice").await, &t.id, CONTACT).await.unwrap();
+    assert_eq!(sent.content, "sure, mail me at [contact hidden]");
+    let by_bob_on_b = messages(&mut b.user("bob").await, &t.id).await;
+    assert_eq!(by_bob_on_b[0].content, "sure, mail me at [contact hidden]");
+    assert_eq!(moderation_events(&a).await.len(), 2);
+}

@@ -6,6 +6,7 @@
 //! ```text
 //! read-bench --gateway 127.0.0.1:8000 --secret "$JWT_SECRET"
 //!     [--user reader] [--rounds 2000] [--concurrency 4] [--expect-threads N]
+//!     [--search "invoice,fox,milestone deadline,inv"]
 //! ```
 //!
 //! 1. Walks the user's whole thread list, 100 threads a page, following
@@ -15,7 +16,9 @@
 //!    first page of 20 threads (`threads_first_page`), the unread totals
 //!    (`unread_counts`), the newest 50 messages of a random thread of the
 //!    user (`messages_newest_page`) and the 50 before those
-//!    (`messages_older_page`).
+//!    (`messages_older_page`), and with `--search`, one search of the
+//!    user's messages with the next of the given queries (`search`, and
+//!    each query on its own under `search_by_query`).
 //!
 //! Exit status 0 when every answer was 200 and well formed, 1 otherwise.
 //! Build the dataset with `scripts/bench-reads`, which runs this too.
@@ -144,13 +147,22 @@ async fn walk_threads(
 async fn rounds(
     mut connection: Connection,
     threads: std::sync::Arc<Vec<String>>,
+    queries: std::sync::Arc<Vec<String>>,
     rounds: usize,
     seed: u64,
-) -> anyhow::Result<[Histogram<u64>; 4]> {
+) -> anyhow::Result<([Histogram<u64>; 4], Vec<Histogram<u64>>)> {
     let [mut first, mut unread, mut newest, mut older] =
         [histogram(), histogram(), histogram(), histogram()];
+    let mut searches: Vec<Histogram<u64>> = queries.iter().map(|_| histogram()).collect();
     let mut state = seed | 1;
-    for _ in 0..rounds {
+    for round in 0..rounds {
+        if !queries.is_empty() {
+            let which = (round + seed as usize) % queries.len();
+            let q: String = form_urlencoded::byte_serialize(queries[which].as_bytes()).collect();
+            let (found, took) = connection.get(&format!("/api/chat/search/?q={q}")).await?;
+            record(&mut searches[which], took);
+            ensure!(found["results"].is_array(), "search answered {found}");
+        }
         let (page, took) = connection.get("/api/chat/threads/?limit=20").await?;
         record(&mut first, took);
         ensure!(page["results"].as_array().is_some_and(|r| !r.is_empty()));
@@ -175,7 +187,7 @@ async fn rounds(
         record(&mut older, took);
         ensure!(page["results"].is_array());
     }
-    Ok([first, unread, newest, older])
+    Ok(([first, unread, newest, older], searches))
 }
 
 #[tokio::main]
@@ -186,6 +198,7 @@ async fn main() -> anyhow::Result<()> {
     let mut round_count = 2000usize;
     let mut concurrency = 4usize;
     let mut expect_threads: Option<usize> = None;
+    let mut queries: Vec<String> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().with_context(|| format!("{flag}: a value"))?;
@@ -196,6 +209,13 @@ async fn main() -> anyhow::Result<()> {
             "--rounds" => round_count = value.parse().context("--rounds")?,
             "--concurrency" => concurrency = value.parse().context("--concurrency")?,
             "--expect-threads" => expect_threads = Some(value.parse().context("--expect-threads")?),
+            "--search" => {
+                queries = value
+                    .split(',')
+                    .map(|q| q.trim().to_owned())
+                    .filter(|q| !q.is_empty())
+                    .collect()
+            }
             _ => bail!("unknown option {flag}"),
         }
     }
@@ -219,6 +239,7 @@ async fn main() -> anyhow::Result<()> {
     }
     ensure!(!threads.is_empty(), "{user} has no threads");
     let threads = std::sync::Arc::new(threads);
+    let queries = std::sync::Arc::new(queries);
 
     let mut workers = tokio::task::JoinSet::new();
     for w in 0..concurrency {
@@ -227,14 +248,21 @@ async fn main() -> anyhow::Result<()> {
         workers.spawn(rounds(
             connection,
             threads.clone(),
+            queries.clone(),
             share,
             0x9e37_79b9 + w as u64,
         ));
     }
     let [mut first, mut unread, mut newest, mut older] =
         [histogram(), histogram(), histogram(), histogram()];
+    let mut searches: Vec<Histogram<u64>> = queries.iter().map(|_| histogram()).collect();
+    let mut search = histogram();
     while let Some(done) = workers.join_next().await {
-        let [f, u, n, o] = done??;
+        let ([f, u, n, o], s) = done??;
+        for (total, part) in searches.iter_mut().zip(s) {
+            search.add(&part)?;
+            total.add(part)?;
+        }
         first.add(f)?;
         unread.add(u)?;
         newest.add(n)?;
@@ -251,6 +279,12 @@ async fn main() -> anyhow::Result<()> {
             "unread_counts": summary(&unread),
             "messages_newest_page": summary(&newest),
             "messages_older_page": summary(&older),
+            "search": (!queries.is_empty()).then(|| summary(&search)),
+            "search_by_query": queries
+                .iter()
+                .zip(&searches)
+                .map(|(q, h)| (q.clone(), summary(h)))
+                .collect::<serde_json::Map<String, Value>>(),
         })
     );
     Ok(())
