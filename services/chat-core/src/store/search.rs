@@ -45,9 +45,11 @@ impl Store {
         };
         let (before_at, before_id) =
             cursor.map_or((i64::MAX, Uuid::max()), |c| (c.created_at, c.message_id));
-        // Only the filters that apply are written into the statement, so
-        // the planner sees each query shape as it is (a cached generic plan
-        // for `$n IS NULL OR …` could not use the thread or user filter).
+        // The cursor is a row comparison, which an index on (created_at,
+        // id) answers as a range. Only the filters that apply are written
+        // into the statement, so the planner sees each query shape as it is
+        // (a cached generic plan for `$n IS NULL OR …` could not use the
+        // thread or user filter).
         let mut filters = String::new();
         let mut next = 2;
         let mut param = || {
@@ -69,7 +71,7 @@ impl Store {
         }
         let (at, id) = (param(), param());
         filters.push_str(&format!(
-            " AND (m.created_at < {at} OR (m.created_at = {at} AND m.id < {id})) \
+            " AND (m.created_at, m.id) < ({at}, {id}) \
              ORDER BY m.created_at DESC, m.id DESC LIMIT {}",
             param()
         ));
