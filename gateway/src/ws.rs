@@ -15,12 +15,7 @@
 //! buffered.
 
 use std::{
-    collections::HashMap,
-    future::Future,
-    net::SocketAddr,
-    pin::Pin,
-    sync::{Arc, atomic::Ordering},
-    time::Duration,
+    collections::HashMap, future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration,
 };
 
 use axum::{
@@ -39,10 +34,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::time::{Instant, sleep_until, timeout};
 use tonic::Code;
+use tracing::Instrument as _;
 
 use crate::{
     error::ApiError,
     json::{self, ObjectWriter},
+    metrics::{FrameKind, SocketGuard, SocketKind},
     rest::AppState,
     upstream::{FATE_UNKNOWN, Feed, FeedEnd, FeedRequest},
 };
@@ -170,6 +167,7 @@ fn open(
                 identity: None,
                 expires_at: None,
                 slot: None,
+                counted: None,
             };
             session.run(socket, token)
         })
@@ -187,6 +185,8 @@ struct Session {
     expires_at: Option<Instant>,
     /// The socket's place under the user's cap, once authenticated.
     slot: Option<crate::edge::UserSlot>,
+    /// The socket's place in its kind's gauge, once subscribed.
+    counted: Option<SocketGuard>,
 }
 
 /// Why a socket ends.
@@ -352,6 +352,7 @@ impl Session {
         open.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let closing = self.serve(&mut socket, token).await;
         let Closing(code, reason) = closing;
+        self.state.metrics.observe_close(code);
         // A slow browser gets longer to drain what is queued and see why it
         // was closed; the data waiting for it is already bounded.
         let linger = if code == close::TOO_SLOW {
@@ -371,10 +372,7 @@ impl Session {
     }
 
     async fn send(&self, socket: &mut WebSocket, message: Message) -> Result<(), Closing> {
-        self.state
-            .metrics
-            .frames_out
-            .fetch_add(1, Ordering::Relaxed);
+        self.state.metrics.frames_out.inc();
         match timeout(self.state.ws_send_timeout, socket.send(message)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Closing(close::POLICY, "connection lost")),
@@ -451,6 +449,15 @@ impl Session {
             since_seq: self.since_seq,
         }))
         .await?;
+        self.counted = Some(
+            self.state
+                .metrics
+                .socket_opened(if self.thread_id.is_some() {
+                    SocketKind::Thread
+                } else {
+                    SocketKind::User
+                }),
+        );
         if via_frame {
             let user_id = self.identity.as_ref().map(|i| i.subject.clone());
             self.send(socket, text(json!({"type": "auth_ok", "user_id": user_id})))
@@ -463,6 +470,8 @@ impl Session {
         let mut next_ping = Instant::now() + ping_every;
         let far = Instant::now() + Duration::from_secs(3600 * 24 * 365);
         let mut in_flight: Option<Pending> = None;
+        // The frame whose call is in flight: its kind, and when it came.
+        let mut in_flight_frame = (FrameKind::Invalid, Instant::now());
         loop {
             let expiry = self.expires_at.unwrap_or(far);
             tokio::select! {
@@ -486,14 +495,27 @@ impl Session {
                     if let Some(answer) = answer {
                         self.send(socket, answer).await?;
                     }
+                    let (kind, arrived) = in_flight_frame;
+                    self.state.metrics.observe_frame(kind, arrived.elapsed().as_secs_f64());
                 }
                 frame = socket.recv(), if in_flight.is_none() => {
                     last_heard = Instant::now();
-                    self.state.metrics.frames_in.fetch_add(1, Ordering::Relaxed);
+                    self.state.metrics.frames_in.inc();
                     match frame {
                         Some(Ok(Message::Text(frame))) => match self.handle(&frame) {
-                            Action::Reply(answer) => self.send(socket, answer).await?,
-                            Action::Call(call) => in_flight = Some(call),
+                            (kind, Action::Reply(answer)) => {
+                                let span = tracing::info_span!(
+                                    "ws frame",
+                                    otel.name = %format_args!("ws {}", kind.name()),
+                                    frame_type = kind.name(),
+                                );
+                                self.send(socket, answer).instrument(span).await?;
+                                self.state.metrics.observe_frame(kind, last_heard.elapsed().as_secs_f64());
+                            }
+                            (kind, Action::Call(call)) => {
+                                in_flight = Some(call);
+                                in_flight_frame = (kind, last_heard);
+                            }
                         },
                         Some(Ok(Message::Binary(_))) => {
                             self.send(socket, error_frame("invalid_frame", "frames are JSON text", None)).await?;
@@ -516,6 +538,7 @@ impl Session {
     /// `answer` on success and an `error` frame otherwise.
     fn call(
         &self,
+        kind: FrameKind,
         call: Call,
         idempotent: bool,
         client_msg_id: Option<String>,
@@ -524,18 +547,34 @@ impl Session {
         let upstream = self.state.upstream.clone();
         let token = self.token.clone();
         let request_id = self.request_id.clone();
-        Action::Call(Box::pin(async move {
-            let attempt = || upstream.calls().call(&token, &request_id, call.clone());
-            match upstream.call(idempotent, attempt).await {
-                Ok(response) => answer(response),
-                Err(status) => Some(status_frame(&status, client_msg_id.as_deref())),
+        let span = tracing::info_span!(
+            "ws frame",
+            otel.name = %format_args!("ws {}", kind.name()),
+            frame_type = kind.name(),
+            request_id = %request_id,
+        );
+        Action::Call(Box::pin(
+            async move {
+                let attempt = || upstream.calls().call(&token, &request_id, call.clone());
+                match upstream.call(idempotent, attempt).await {
+                    Ok(response) => answer(response),
+                    Err(status) => Some(status_frame(&status, client_msg_id.as_deref())),
+                }
             }
-        }))
+            .instrument(span),
+        ))
     }
 
     /// One frame from the browser. A bad frame gets an `error` frame and
     /// the socket stays open.
-    fn handle(&self, frame: &str) -> Action {
+    fn handle(&self, frame: &str) -> (FrameKind, Action) {
+        let mut kind = FrameKind::Invalid;
+        let action = self.handle_as(frame, &mut kind);
+        (kind, action)
+    }
+
+    /// [`Self::handle`], setting `kind` once the frame's type is known.
+    fn handle_as(&self, frame: &str, kind: &mut FrameKind) -> Action {
         let frame = match parse_frame(frame) {
             Ok(frame) => frame,
             Err(json::JsonInputError::DuplicateKey(key)) => {
@@ -581,6 +620,13 @@ impl Session {
             ));
         }
         let thread_id = thread_id.unwrap_or_default();
+        *kind = match frame.kind.as_str() {
+            "chat_message" => FrameKind::ChatMessage,
+            "mark_messages_read" => FrameKind::MarkRead,
+            "typing_indicator" => FrameKind::Typing,
+            "ping" => FrameKind::Ping,
+            _ => FrameKind::Invalid,
+        };
         match frame.kind.as_str() {
             "ping" => Action::Reply(text(json!({"type": "pong"}))),
             "chat_message" => {
@@ -590,10 +636,7 @@ impl Session {
                     .map(|i| i.subject.as_str())
                     .unwrap_or_default();
                 if self.state.send_limit.check(subject).is_err() {
-                    self.state
-                        .metrics
-                        .rate_limited
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.state.metrics.rate_limited.inc();
                     return Action::Reply(error_frame(
                         "rate_limited",
                         "too many messages; slow down",
@@ -620,6 +663,7 @@ impl Session {
                 };
                 let acked = client_msg_id.clone();
                 self.call(
+                    FrameKind::ChatMessage,
                     Call::SendMessage(pb::SendMessageRequest {
                         thread_id,
                         content,
@@ -664,6 +708,7 @@ impl Session {
                     }
                 };
                 self.call(
+                    FrameKind::MarkRead,
                     Call::MarkRead(pb::MarkReadRequest {
                         thread_id,
                         up_to_seq,
@@ -683,6 +728,7 @@ impl Session {
                     ));
                 };
                 self.call(
+                    FrameKind::Typing,
                     Call::SetTyping(pb::SetTypingRequest {
                         thread_id,
                         is_typing,

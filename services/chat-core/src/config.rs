@@ -107,6 +107,8 @@ pub const ENVIRONMENT: &[&str] = &[
     "CHAT_CORE_MAX_CONNECTIONS",
     "CHAT_CORE_MAX_CONNECTIONS_PER_ADDRESS",
     "CHAT_CORE_FIRST_REQUEST_TIMEOUT_SECONDS",
+    // Read by chat_runtime::init_telemetry: traces are exported only when set.
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
 ];
 
 /// The directory of the embedded default's files (database, dev secret).
