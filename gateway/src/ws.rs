@@ -44,6 +44,21 @@ use crate::{
     upstream::{FATE_UNKNOWN, Feed, FeedEnd, FeedRequest},
 };
 
+/// A frame's span, for trace export only: with export off there is none,
+/// so a frame costs no span (the log layer would format its fields).
+fn frame_span(kind: FrameKind, request_id: &str) -> tracing::Span {
+    if !chat_runtime::telemetry::enabled() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        "ws frame",
+        otel.name = %format_args!("ws {}", kind.name()),
+        otel.kind = "server",
+        frame_type = kind.name(),
+        request_id = %request_id,
+    )
+}
+
 /// Close codes of SPEC §5.
 pub mod close {
     pub const RESTARTING: u16 = 1012;
@@ -504,12 +519,9 @@ impl Session {
                     match frame {
                         Some(Ok(Message::Text(frame))) => match self.handle(&frame) {
                             (kind, Action::Reply(answer)) => {
-                                let span = tracing::info_span!(
-                                    "ws frame",
-                                    otel.name = %format_args!("ws {}", kind.name()),
-                                    frame_type = kind.name(),
-                                );
-                                self.send(socket, answer).instrument(span).await?;
+                                self.send(socket, answer)
+                                    .instrument(frame_span(kind, &self.request_id))
+                                    .await?;
                                 self.state.metrics.observe_frame(kind, last_heard.elapsed().as_secs_f64());
                             }
                             (kind, Action::Call(call)) => {
@@ -547,12 +559,7 @@ impl Session {
         let upstream = self.state.upstream.clone();
         let token = self.token.clone();
         let request_id = self.request_id.clone();
-        let span = tracing::info_span!(
-            "ws frame",
-            otel.name = %format_args!("ws {}", kind.name()),
-            frame_type = kind.name(),
-            request_id = %request_id,
-        );
+        let span = frame_span(kind, &request_id);
         Action::Call(Box::pin(
             async move {
                 let attempt = || upstream.calls().call(&token, &request_id, call.clone());

@@ -112,14 +112,7 @@ impl CallService {
             Some(Call::SetTyping(_)) => "/chat.v1.ChatService/SetTyping",
             None => "/chat.v1.RelayService/Calls",
         };
-        let span = tracing::info_span!(
-            "rpc",
-            otel.name = method,
-            otel.kind = "server",
-            rpc.system = "grpc",
-            method,
-            request_id = %call.request_id,
-        );
+        let span = crate::metrics::rpc_span(method, &call.request_id);
         chat_runtime::telemetry::continue_from_traceparent(&span, &call.traceparent);
         let result = self.dispatch(call.token, call.call).instrument(span).await;
         let code = match &result {

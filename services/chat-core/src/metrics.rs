@@ -339,6 +339,24 @@ pub fn registry(sources: Sources) -> Registry {
     registry
 }
 
+/// A call's span: its method and request id for the logs, and, when
+/// traces are exported, the fields that name it there (left out
+/// otherwise: the log layer formats every field of every span).
+pub(crate) fn rpc_span(method: &str, request_id: &str) -> tracing::Span {
+    if chat_runtime::telemetry::enabled() {
+        tracing::info_span!(
+            "rpc",
+            otel.name = %method,
+            otel.kind = "server",
+            rpc.system = "grpc",
+            method = %method,
+            request_id = %request_id,
+        )
+    } else {
+        tracing::info_span!("rpc", method = %method, request_id = %request_id)
+    }
+}
+
 /// Wraps every gRPC call in a span carrying its request id (the caller's
 /// `x-request-id`, or a new one) and records its status and latency.
 #[derive(Debug, Clone)]
@@ -402,14 +420,7 @@ where
                 id
             }
         };
-        let span = tracing::info_span!(
-            "rpc",
-            otel.name = %method,
-            otel.kind = "server",
-            rpc.system = "grpc",
-            method = %method,
-            request_id = %request_id,
-        );
+        let span = rpc_span(&method, &request_id);
         chat_runtime::telemetry::continue_from_headers(&span, request.headers());
         let metrics = self.metrics.clone();
         let response = self.inner.call(request);
