@@ -37,6 +37,8 @@ pub const ENVIRONMENT: &[&str] = &[
     "LOG_FORMAT",
     "RUST_LOG",
     "SHUTDOWN_GRACE_SECONDS",
+    // Read by chat_runtime::init_telemetry: traces are exported only when set.
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
 ];
 
 #[cfg(test)]

@@ -1,14 +1,10 @@
 //! What the gateway does for every request before and after its route: CORS
 //! for allowed browser origins, per-user and per-address rate limits, and
-//! the counters behind `/metrics`.
+//! the request figures behind `/metrics`.
 
 use std::{
     collections::HashMap,
-    fmt::Write as _,
-    sync::{
-        Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -147,110 +143,45 @@ pub fn rate_limited(retry_after: Duration) -> Response {
     response
 }
 
-/// Counters for `/metrics`.
-#[derive(Debug, Default)]
-pub struct GatewayMetrics {
-    requests: Mutex<HashMap<(String, String, u16), u64>>,
-    pub frames_in: AtomicU64,
-    pub frames_out: AtomicU64,
-    pub upstream_errors: AtomicU64,
-    pub rate_limited: AtomicU64,
-}
-
-impl GatewayMetrics {
-    fn observe(&self, method: &Method, route: &str, status: u16) {
-        if let Ok(mut requests) = self.requests.lock() {
-            *requests
-                .entry((method.to_string(), route.to_owned(), status))
-                .or_default() += 1;
-        }
-    }
-
-    /// The Prometheus text exposition.
-    pub fn render(&self, open_sockets: usize) -> String {
-        let mut out = String::with_capacity(2048);
-        out.push_str(
-            "# HELP chat_gateway_http_requests_total HTTP requests by route and status.\n",
-        );
-        out.push_str("# TYPE chat_gateway_http_requests_total counter\n");
-        if let Ok(requests) = self.requests.lock() {
-            let mut rows: Vec<_> = requests.iter().collect();
-            rows.sort();
-            for ((method, route, status), count) in rows {
-                let _ = writeln!(
-                    out,
-                    "chat_gateway_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {count}"
-                );
-            }
-        }
-        let counters = [
-            (
-                "chat_gateway_open_websockets",
-                "gauge",
-                "Open WebSockets.",
-                open_sockets as u64,
-            ),
-            (
-                "chat_gateway_ws_frames_in_total",
-                "counter",
-                "WebSocket frames received.",
-                self.frames_in.load(Ordering::Relaxed),
-            ),
-            (
-                "chat_gateway_ws_frames_out_total",
-                "counter",
-                "WebSocket frames sent.",
-                self.frames_out.load(Ordering::Relaxed),
-            ),
-            (
-                "chat_gateway_upstream_errors_total",
-                "counter",
-                "chat-core calls that failed for want of chat-core.",
-                self.upstream_errors.load(Ordering::Relaxed),
-            ),
-            (
-                "chat_gateway_rate_limited_total",
-                "counter",
-                "Requests and frames refused by rate limits.",
-                self.rate_limited.load(Ordering::Relaxed),
-            ),
-        ];
-        for (name, kind, help, value) in counters {
-            let _ = write!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-            );
-        }
-        out
-    }
-}
-
 /// Counts each request by its route template (never the raw path, which
-/// holds ids) and status.
+/// holds ids) and status, and times it to its response head.
 pub async fn count_requests(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str)
-        .to_owned();
-    let method = request.method().clone();
+    let started = Instant::now();
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let method = method_label(request.method());
     let response = next.run(request).await;
     let status = response.status().as_u16();
     if status == 503 {
-        state
-            .metrics
-            .upstream_errors
-            .fetch_add(1, Ordering::Relaxed);
+        state.metrics.upstream_errors.inc();
     }
     if status == 429 {
-        state.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+        state.metrics.rate_limited.inc();
     }
-    state.metrics.observe(&method, &route, status);
+    state.metrics.observe_request(
+        method,
+        route.as_ref().map_or("unmatched", MatchedPath::as_str),
+        status,
+        started.elapsed().as_secs_f64(),
+    );
     response
+}
+
+/// A request method as a label: the standard ones by name, others as one.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::HEAD => "HEAD",
+        _ => "OTHER",
+    }
 }
 
 /// CORS for the browser origins in `ALLOWED_ORIGINS`: preflights are

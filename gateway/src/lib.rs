@@ -7,6 +7,7 @@ pub mod edge;
 pub mod error;
 pub mod json;
 pub mod listener;
+pub mod metrics;
 pub mod openapi;
 pub mod page;
 pub mod rest;

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use chat_gateway::{config::Settings, startup::Application};
-use chat_runtime::{init_tracing, shutdown_signal};
+use chat_runtime::{init_telemetry, shutdown_signal};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -19,7 +19,9 @@ async fn main() -> ExitCode {
 
 async fn run() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
-    init_tracing(settings.log_format);
+    let telemetry = init_telemetry(settings.log_format, "chat-gateway")?;
     let app = Application::build(&settings).await?;
-    app.run_until_stopped(shutdown_signal()).await
+    let result = app.run_until_stopped(shutdown_signal()).await;
+    telemetry.shutdown().await;
+    result
 }

@@ -33,8 +33,10 @@ pub struct AppState {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Open WebSockets, so shutdown can wait for their close frames.
     pub open_sockets: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    /// Counters for `/metrics`.
-    pub metrics: std::sync::Arc<crate::edge::GatewayMetrics>,
+    /// The figures sockets and the request layer record.
+    pub metrics: crate::metrics::GatewayMetrics,
+    /// Everything `/metrics` shows.
+    pub registry: std::sync::Arc<chat_runtime::metrics::Registry>,
     /// Messages per user (REST and WebSocket together).
     pub send_limit: std::sync::Arc<crate::edge::RateLimiter>,
     /// New WebSockets per client address.

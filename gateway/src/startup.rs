@@ -21,6 +21,7 @@ use axum::{
 use chat_auth::TokenVerifier;
 use tokio::net::TcpListener;
 use tower::Layer as _;
+use tracing::Instrument as _;
 
 use crate::{
     config::Settings,
@@ -50,6 +51,15 @@ impl Application {
             .await
             .with_context(|| format!("binding GATEWAY_ADDR {}", settings.addr))?;
         let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let open_sockets = Arc::default();
+        let metrics = crate::metrics::GatewayMetrics::default();
+        let connections = chat_runtime::connections::ConnectionLimiter::new(
+            "chat-gateway",
+            settings.max_connections,
+            settings.max_connections_per_address,
+        );
+        let registry =
+            Arc::new(metrics.registry(Arc::clone(&open_sockets), &upstream, &connections));
         Ok(Application {
             listener,
             state: AppState {
@@ -57,8 +67,9 @@ impl Application {
                 verifier,
                 allowed_origins: Arc::new(settings.allowed_origins.clone()),
                 shutdown,
-                open_sockets: Arc::default(),
-                metrics: Arc::default(),
+                open_sockets,
+                metrics,
+                registry,
                 send_limit: Arc::new(RateLimiter::new(settings.send_rate.0, settings.send_rate.1)),
                 connect_limit: Arc::new(RateLimiter::new(
                     settings.connect_rate.0,
@@ -67,11 +78,7 @@ impl Application {
                 ws_ping: settings.ws_ping,
                 ws_send_timeout: settings.ws_send_timeout,
                 user_sockets: edge::UserSockets::new(settings.max_sockets_per_user),
-                connections: chat_runtime::connections::ConnectionLimiter::new(
-                    "chat-gateway",
-                    settings.max_connections,
-                    settings.max_connections_per_address,
-                ),
+                connections,
             },
             stop,
             shutdown_grace: settings.shutdown_grace,
@@ -198,7 +205,23 @@ async fn access_log(mut request: Request, next: Next) -> Response {
         .insert(RequestId(request_id.clone()));
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let mut response = next.run(request).await;
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", axum::extract::MatchedPath::as_str);
+    // Never the query string or headers: a WebSocket's token may be there.
+    let span = tracing::info_span!(
+        "http request",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = route,
+        request_id = %request_id,
+        http.response.status_code = tracing::field::Empty,
+    );
+    chat_runtime::telemetry::continue_from_headers(&span, request.headers());
+    let mut response = next.run(request).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
     }
@@ -214,16 +237,12 @@ async fn access_log(mut request: Request, next: Next) -> Response {
 }
 
 async fn render_metrics(State(state): State<AppState>) -> Response {
-    let mut body = state
-        .metrics
-        .render(state.open_sockets.load(Ordering::Acquire));
-    state.connections.render("chat_gateway", &mut body);
     (
         [(
             http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            chat_runtime::metrics::CONTENT_TYPE,
         )],
-        body,
+        chat_runtime::metrics::render(&state.registry),
     )
         .into_response()
 }

@@ -15,12 +15,7 @@
 //! buffered.
 
 use std::{
-    collections::HashMap,
-    future::Future,
-    net::SocketAddr,
-    pin::Pin,
-    sync::{Arc, atomic::Ordering},
-    time::Duration,
+    collections::HashMap, future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration,
 };
 
 use axum::{
@@ -39,13 +34,30 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::time::{Instant, sleep_until, timeout};
 use tonic::Code;
+use tracing::Instrument as _;
 
 use crate::{
     error::ApiError,
     json::{self, ObjectWriter},
+    metrics::{FrameKind, SocketGuard, SocketKind},
     rest::AppState,
     upstream::{FATE_UNKNOWN, Feed, FeedEnd, FeedRequest},
 };
+
+/// A frame's span, for trace export only: with export off there is none,
+/// so a frame costs no span (the log layer would format its fields).
+fn frame_span(kind: FrameKind, request_id: &str) -> tracing::Span {
+    if !chat_runtime::telemetry::enabled() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        "ws frame",
+        otel.name = %format_args!("ws {}", kind.name()),
+        otel.kind = "server",
+        frame_type = kind.name(),
+        request_id = %request_id,
+    )
+}
 
 /// Close codes of SPEC §5.
 pub mod close {
@@ -170,6 +182,7 @@ fn open(
                 identity: None,
                 expires_at: None,
                 slot: None,
+                counted: None,
             };
             session.run(socket, token)
         })
@@ -187,6 +200,8 @@ struct Session {
     expires_at: Option<Instant>,
     /// The socket's place under the user's cap, once authenticated.
     slot: Option<crate::edge::UserSlot>,
+    /// The socket's place in its kind's gauge, once subscribed.
+    counted: Option<SocketGuard>,
 }
 
 /// Why a socket ends.
@@ -355,6 +370,7 @@ impl Session {
         open.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let closing = self.serve(&mut socket, token).await;
         let Closing(code, reason) = closing;
+        self.state.metrics.observe_close(code);
         // A slow browser gets longer to drain what is queued and see why it
         // was closed; the data waiting for it is already bounded.
         let linger = if code == close::TOO_SLOW {
@@ -374,10 +390,7 @@ impl Session {
     }
 
     async fn send(&self, socket: &mut WebSocket, message: Message) -> Result<(), Closing> {
-        self.state
-            .metrics
-            .frames_out
-            .fetch_add(1, Ordering::Relaxed);
+        self.state.metrics.frames_out.inc();
         match timeout(self.state.ws_send_timeout, socket.send(message)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Closing(close::POLICY, "connection lost")),
@@ -454,6 +467,15 @@ impl Session {
             since_seq: self.since_seq,
         }))
         .await?;
+        self.counted = Some(
+            self.state
+                .metrics
+                .socket_opened(if self.thread_id.is_some() {
+                    SocketKind::Thread
+                } else {
+                    SocketKind::User
+                }),
+        );
         if via_frame {
             let user_id = self.identity.as_ref().map(|i| i.subject.clone());
             self.send(socket, text(json!({"type": "auth_ok", "user_id": user_id})))
@@ -466,6 +488,8 @@ impl Session {
         let mut next_ping = Instant::now() + ping_every;
         let far = Instant::now() + Duration::from_secs(3600 * 24 * 365);
         let mut in_flight: Option<Pending> = None;
+        // The frame whose call is in flight: its kind, and when it came.
+        let mut in_flight_frame = (FrameKind::Invalid, Instant::now());
         loop {
             let expiry = self.expires_at.unwrap_or(far);
             tokio::select! {
@@ -489,14 +513,24 @@ impl Session {
                     if let Some(answer) = answer {
                         self.send(socket, answer).await?;
                     }
+                    let (kind, arrived) = in_flight_frame;
+                    self.state.metrics.observe_frame(kind, arrived.elapsed().as_secs_f64());
                 }
                 frame = socket.recv(), if in_flight.is_none() => {
                     last_heard = Instant::now();
-                    self.state.metrics.frames_in.fetch_add(1, Ordering::Relaxed);
+                    self.state.metrics.frames_in.inc();
                     match frame {
                         Some(Ok(Message::Text(frame))) => match self.handle(&frame) {
-                            Action::Reply(answer) => self.send(socket, answer).await?,
-                            Action::Call(call) => in_flight = Some(call),
+                            (kind, Action::Reply(answer)) => {
+                                self.send(socket, answer)
+                                    .instrument(frame_span(kind, &self.request_id))
+                                    .await?;
+                                self.state.metrics.observe_frame(kind, last_heard.elapsed().as_secs_f64());
+                            }
+                            (kind, Action::Call(call)) => {
+                                in_flight = Some(call);
+                                in_flight_frame = (kind, last_heard);
+                            }
                         },
                         Some(Ok(Message::Binary(_))) => {
                             self.send(socket, error_frame("invalid_frame", "frames are JSON text", None)).await?;
@@ -519,6 +553,7 @@ impl Session {
     /// `answer` on success and an `error` frame otherwise.
     fn call(
         &self,
+        kind: FrameKind,
         call: Call,
         idempotent: bool,
         client_msg_id: Option<String>,
@@ -527,18 +562,29 @@ impl Session {
         let upstream = self.state.upstream.clone();
         let token = self.token.clone();
         let request_id = self.request_id.clone();
-        Action::Call(Box::pin(async move {
-            let attempt = || upstream.calls().call(&token, &request_id, call.clone());
-            match upstream.call(idempotent, attempt).await {
-                Ok(response) => answer(response),
-                Err(status) => Some(status_frame(&status, client_msg_id.as_deref())),
+        let span = frame_span(kind, &request_id);
+        Action::Call(Box::pin(
+            async move {
+                let attempt = || upstream.calls().call(&token, &request_id, call.clone());
+                match upstream.call(idempotent, attempt).await {
+                    Ok(response) => answer(response),
+                    Err(status) => Some(status_frame(&status, client_msg_id.as_deref())),
+                }
             }
-        }))
+            .instrument(span),
+        ))
     }
 
     /// One frame from the browser. A bad frame gets an `error` frame and
     /// the socket stays open.
-    fn handle(&self, frame: &str) -> Action {
+    fn handle(&self, frame: &str) -> (FrameKind, Action) {
+        let mut kind = FrameKind::Invalid;
+        let action = self.handle_as(frame, &mut kind);
+        (kind, action)
+    }
+
+    /// [`Self::handle`], setting `kind` once the frame's type is known.
+    fn handle_as(&self, frame: &str, kind: &mut FrameKind) -> Action {
         let frame = match parse_frame(frame) {
             Ok(frame) => frame,
             Err(json::JsonInputError::DuplicateKey(key)) => {
@@ -584,6 +630,13 @@ impl Session {
             ));
         }
         let thread_id = thread_id.unwrap_or_default();
+        *kind = match frame.kind.as_str() {
+            "chat_message" => FrameKind::ChatMessage,
+            "mark_messages_read" => FrameKind::MarkRead,
+            "typing_indicator" => FrameKind::Typing,
+            "ping" => FrameKind::Ping,
+            _ => FrameKind::Invalid,
+        };
         match frame.kind.as_str() {
             "ping" => Action::Reply(text(json!({"type": "pong"}))),
             "chat_message" => {
@@ -593,10 +646,7 @@ impl Session {
                     .map(|i| i.subject.as_str())
                     .unwrap_or_default();
                 if self.state.send_limit.check(subject).is_err() {
-                    self.state
-                        .metrics
-                        .rate_limited
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.state.metrics.rate_limited.inc();
                     return Action::Reply(error_frame(
                         "rate_limited",
                         "too many messages; slow down",
@@ -623,6 +673,7 @@ impl Session {
                 };
                 let acked = client_msg_id.clone();
                 self.call(
+                    FrameKind::ChatMessage,
                     Call::SendMessage(pb::SendMessageRequest {
                         thread_id,
                         content,
@@ -667,6 +718,7 @@ impl Session {
                     }
                 };
                 self.call(
+                    FrameKind::MarkRead,
                     Call::MarkRead(pb::MarkReadRequest {
                         thread_id,
                         up_to_seq,
@@ -686,6 +738,7 @@ impl Session {
                     ));
                 };
                 self.call(
+                    FrameKind::Typing,
                     Call::SetTyping(pb::SetTypingRequest {
                         thread_id,
                         is_typing,

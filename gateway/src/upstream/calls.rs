@@ -102,6 +102,7 @@ impl Calls {
                 token: token.to_owned(),
                 request_id: request_id.to_owned(),
                 call: Some(call),
+                traceparent: chat_runtime::telemetry::traceparent(),
             },
             reply,
         };

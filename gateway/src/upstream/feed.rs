@@ -144,6 +144,8 @@ pub struct Feed {
     id: u64,
     queue: Arc<Queue>,
     link: mpsc::UnboundedSender<Control>,
+    /// The relays' count of open feeds, given back when dropped.
+    open: Arc<AtomicU64>,
 }
 
 impl Feed {
@@ -170,6 +172,7 @@ impl Feed {
 
 impl Drop for Feed {
     fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
         let _ = self.link.send(Control::Close { id: self.id });
     }
 }
@@ -180,6 +183,7 @@ pub struct Relays {
     links: Arc<[mpsc::UnboundedSender<Control>]>,
     next_link: Arc<AtomicUsize>,
     next_id: Arc<AtomicU64>,
+    open: Arc<AtomicU64>,
 }
 
 impl Relays {
@@ -208,7 +212,13 @@ impl Relays {
             links,
             next_link: Arc::default(),
             next_id: Arc::new(AtomicU64::new(1)),
+            open: Arc::default(),
         }
+    }
+
+    /// Feeds open now (one per subscribed socket).
+    pub fn open_feeds(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
     }
 
     /// Subscribes a socket. Returns once chat-core has the subscription in
@@ -232,7 +242,13 @@ impl Relays {
         })
         .map_err(|_| FeedEnd::Unavailable)?;
         // From here the feed closes the subscription if opening fails.
-        let feed = Feed { id, queue, link };
+        self.open.fetch_add(1, Ordering::Relaxed);
+        let feed = Feed {
+            id,
+            queue,
+            link,
+            open: self.open.clone(),
+        };
         match tokio::time::timeout(OPEN_TIMEOUT, answer).await {
             Ok(Ok(Ok(()))) => Ok(feed),
             Ok(Ok(Err(end))) => Err(end),

@@ -134,6 +134,16 @@ impl Upstream {
         &self.calls
     }
 
+    /// Sockets' subscriptions open on the relays now.
+    pub fn open_feeds(&self) -> u64 {
+        self.relays.open_feeds()
+    }
+
+    /// chat-core replicas in rotation, and known.
+    pub fn replicas(&self) -> (usize, usize) {
+        self.routed.serving()
+    }
+
     /// Subscribes a socket to its live events over the shared relays.
     /// Returns once chat-core has the subscription in place, so every event
     /// after this reaches the feed.
@@ -182,8 +192,8 @@ impl Upstream {
         }
     }
 
-    /// A unary request carrying the caller's token, the request id and the
-    /// call deadline.
+    /// A unary request carrying the caller's token, the request id, the
+    /// call deadline and the current span's trace context.
     pub fn request<T>(&self, body: T, token: &str, request_id: &str) -> Request<T> {
         let mut request = Request::new(body);
         request.set_timeout(self.timeout);
@@ -193,6 +203,7 @@ impl Upstream {
         if let Ok(value) = MetadataValue::try_from(request_id) {
             request.metadata_mut().insert("x-request-id", value);
         }
+        chat_runtime::telemetry::inject_current(request.metadata_mut());
         request
     }
 }

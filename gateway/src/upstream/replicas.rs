@@ -319,6 +319,16 @@ impl Routed {
         }
     }
 
+    /// Replicas whose health says `SERVING`, and all replicas.
+    pub fn serving(&self) -> (usize, usize) {
+        let replicas = self.set.snapshot();
+        let serving = replicas
+            .iter()
+            .filter(|replica| replica.health.state.load(Ordering::Relaxed) == SERVING)
+            .count();
+        (serving, replicas.len())
+    }
+
     /// Whether any replica has said `SERVING` on its health watch.
     pub fn any_serving(&self) -> bool {
         self.set

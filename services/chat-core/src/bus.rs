@@ -72,6 +72,19 @@ impl EventBus {
         }
     }
 
+    /// The Redis outbox's figures (all zero in process): events waiting,
+    /// published and dropped since start.
+    pub fn outbox(&self) -> OutboxStats {
+        match self {
+            EventBus::InProcess(_) => OutboxStats::default(),
+            EventBus::Redis(bus) => OutboxStats {
+                depth: (bus.outbox.max_capacity() - bus.outbox.capacity()) as u64,
+                published: bus.counts.published.load(Ordering::Relaxed),
+                dropped: bus.counts.dropped.load(Ordering::Relaxed),
+            },
+        }
+    }
+
     /// Waits (briefly) until the topics registered so far are subscribed
     /// across replicas, so that a subscription reads the database only once
     /// nothing committed elsewhere can pass it by.
@@ -80,6 +93,24 @@ impl EventBus {
             bus.ready().await;
         }
     }
+}
+
+/// The Redis outbox at one moment, for `/metrics`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxStats {
+    /// Events waiting to be published.
+    pub depth: u64,
+    /// Events published since start.
+    pub published: u64,
+    /// Events dropped since start (outbox full, or lost with a failed
+    /// publish): each made every replica resync.
+    pub dropped: u64,
+}
+
+#[derive(Debug, Default)]
+struct OutboxCounts {
+    published: AtomicU64,
+    dropped: AtomicU64,
 }
 
 /// Tells the subscriber task that local interest changed.
@@ -100,6 +131,7 @@ impl InterestListener for InterestSignal {
 pub struct RedisBus {
     hub: Hub,
     outbox: mpsc::Sender<(Topic, SharedEvent)>,
+    counts: Arc<OutboxCounts>,
     needs_resync: Arc<AtomicBool>,
     /// Interest changes requested / applied on Redis.
     requested: Arc<AtomicU64>,
@@ -167,6 +199,7 @@ impl RedisBus {
         let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
         let (applied_tx, applied) = watch::channel(0);
         let needs_resync = Arc::new(AtomicBool::new(false));
+        let counts = Arc::new(OutboxCounts::default());
         let channels = Channels {
             prefix: prefix.to_owned(),
         };
@@ -177,6 +210,7 @@ impl RedisBus {
                 channels: channels.clone(),
                 origin,
                 needs_resync: needs_resync.clone(),
+                counts: counts.clone(),
                 shutdown: shutdown.clone(),
             }
             .run(publisher, outbox_rx),
@@ -197,6 +231,7 @@ impl RedisBus {
         Ok(EventBus::Redis(RedisBus {
             hub,
             outbox,
+            counts,
             needs_resync,
             requested,
             applied,
@@ -205,10 +240,11 @@ impl RedisBus {
 
     fn publish(&self, topic: &Topic, event: SharedEvent) {
         self.hub.deliver(topic, &event);
-        if self.outbox.try_send((topic.clone(), event)).is_err()
-            && !self.needs_resync.swap(true, Ordering::AcqRel)
-        {
-            tracing::warn!("redis outbox full: other replicas will resync from the database");
+        if self.outbox.try_send((topic.clone(), event)).is_err() {
+            self.counts.dropped.fetch_add(1, Ordering::Relaxed);
+            if !self.needs_resync.swap(true, Ordering::AcqRel) {
+                tracing::warn!("redis outbox full: other replicas will resync from the database");
+            }
         }
     }
 
@@ -252,6 +288,7 @@ struct Publisher {
     channels: Channels,
     origin: Uuid,
     needs_resync: Arc<AtomicBool>,
+    counts: Arc<OutboxCounts>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -310,7 +347,15 @@ impl Publisher {
                 }
             }
             let published: Result<(), _> = pipe.query_async(&mut connection).await;
+            if published.is_ok() {
+                self.counts
+                    .published
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            }
             if let Err(err) = published {
+                self.counts
+                    .dropped
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 tracing::warn!(error = %err, lost = batch.len(), "redis publish failed; reconnecting");
                 self.needs_resync.store(true, Ordering::Release);
                 let mut delay = Duration::from_millis(100);

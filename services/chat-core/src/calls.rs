@@ -43,7 +43,7 @@ const OUTBOUND_QUEUE: usize = 1024;
 pub struct CallService {
     chat: ChatGrpc,
     auth: Authenticator,
-    metrics: Arc<RpcMetrics>,
+    metrics: RpcMetrics,
 }
 
 /// The answers of one call stream.
@@ -52,7 +52,7 @@ pub type Answers = ReceiverStream<Result<pb::RelayCallResult, Status>>;
 impl CallService {
     /// Calls answered by `chat`, each checked by `auth`, recorded in
     /// `metrics` under the unary method's name.
-    pub fn new(chat: ChatGrpc, auth: Authenticator, metrics: Arc<RpcMetrics>) -> Self {
+    pub fn new(chat: ChatGrpc, auth: Authenticator, metrics: RpcMetrics) -> Self {
         CallService {
             chat,
             auth,
@@ -112,7 +112,8 @@ impl CallService {
             Some(Call::SetTyping(_)) => "/chat.v1.ChatService/SetTyping",
             None => "/chat.v1.RelayService/Calls",
         };
-        let span = tracing::info_span!("rpc", method, request_id = %call.request_id);
+        let span = crate::metrics::rpc_span(method, &call.request_id);
+        chat_runtime::telemetry::continue_from_traceparent(&span, &call.traceparent);
         let result = self.dispatch(call.token, call.call).instrument(span).await;
         let code = match &result {
             Ok(_) => tonic::Code::Ok,

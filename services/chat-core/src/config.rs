@@ -129,6 +129,8 @@ pub const ENVIRONMENT: &[&str] = &[
     "CHAT_CORE_FIRST_REQUEST_TIMEOUT_SECONDS",
     "TRANSCRIPT_SIGNING_KEY_FILE",
     "CONTACT_POLICY",
+    // Read by chat_runtime::init_telemetry: traces are exported only when set.
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
 ];
 
 /// The directory of the embedded default's files (database, dev secret).

@@ -5,33 +5,23 @@ use std::sync::Arc;
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 
-use crate::{metrics::RpcMetrics, store::Store, writer::MessageWriter};
+use chat_runtime::metrics::Registry;
+
+use crate::store::Store;
 
 #[derive(Clone)]
 struct HttpState {
     store: Store,
-    metrics: Arc<RpcMetrics>,
-    writer: MessageWriter,
-    connections: Arc<chat_runtime::connections::ConnectionLimiter>,
+    metrics: Arc<Registry>,
 }
 
-/// The router for the operator endpoints; `writer` for its batching
-/// figures, `connections` for the gRPC listener's.
-pub fn router(
-    store: Store,
-    metrics: Arc<RpcMetrics>,
-    writer: MessageWriter,
-    connections: Arc<chat_runtime::connections::ConnectionLimiter>,
-) -> Router {
+/// The router for the operator endpoints; `metrics` is what `/metrics`
+/// shows (see [`crate::metrics::registry`]).
+pub fn router(store: Store, metrics: Arc<Registry>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(render_metrics))
-        .with_state(HttpState {
-            store,
-            metrics,
-            writer,
-            connections,
-        })
+        .with_state(HttpState { store, metrics })
 }
 
 async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
@@ -45,14 +35,11 @@ async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn render_metrics(State(state): State<HttpState>) -> impl IntoResponse {
-    let mut text = state.metrics.render(state.store.pool_stats());
-    text.push_str(&state.writer.metrics().render(state.writer.queue_depth()));
-    state.connections.render("chat_core_grpc", &mut text);
     (
         [(
             axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            chat_runtime::metrics::CONTENT_TYPE,
         )],
-        text,
+        chat_runtime::metrics::render(&state.metrics),
     )
 }

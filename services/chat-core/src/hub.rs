@@ -33,7 +33,8 @@ struct Inbox {
 
 impl Inbox {
     /// Queues an event without waiting; false (and cut off) when full.
-    fn offer(&self, event: &SharedEvent) -> bool {
+    /// `cut_off` counts subscribers cut off, each once.
+    fn offer(&self, event: &SharedEvent, cut_off: &AtomicU64) -> bool {
         let queued = match self.events.lock() {
             Ok(mut events) if events.len() < SUBSCRIBER_QUEUE => {
                 events.push_back(event.clone());
@@ -41,8 +42,8 @@ impl Inbox {
             }
             _ => false,
         };
-        if !queued {
-            self.lagged.store(true, Ordering::Release);
+        if !queued && !self.lagged.swap(true, Ordering::AcqRel) {
+            cut_off.fetch_add(1, Ordering::Relaxed);
         }
         self.ready.notify_one();
         queued
@@ -71,7 +72,17 @@ pub struct Hub {
     registry: Arc<Mutex<Registry>>,
     next_id: Arc<AtomicU64>,
     resyncs: Arc<AtomicU64>,
+    stats: Arc<HubStats>,
     listener: Option<Arc<dyn InterestListener>>,
+}
+
+/// The hub's figures for `/metrics`.
+#[derive(Debug, Default)]
+pub struct HubStats {
+    /// Subscriptions open now.
+    pub live: AtomicU64,
+    /// Subscribers cut off for a full queue, since start.
+    pub cut_off: AtomicU64,
 }
 
 impl std::fmt::Debug for Hub {
@@ -93,6 +104,7 @@ impl Hub {
             registry: Arc::default(),
             next_id: Arc::new(AtomicU64::new(1)),
             resyncs: Arc::new(AtomicU64::new(0)),
+            stats: Arc::default(),
             listener,
         }
     }
@@ -100,6 +112,7 @@ impl Hub {
     /// Registers a subscriber on `topics`. Events published from now on
     /// reach it.
     pub fn subscribe(&self, topics: impl IntoIterator<Item = Topic>) -> Subscription {
+        self.stats.live.fetch_add(1, Ordering::Relaxed);
         let mut subscription = Subscription {
             hub: self.clone(),
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -123,7 +136,7 @@ impl Hub {
             let Some(entries) = registry.topics.get_mut(topic) else {
                 return;
             };
-            entries.retain(|entry| entry.inbox.offer(event));
+            entries.retain(|entry| entry.inbox.offer(event, &self.stats.cut_off));
             if entries.is_empty() {
                 registry.topics.remove(topic);
                 emptied = true;
@@ -150,10 +163,20 @@ impl Hub {
         for entries in registry.topics.values() {
             for entry in entries {
                 if told.insert(entry.id) {
-                    entry.inbox.offer(&event);
+                    entry.inbox.offer(&event, &self.stats.cut_off);
                 }
             }
         }
+    }
+
+    /// Open subscriptions and cut-off counts, for `/metrics`.
+    pub fn stats(&self) -> &Arc<HubStats> {
+        &self.stats
+    }
+
+    /// Resyncs asked of every subscriber since start.
+    pub fn resyncs(&self) -> u64 {
+        self.resyncs.load(Ordering::Relaxed)
     }
 
     /// The topics with at least one local subscriber.
@@ -263,6 +286,7 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        self.hub.stats.live.fetch_sub(1, Ordering::Relaxed);
         for topic in &self.topics {
             self.hub.remove(topic, self.id);
         }

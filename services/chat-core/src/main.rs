@@ -14,7 +14,7 @@ use chat_core::{
         verify::{KeyRing, verify},
     },
 };
-use chat_runtime::{init_tracing, shutdown_signal};
+use chat_runtime::{init_telemetry, init_tracing, shutdown_signal};
 
 const USAGE: &str = "\
 usage:
@@ -123,9 +123,11 @@ async fn run() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     match command {
         Command::Serve => {
-            init_tracing(settings.log_format);
+            let telemetry = init_telemetry(settings.log_format, "chat-core")?;
             let app = Application::build(&settings).await?;
-            app.run_until_stopped(shutdown_signal()).await
+            let result = app.run_until_stopped(shutdown_signal()).await;
+            telemetry.shutdown().await;
+            result
         }
         Command::Migrate => {
             init_tracing(settings.log_format);

@@ -161,7 +161,8 @@ impl Application {
             let _ = rx.wait_for(|stop| *stop).await;
         };
 
-        let metrics = Arc::new(RpcMetrics::default());
+        let metrics = RpcMetrics::default();
+        let bus = self.bus.clone();
         let live = LiveEvents::new(self.store.clone(), self.bus, stop_rx.clone());
         let chat = Chat::new(self.store.clone(), live)
             .with_caps(self.caps)
@@ -220,9 +221,13 @@ impl Application {
             self.http_listener,
             http::router(
                 self.store.clone(),
-                metrics.clone(),
-                writer.clone(),
-                self.connections.clone(),
+                Arc::new(crate::metrics::registry(crate::metrics::Sources {
+                    rpc: metrics.clone(),
+                    writer: writer.clone(),
+                    store: self.store.clone(),
+                    bus,
+                    connections: self.connections.clone(),
+                })),
             ),
         )
         .with_graceful_shutdown(stopped(stop_rx.clone()));

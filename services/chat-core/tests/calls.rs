@@ -47,6 +47,7 @@ impl CallStream {
                 token: token.to_owned(),
                 request_id: format!("test-{id}"),
                 call,
+                traceparent: String::new(),
             })
             .await
             .expect("queue a call");

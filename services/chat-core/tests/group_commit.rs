@@ -829,14 +829,15 @@ fn text(thread_id: Uuid, sender: &str, content: &str) -> NewMessage {
     }
 }
 
-/// A sample of the writer's own figures.
+/// One of the writer's own figures, by the name of its `/metrics` sample.
 fn writer_metric(writer: &MessageWriter, sample: &str) -> u64 {
-    writer
-        .metrics()
-        .render(writer.queue_depth())
-        .lines()
-        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{sample} missing"))
+    let metrics = writer.metrics();
+    match sample {
+        BATCHES => metrics.batches().0,
+        BATCHED => metrics.batches().1,
+        FALLBACKS => metrics.fallbacks(),
+        other => panic!("{other}: not a writer figure"),
+    }
 }
 
 async fn wait_until(what: &str, condition: impl Fn() -> bool) {

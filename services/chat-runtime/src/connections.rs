@@ -184,25 +184,6 @@ impl ConnectionLimiter {
         }
     }
 
-    /// The counters in Prometheus text: `{prefix}_open_connections` and
-    /// `{prefix}_connections_refused_total` by cap.
-    pub fn render(&self, prefix: &str, out: &mut String) {
-        use std::fmt::Write as _;
-        let _ = write!(
-            out,
-            "# HELP {prefix}_open_connections Open client connections.\n\
-             # TYPE {prefix}_open_connections gauge\n\
-             {prefix}_open_connections {}\n\
-             # HELP {prefix}_connections_refused_total Connections refused at accept by a cap.\n\
-             # TYPE {prefix}_connections_refused_total counter\n\
-             {prefix}_connections_refused_total{{cap=\"total\"}} {}\n\
-             {prefix}_connections_refused_total{{cap=\"per_address\"}} {}\n",
-            self.open(),
-            self.refused(Refusal::Total),
-            self.refused(Refusal::PerAddress),
-        );
-    }
-
     /// The caps: in total, per address.
     pub fn caps(&self) -> (usize, usize) {
         (self.max_total, self.max_per_address)

@@ -1,11 +1,14 @@
 //! What chat-core and the gateway do the same way at their edges: typed
 //! configuration errors that name the variable, the variables both read
-//! (`LOG_FORMAT`, `SHUTDOWN_GRACE_SECONDS`, listen addresses), logging
-//! set-up, and the one shutdown signal of a process.
+//! (`LOG_FORMAT`, `SHUTDOWN_GRACE_SECONDS`, listen addresses), logging and
+//! trace export set-up, `/metrics` helpers, and the one shutdown signal of a
+//! process.
 
 use std::{net::SocketAddr, time::Duration};
 
 pub mod connections;
+pub mod metrics;
+pub mod telemetry;
 
 /// A variable that holds a value the service cannot use. Start-up stops
 /// with this message, which names the variable (and never a secret).
@@ -105,18 +108,49 @@ pub fn listen_addr(
 /// Installs the global log subscriber: `RUST_LOG` filters (default
 /// `info`), `format` chooses text or JSON, colours only on a terminal.
 /// Later calls are ignored (tests start several services in one process).
+/// No span export: see [`init_telemetry`].
 pub fn init_tracing(format: LogFormat) {
-    use tracing_subscriber::{EnvFilter, fmt};
+    let _ = install(format, None::<tracing_subscriber::layer::Identity>);
+}
+
+/// [`init_tracing`], plus OpenTelemetry span export for `service` when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set (see [`telemetry`]). Call inside
+/// the Tokio runtime, and [`telemetry::Telemetry::shutdown`] at exit so
+/// the last spans leave.
+pub fn init_telemetry(
+    format: LogFormat,
+    service: &'static str,
+) -> Result<telemetry::Telemetry, ConfigError> {
+    let endpoint = std::env::var(telemetry::ENDPOINT_VARIABLE).ok();
+    let (layer, telemetry) = telemetry::layer(service, endpoint.as_deref())?;
+    install(format, layer);
+    Ok(telemetry)
+}
+
+fn install<L>(format: LogFormat, extra: Option<L>) -> bool
+where
+    L: tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
+{
+    use tracing_subscriber::{EnvFilter, Layer as _, fmt, layer::SubscriberExt as _};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let logs = match format {
+        LogFormat::Text => fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(ansi)
+            .boxed(),
+        LogFormat::Json => fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .with_ansi(ansi)
+            .boxed(),
     };
+    let subscriber = tracing_subscriber::registry()
+        .with(extra)
+        .with(logs)
+        .with(filter);
+    tracing::subscriber::set_global_default(subscriber).is_ok()
 }
 
 /// Completes on SIGTERM or Ctrl-C: the one shutdown signal of a process.

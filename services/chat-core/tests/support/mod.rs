@@ -413,7 +413,10 @@ impl TestApp {
                     .and_then(|rest| rest.strip_prefix(' '))
             })
             .unwrap_or_else(|| panic!("{sample} not in /metrics"))
-            .parse()
+            // Sums are written as floats (`7.0`); every figure asked for
+            // here is a whole number.
+            .parse::<f64>()
+            .map(|value| value as u64)
             .unwrap_or_else(|err| panic!("{sample}: {err}"))
     }
 
