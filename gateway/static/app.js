@@ -623,6 +623,8 @@ function showFound() {
 function renderHeader() {
   const thread = chat.thread(current);
   if (!thread) return;
+  // The header may grow a line: the newest messages stay in view.
+  const stick = nearBottom();
   $("thread-title").textContent = threadName(thread);
   avatar($("thread-avatar"), thread.title || others(thread)[0] || "?");
   const parts = [`With ${others(thread).join(", ") || "nobody else"}`];
@@ -637,6 +639,7 @@ function renderHeader() {
       : "";
   $("thread-policy").textContent = policy;
   $("thread-policy").hidden = !policy;
+  if (stick) $("log").scrollTop = $("log").scrollHeight;
   $("job-id").value = $("job-id").value || thread.job_id || "";
 }
 
