@@ -223,7 +223,8 @@ function wire(client) {
     if (code !== "contact_blocked") return;
     // Said once for screen readers; the message itself shows why.
     if (threadId === current) {
-      $("composer-error").textContent = `Your message was not sent: it contains contact details (${kindWords(kinds)}).`;
+      const words = kindWords(kinds);
+      $("composer-error").textContent = `Your message was not sent: it contains contact details${words ? ` (${words})` : ""}.`;
     }
     // The thread's policy changed since it was read: show the new one.
     client.refreshThread(threadId).then(() => {
@@ -841,8 +842,9 @@ function textMessage(message, firstOfGroup, statusInWords) {
     const discard = h("button", "ghost small", "Discard");
     discard.type = "button";
     discard.addEventListener("click", () => chat.discard(message.client_msg_id));
+    const kinds = kindWords(message.failed.kinds);
     const why = h("span", "field-error send-error",
-      `This message was not sent: it contains contact details (${kindWords(message.failed.kinds) || "contact details"}).`);
+      `This message was not sent: it contains contact details${kinds ? ` (${kinds})` : ""}.`);
     row.append(h("div", "msg-actions visible", null, why, edit, discard));
   } else if (mine && status === "failed") {
     const retry = h("button", "ghost small", "Retry");
@@ -952,8 +954,9 @@ async function saveEdit(value) {
     renderMessages(false);
     $("text").focus();
   } catch (error) {
+    const kinds = kindWords(error.message.match(/\(([a-z, ]+)\)\s*$/)?.[1].split(", "));
     target.error = error.code === "contact_blocked"
-      ? `Not saved: the new text contains contact details (${kindWords(error.message.match(/\(([a-z, ]+)\)\s*$/)?.[1].split(", "))}).`
+      ? `Not saved: the new text contains contact details${kinds ? ` (${kinds})` : ""}.`
       : error.message;
     renderMessages(false);
   }

@@ -1,8 +1,9 @@
 // The gateway's web client (GET /) in a real Chromium, two users in two
 // browser contexts: chatting, typing, read receipts, payment / dispute /
 // job-update messages, edits and deletions, a gateway killed and started
-// again mid-conversation, markup shown as text, phone width, keyboard use
-// and an axe-core accessibility check. Each state is saved as a screenshot
+// again mid-conversation, markup shown as text, search, the contact guard
+// (flagged, masked and blocked messages), phone width, keyboard use and an
+// axe-core accessibility check. Each state is saved as a screenshot
 // in tests/browser/screenshots/ (ignored by git).
 //
 // Runs the real binaries from the Cargo target directory, each test on an

@@ -1,8 +1,9 @@
 // The browser library (gateway/static/chat-client.js) in Node against a
 // real chat-core and real gateways: delivery in seq order exactly once,
 // local echo confirmed by ack, read cursors and unread counts, typing and
-// its expiry, refused sends, token refresh, and a gateway killed and
-// started again mid-conversation.
+// its expiry, refused sends, token refresh, a gateway killed and started
+// again mid-conversation, search, and a send the contact guard blocks
+// (final: never sent again).
 //
 // Node 20 has WebSocket behind a flag, and reads a `.js` file outside any
 // package as CommonJS unless told to detect modules: scripts/test runs
