@@ -472,5 +472,16 @@ test("search finds a message in another thread and opens it there; the contact g
   const last = (await texts(alice)).slice(-3);
   assert.deepEqual(last, ["Mail me at bob.builder@example.com", "Or call [contact hidden] <b>today</b>", "Let's keep it here, then"]);
   assert.deepEqual(await accessibility(alice), [], "with flagged and masked messages");
+  // An edit that would add contact details is refused in place too.
+  const mine = alice.locator("#log .msg.mine").last();
+  await mine.hover();
+  await mine.getByRole("button", { name: "Edit message" }).click();
+  await alice.fill("#edit-text", "logo note 59, or mail alice.smith@example.com");
+  await alice.press("#edit-text", "Enter");
+  await alice.waitForFunction(() => document.getElementById("edit-error")?.textContent);
+  assert.equal(await alice.textContent("#edit-error"), "Not saved: the new text contains contact details (email address).");
+  await alice.press("#edit-text", "Escape");
+  await alice.waitForSelector("#edit-text", { state: "detached" });
+  assert.equal(await mine.locator(".text").textContent(), "logo note 59");
   for (const page of [alice, bob]) assert.deepEqual(page.problems, []);
 });
