@@ -586,6 +586,7 @@ async function openThread(threadId, { at = null } = {}) {
   renderHeader();
   renderThreads();
   $("log").replaceChildren(h("p", "log-note", "Loading messages…"));
+  $("log").setAttribute("aria-busy", "true");
   renderTyping();
   // The policy may have changed since the list was read.
   chat.refreshThread(threadId).then(() => {
@@ -595,10 +596,13 @@ async function openThread(threadId, { at = null } = {}) {
     await chat.loadMessages(threadId);
     if (at != null) await chat.loadUntil(threadId, at);
   } catch (error) {
+    if (current !== threadId) return;
     $("log").replaceChildren(h("p", "log-note error", `Could not load messages: ${error.message}`));
+    $("log").removeAttribute("aria-busy");
     return;
   }
   if (current !== threadId) return;
+  $("log").removeAttribute("aria-busy");
   const target = at != null && showFound();
   if (!target) {
     renderMessages(true);

@@ -82,6 +82,8 @@ async function accessibility(page) {
 async function openThread(page, threadId) {
   await page.click(`.thread[data-id="${threadId}"]`);
   await page.waitForSelector("#thread-view:not([hidden])");
+  // The log is busy until the thread's messages are loaded and shown.
+  await page.waitForSelector("#log:not([aria-busy])");
 }
 
 test("two people chat: typing, read receipts, typed messages, edit and delete, markup as text", async (t) => {
