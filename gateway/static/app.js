@@ -13,6 +13,8 @@ let current = null;
 let countdown = null;
 let nextCursor = null;
 let loadingOlder = false;
+/** The message a search result opened (`{threadId, seq}`), shown highlighted. */
+let found = null;
 const drafts = new Map();
 
 /** An element with a class and text; children appended. Never parses HTML. */
@@ -103,6 +105,29 @@ function preview(message) {
   }
 }
 
+// ---- the contact guard ---------------------------------------------------
+
+/** What each kind of contact detail is called on the page. */
+const KIND_WORDS = { email: "email address", phone: "phone number", link: "link", handle: "messaging or payment handle" };
+const kindWords = (kinds) => (kinds || []).map((kind) => KIND_WORDS[kind] || kind).join(", ");
+/** What the server puts in place of each finding under the `mask` policy. */
+const MASK = "[contact hidden]";
+
+/**
+ * A message's content as nodes: text, and (in a masked message) each
+ * `[contact hidden]` in a span of its own, so it reads as a placeholder.
+ * Still text either way: nothing here is parsed as HTML.
+ */
+function contentNodes(content, masked) {
+  if (!masked) return [content];
+  const nodes = [];
+  content.split(MASK).forEach((part, i) => {
+    if (i) nodes.push(h("span", "masked", MASK));
+    if (part) nodes.push(part);
+  });
+  return nodes;
+}
+
 // ---- sign in / out -------------------------------------------------------
 
 function showSignIn(error = "") {
@@ -151,6 +176,9 @@ function signOut() {
   chat?.close();
   chat = null;
   current = null;
+  found = null;
+  closeSearch();
+  $("search-q").value = "";
   $("threads").replaceChildren();
   $("thread-view").hidden = true;
   $("empty").hidden = false;
@@ -191,6 +219,18 @@ function wire(client) {
       if (threadId === current) renderMessages(type === "pending" || nearBottom());
     });
   }
+  client.on("send_failed", ({ threadId, code, kinds }) => {
+    if (code !== "contact_blocked") return;
+    // Said once for screen readers; the message itself shows why.
+    if (threadId === current) {
+      const words = kindWords(kinds);
+      $("composer-error").textContent = `Your message was not sent: it contains contact details${words ? ` (${words})` : ""}.`;
+    }
+    // The thread's policy changed since it was read: show the new one.
+    client.refreshThread(threadId).then(() => {
+      if (threadId === current) renderHeader();
+    }, () => {});
+  });
   client.on("typing", ({ threadId }) => {
     if (threadId === current) renderTyping();
   });
@@ -314,14 +354,228 @@ $("new-thread").addEventListener("submit", async (event) => {
   }
 });
 
+// ---- search --------------------------------------------------------------
+
+/** The search on screen: its query, the results so far, the next page's cursor. */
+let search = null;
+/** Bumped by each search, so an answer to an older one is dropped. */
+let searchGeneration = 0;
+let searchTimer = null;
+
+/** Letters folded the way the server folds them: lowercase, no accents. */
+const FOLDS = { "ß": "ss", "æ": "ae", "œ": "oe", "ø": "o", "ł": "l", "đ": "d", "ı": "i" };
+const foldChar = (c) => {
+  const lower = c.toLowerCase();
+  return FOLDS[lower] ?? lower.normalize("NFD").replace(/\p{M}/gu, "");
+};
+const queryWords = (q) => [...q].map(foldChar).join("").split(/[^\p{L}\p{N}]+/u).filter(Boolean);
+
+/** The [start, end) ranges of `text`'s words that start with one of `words`, in order, merged. */
+function matchRanges(text, words) {
+  // The folded text, and where each of its code units came from in `text`.
+  let folded = "";
+  const origin = [];
+  let at = 0;
+  for (const c of text) {
+    const f = foldChar(c);
+    for (let k = 0; k < f.length; k++) origin.push(at);
+    folded += f;
+    at += c.length;
+  }
+  origin.push(text.length);
+  const ranges = [];
+  for (const word of words) {
+    const escaped = word.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+    for (const m of folded.matchAll(new RegExp(`(?<![\\p{L}\\p{N}])${escaped}[\\p{L}\\p{N}]*`, "gu"))) {
+      ranges.push([origin[m.index], origin[m.index + m[0].length]]);
+    }
+  }
+  ranges.sort((a, b) => a[0] - b[0]);
+  const merged = [];
+  for (const range of ranges) {
+    const last = merged.at(-1);
+    if (last && range[0] <= last[1]) last[1] = Math.max(last[1], range[1]);
+    else merged.push([...range]);
+  }
+  return merged;
+}
+
+/** A short piece of `text` around its first match, the matching words in <mark> (as text). */
+function snippet(text, words) {
+  const ranges = matchRanges(text, words);
+  let from = 0;
+  let to = text.length;
+  if (text.length > 140) {
+    const first = ranges[0]?.[0] ?? 0;
+    from = Math.max(0, first - 40);
+    to = Math.min(text.length, from + 140);
+    if (from > 0) from = Math.max(text.lastIndexOf(" ", from) + 1, from - 15);
+  }
+  const node = isolated("span", "hit-text", null);
+  if (from > 0) node.append("…");
+  let at = from;
+  for (const [start, end] of ranges) {
+    if (end <= from || start >= to) continue;
+    const s = Math.max(start, from);
+    const e = Math.min(end, to);
+    if (s > at) node.append(text.slice(at, s));
+    node.append(h("mark", null, text.slice(s, e)));
+    at = e;
+  }
+  if (at < to) node.append(text.slice(at, to));
+  if (to < text.length) node.append("…");
+  return node;
+}
+
+function showSearchError(text) {
+  $("search-error").textContent = text;
+  $("search-q").setAttribute("aria-invalid", text ? "true" : "false");
+}
+
+function setSearching(on) {
+  $("sidebar").classList.toggle("searching", on);
+  $("search-clear").hidden = !on && !$("search-q").value;
+}
+
+/** Starts a search for what is in the box; `explicit` (Enter) also explains a query too short. */
+function startSearch(explicit) {
+  clearTimeout(searchTimer);
+  const q = $("search-q").value.trim();
+  if (!q) {
+    showSearchError("");
+    closeSearch();
+    return;
+  }
+  const length = [...q].length;
+  if (length < 2 || length > 200) {
+    if (explicit || length > 200) {
+      showSearchError(length < 2 ? "Type at least 2 characters to search." : "A search can be at most 200 characters.");
+    }
+    return;
+  }
+  if (search?.q === q && !explicit) return;
+  showSearchError("");
+  runSearch(q, false);
+}
+
+async function runSearch(q, more) {
+  if (!chat) return;
+  const generation = ++searchGeneration;
+  if (!more) {
+    search = { q, results: [], cursor: null, loading: true };
+    $("search-status").textContent = "Searching…";
+    $("search-list").replaceChildren();
+    $("search-more").hidden = true;
+    setSearching(true);
+  }
+  search.loading = true;
+  try {
+    const page = await chat.search(q, { cursor: more ? search.cursor : undefined });
+    if (generation !== searchGeneration) return;
+    search.results.push(...page.results);
+    search.cursor = page.next_cursor;
+    search.loading = false;
+    renderSearch(more);
+    // Threads not in the list yet (it is paged): learn their names.
+    const unknown = [...new Set(page.results.map((r) => r.thread_id))].filter((id) => !chat.thread(id));
+    if (unknown.length) {
+      await Promise.all(unknown.map((id) => chat.refreshThread(id).catch(() => {})));
+      if (generation === searchGeneration) renderSearch(false);
+    }
+  } catch (error) {
+    if (generation !== searchGeneration) return;
+    search.loading = false;
+    $("search-status").textContent = "";
+    showSearchError(error instanceof ChatApiError
+      ? error.message.replace(/^q: /, "Search: ")
+      : `Could not reach the server: ${error.message}`);
+  }
+}
+
+function renderSearch(keepFocus) {
+  if (!search) return;
+  const words = queryWords(search.q);
+  const items = search.results.map(({ thread_id: threadId, message }) => {
+    const thread = chat.thread(threadId);
+    const button = h("button", "hit");
+    button.type = "button";
+    button.dataset.threadId = threadId;
+    button.dataset.seq = String(message.seq);
+    const top = h("span", "hit-top", null,
+      isolated("span", "name", thread ? threadName(thread) : "Conversation"),
+      h("time", "when", listTime(message.created_at)));
+    button.append(top);
+    if (thread?.job_id) button.append(isolated("span", "job-chip", `Job ${thread.job_id}`));
+    const who = message.sender_id === chat.userId ? "You" : message.sender_id || "System";
+    const text = message.content || preview(message);
+    button.append(h("span", "hit-body", null, isolated("span", "hit-sender", `${who}: `), snippet(text, words)));
+    button.addEventListener("click", () => openThread(threadId, { at: message.seq }));
+    return h("li", null, null, button);
+  });
+  const list = $("search-list");
+  const before = list.children.length;
+  list.replaceChildren(...items);
+  const count = search.results.length;
+  $("search-status").textContent = count === 0
+    ? `No messages match “${search.q}”.`
+    : `${count} message${count === 1 ? "" : "s"} found${search.cursor ? ", more available" : ""}.`;
+  $("search-more").hidden = !search.cursor;
+  // After "More results", the keyboard goes on from the first new one.
+  if (keepFocus && items[before]) items[before].querySelector("button").focus();
+}
+
+function closeSearch() {
+  clearTimeout(searchTimer);
+  searchGeneration++;
+  search = null;
+  $("search-list").replaceChildren();
+  $("search-status").textContent = "";
+  setSearching(false);
+}
+
+$("search-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  startSearch(true);
+});
+$("search-q").addEventListener("input", () => {
+  showSearchError("");
+  $("search-clear").hidden = !$("search-q").value;
+  clearTimeout(searchTimer);
+  if (!$("search-q").value.trim()) closeSearch();
+  else searchTimer = setTimeout(() => startSearch(false), 350);
+});
+$("search-q").addEventListener("keydown", (event) => {
+  if (event.key === "Escape" && ($("search-q").value || search)) {
+    event.preventDefault();
+    $("search-q").value = "";
+    showSearchError("");
+    closeSearch();
+  }
+});
+$("search-clear").addEventListener("click", () => {
+  $("search-q").value = "";
+  showSearchError("");
+  closeSearch();
+  $("search-q").focus();
+});
+$("search-more").addEventListener("click", () => {
+  if (search?.cursor && !search.loading) runSearch(search.q, true);
+});
+
 // ---- the open thread -----------------------------------------------------
 
-async function openThread(threadId) {
+/**
+ * Opens a thread; `at` (a seq) shows that message highlighted, loading
+ * older pages until it is there (a search result).
+ */
+async function openThread(threadId, { at = null } = {}) {
   if (current && current !== threadId) {
     drafts.set(current, $("text").value);
     chat.stopTyping(current);
   }
   current = threadId;
+  found = at == null ? null : { threadId, seq: at };
+  $("composer-error").textContent = "";
   cancelEdit();
   $("empty").hidden = true;
   $("thread-view").hidden = false;
@@ -332,22 +586,50 @@ async function openThread(threadId) {
   renderHeader();
   renderThreads();
   $("log").replaceChildren(h("p", "log-note", "Loading messages…"));
+  $("log").setAttribute("aria-busy", "true");
   renderTyping();
+  // The policy may have changed since the list was read.
+  chat.refreshThread(threadId).then(() => {
+    if (current === threadId) renderHeader();
+  }, () => {});
   try {
     await chat.loadMessages(threadId);
+    if (at != null) await chat.loadUntil(threadId, at);
   } catch (error) {
+    if (current !== threadId) return;
     $("log").replaceChildren(h("p", "log-note error", `Could not load messages: ${error.message}`));
+    $("log").removeAttribute("aria-busy");
     return;
   }
   if (current !== threadId) return;
-  renderMessages(true);
+  $("log").removeAttribute("aria-busy");
+  const target = at != null && showFound();
+  if (!target) {
+    renderMessages(true);
+    readIfSeen();
+    $("text").focus();
+  }
+}
+
+/** Scrolls to the highlighted message and focuses it; false if it is not on the page. */
+function showFound() {
+  renderMessages(false);
+  const row = found && $("log").querySelector(`[data-seq="${found.seq}"]`);
+  if (!row) {
+    if (found) alertInLog("That message is no longer in this conversation.");
+    return false;
+  }
+  row.scrollIntoView({ block: "center" });
+  row.focus({ preventScroll: true });
   readIfSeen();
-  $("text").focus();
+  return true;
 }
 
 function renderHeader() {
   const thread = chat.thread(current);
   if (!thread) return;
+  // The header may grow a line: the newest messages stay in view.
+  const stick = nearBottom();
   $("thread-title").textContent = threadName(thread);
   avatar($("thread-avatar"), thread.title || others(thread)[0] || "?");
   const parts = [`With ${others(thread).join(", ") || "nobody else"}`];
@@ -355,6 +637,14 @@ function renderHeader() {
   const online = others(thread).filter((p) => chat.presence(p)?.online);
   if (online.length) parts.push(`${online.join(", ")} online`);
   $("thread-sub").textContent = parts.join(" · ");
+  const policy = thread.contact_policy === "mask"
+    ? "Contact details are hidden in this conversation."
+    : thread.contact_policy === "block"
+      ? "Messages with contact details are not sent in this conversation."
+      : "";
+  $("thread-policy").textContent = policy;
+  $("thread-policy").hidden = !policy;
+  if (stick) $("log").scrollTop = $("log").scrollHeight;
   $("job-id").value = $("job-id").value || thread.job_id || "";
 }
 
@@ -364,6 +654,7 @@ $("back").addEventListener("click", () => {
   chat?.stopTyping(current);
   const leaving = current;
   current = null;
+  found = null;
   renderThreads();
   $("thread-view").hidden = true;
   $("empty").hidden = false;
@@ -434,8 +725,14 @@ function renderMessages(scrollToEnd) {
       lastDay = day;
       lastSender = undefined;
     }
-    nodes.push(renderMessage(message, message.sender_id !== lastSender || message.message_type !== "text",
-      message === latestMine || message.seq == null));
+    const node = renderMessage(message, message.sender_id !== lastSender || message.message_type !== "text",
+      message === latestMine || message.seq == null);
+    if (found && found.threadId === current && message.seq === found.seq) {
+      // The search result: marked, and focusable so the keyboard lands on it.
+      node.classList.add("found");
+      node.tabIndex = -1;
+    }
+    nodes.push(node);
     lastSender = message.message_type === "text" ? message.sender_id : undefined;
   }
   const editingSeq = editing?.seq;
@@ -450,9 +747,12 @@ function renderMessage(message, firstOfGroup, statusInWords) {
     case "dispute":
     case "job_update":
       return typedCard(message);
-    case "system":
-      return h("div", "system-msg", null, isolated("span", "text", message.content),
+    case "system": {
+      const node = h("div", "system-msg", null, isolated("span", "text", message.content),
         h("time", "time", timeFormat.format(new Date(message.created_at))));
+      node.dataset.seq = String(message.seq);
+      return node;
+    }
     default:
       return textMessage(message, firstOfGroup, statusInWords);
   }
@@ -492,6 +792,7 @@ function typedCard(message) {
 
 function textMessage(message, firstOfGroup, statusInWords) {
   const mine = message.sender_id === chat.userId;
+  const masked = message.flags?.length > 0 && message.content.includes(MASK);
   const row = h("div", `msg ${mine ? "mine" : "theirs"}${firstOfGroup ? " first" : ""}`);
   if (message.seq != null) row.dataset.seq = String(message.seq);
   if (message.client_msg_id) row.dataset.clientMsgId = message.client_msg_id;
@@ -501,10 +802,18 @@ function textMessage(message, firstOfGroup, statusInWords) {
     bubble.classList.add("deleted");
     bubble.append(h("p", "text", mine ? "You deleted this message" : "This message was deleted"));
   } else {
-    bubble.append(isolated("p", "text", message.content));
+    const text = isolated("p", "text", null);
+    text.append(...contentNodes(message.content, masked));
+    bubble.append(text);
   }
   if (message.flags?.length && !message.deleted_at) {
-    bubble.append(h("p", "flag", `Contains contact details (${message.flags.join(", ")}). Keep deals on the platform to stay protected.`));
+    // Discreet: a line under the text, saying what was found.
+    const icon = h("span", "flag-icon", "⚠");
+    icon.setAttribute("aria-hidden", "true");
+    const note = h("p", "flag", null, icon,
+      `${masked ? "Contact details hidden" : "Contact details detected"}: ${kindWords(message.flags)}`);
+    note.title = "Keeping payments and contact on the platform keeps you protected if something goes wrong.";
+    bubble.append(note);
   }
   const meta = h("div", "meta", null, h("time", "time", timeFormat.format(new Date(message.created_at))));
   if (message.edited_at && !message.deleted_at) meta.append(h("span", "edited", "edited"));
@@ -521,7 +830,27 @@ function textMessage(message, firstOfGroup, statusInWords) {
   }
   bubble.append(meta);
   row.append(bubble);
-  if (mine && status === "failed") {
+  if (mine && status === "failed" && message.failed?.code === "contact_blocked") {
+    // Refused for good: sending the same text again would be refused again.
+    row.classList.add("blocked");
+    const edit = h("button", "ghost small", "Edit");
+    edit.type = "button";
+    edit.setAttribute("aria-label", "Edit and send again");
+    edit.addEventListener("click", () => {
+      const draft = $("text").value;
+      $("text").value = draft ? `${message.content}\n${draft}` : message.content;
+      chat.discard(message.client_msg_id);
+      autosize();
+      $("text").focus();
+    });
+    const discard = h("button", "ghost small", "Discard");
+    discard.type = "button";
+    discard.addEventListener("click", () => chat.discard(message.client_msg_id));
+    const kinds = kindWords(message.failed.kinds);
+    const why = h("span", "field-error send-error",
+      `This message was not sent: it contains contact details${kinds ? ` (${kinds})` : ""}.`);
+    row.append(h("div", "msg-actions visible", null, why, edit, discard));
+  } else if (mine && status === "failed") {
     const retry = h("button", "ghost small", "Retry");
     retry.type = "button";
     retry.addEventListener("click", () => chat.retry(message.client_msg_id));
@@ -629,7 +958,10 @@ async function saveEdit(value) {
     renderMessages(false);
     $("text").focus();
   } catch (error) {
-    target.error = error.message;
+    const kinds = kindWords(error.message.match(/\(([a-z, ]+)\)\s*$/)?.[1].split(", "));
+    target.error = error.code === "contact_blocked"
+      ? `Not saved: the new text contains contact details${kinds ? ` (${kinds})` : ""}.`
+      : error.message;
     renderMessages(false);
   }
 }
@@ -646,6 +978,7 @@ function cancelEdit() {
 function sendText() {
   const content = $("text").value;
   if (!content.trim() || !current) return;
+  $("composer-error").textContent = "";
   chat.send(current, content);
   $("text").value = "";
   drafts.delete(current);

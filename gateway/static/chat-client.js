@@ -535,6 +535,30 @@ export class ChatClient {
     return thread.hasOlder;
   }
 
+  /**
+   * Loads older pages until message `seq` of a thread is loaded (to show a
+   * search result in place); resolves to whether it is.
+   */
+  async loadUntil(threadId, seq) {
+    const thread = this.#thread(threadId);
+    await this.loadMessages(threadId);
+    while (thread.hasOlder && Math.min(...thread.messages.keys()) > seq) {
+      const oldest = Math.min(...thread.messages.keys());
+      // Big pages: the way back to an old message can be long.
+      const page = await this.#api("GET", `/threads/${enc(threadId)}/messages/?before_seq=${oldest}&limit=200`);
+      this.#storePage(thread, page.results);
+      thread.hasOlder = page.has_more;
+      if (!page.results.length) break;
+    }
+    return thread.messages.has(seq);
+  }
+
+  /** Reads a thread again from the server (its title, participants, `contact_policy`, …). */
+  async refreshThread(threadId) {
+    await this.#fetchThread(threadId);
+    return this.thread(threadId);
+  }
+
   #storePage(thread, results) {
     for (const message of results) {
       if (message.seq <= thread.lastSeq) thread.messages.set(message.seq, message);
@@ -586,7 +610,13 @@ export class ChatClient {
     return message;
   }
 
-  /** Searches the caller's messages (needs a gateway that serves `/api/chat/search/`). */
+  /**
+   * Searches the caller's messages: every word of `q` (2 to 200
+   * characters) must occur, the last one also as the start of a word.
+   * Resolves to `{results: [{thread_id, message}], next_cursor}`, newest
+   * first; pass `next_cursor` back as `cursor` for the next page. A query
+   * out of bounds rejects with a ChatApiError (400, `invalid_request`).
+   */
   async search(q, { threadId, limit, cursor } = {}) {
     const query = new URLSearchParams({ q });
     if (threadId) query.set("thread_id", threadId);
@@ -1020,7 +1050,10 @@ export class ChatClient {
       entry.retryTimer = setTimeout(() => this.#transmit(entry), frame.code === "rate_limited" ? 1000 : 500);
       return;
     }
-    entry.failed = { code: frame.code, message: frame.message };
+    // A refusal is final: the entry stays (failed) until retry() or
+    // discard(), and is not sent again on a reconnect. `contact_blocked`
+    // in particular would be refused again for the same text.
+    entry.failed = { code: frame.code, message: frame.message, kinds: refusedKinds(frame) };
     entry.local.failed = entry.failed;
     entry.reject(new ChatApiError(400, frame.code, frame.message));
     this.#emit("send_failed", {
@@ -1028,6 +1061,8 @@ export class ChatClient {
       clientMsgId: frame.client_msg_id,
       code: frame.code,
       message: frame.message,
+      kinds: entry.failed.kinds,
+      final: true,
     });
   }
 
@@ -1111,6 +1146,16 @@ export class ChatClient {
     thread.typing.delete(userId);
     this.#emit("typing", { threadId: thread.id, userIds: [...thread.typing.keys()] });
   }
+}
+
+/**
+ * The kinds of contact details a `contact_blocked` refusal names ("… (email,
+ * phone)"), or [] for any other refusal.
+ */
+function refusedKinds({ code, message }) {
+  if (code !== "contact_blocked") return [];
+  const listed = /\(([a-z, ]+)\)\s*$/.exec(message || "")?.[1];
+  return listed ? listed.split(",").map((kind) => kind.trim()).filter(Boolean) : [];
 }
 
 function enc(value) {

@@ -1,8 +1,9 @@
 // The gateway's web client (GET /) in a real Chromium, two users in two
 // browser contexts: chatting, typing, read receipts, payment / dispute /
 // job-update messages, edits and deletions, a gateway killed and started
-// again mid-conversation, markup shown as text, phone width, keyboard use
-// and an axe-core accessibility check. Each state is saved as a screenshot
+// again mid-conversation, markup shown as text, search, the contact guard
+// (flagged, masked and blocked messages), phone width, keyboard use and an
+// axe-core accessibility check. Each state is saved as a screenshot
 // in tests/browser/screenshots/ (ignored by git).
 //
 // Runs the real binaries from the Cargo target directory, each test on an
@@ -81,6 +82,8 @@ async function accessibility(page) {
 async function openThread(page, threadId) {
   await page.click(`.thread[data-id="${threadId}"]`);
   await page.waitForSelector("#thread-view:not([hidden])");
+  // The log is busy until the thread's messages are loaded and shown.
+  await page.waitForSelector("#log:not([aria-busy])");
 }
 
 test("two people chat: typing, read receipts, typed messages, edit and delete, markup as text", async (t) => {
@@ -308,5 +311,179 @@ test("phone width: list, thread and back, by a link that signs in; no serious ac
   await page.click("#back");
   await page.waitForSelector("#sidebar", { state: "visible" });
   assert.equal(await page.isVisible(`.thread[data-id="${thread.json.id}"] .unread`), false, "read on opening");
+
+  // Search at phone width: the results fill the list's pane, a result
+  // opens the thread at the message, and back returns to the results.
+  await page.fill("#search-q", "fence quo");
+  await page.press("#search-q", "Enter");
+  await page.waitForSelector("#search-list .hit");
+  assert.equal(await page.textContent("#search-status"), "1 message found.");
+  assert.deepEqual(await page.$$eval("#search-list mark", (marks) => marks.map((m) => m.textContent)), ["fence", "quote"]);
+  assert.ok(await page.evaluate(() => document.documentElement.scrollWidth) <= phone.width, "no sideways scrolling");
+  await shot(page, "19-phone-search");
+  assert.deepEqual(await accessibility(page), []);
+  await page.click("#search-list .hit");
+  await page.waitForSelector("#log .msg.found");
+  assert.equal(await page.isVisible("#sidebar"), false);
+  assert.equal(await page.textContent("#log .msg.found .text"), "Hello! Is the fence quote still valid?");
+  await page.click("#back");
+  await page.waitForSelector("#search-list .hit", { state: "visible" });
   assert.deepEqual(page.problems, []);
+});
+
+test("search finds a message in another thread and opens it there; the contact guard flags, masks and blocks", async (t) => {
+  const s = await stack(t);
+  const gateway = await s.gateway();
+  const browser = await launch(t);
+  const aliceToken = s.token("alice");
+  const bobToken = s.token("bob");
+  const service = s.token("jobs", { role: "service" });
+  const create = async (body) => (await s.api(gateway.url, aliceToken, "POST", "/threads/", body)).json.id;
+  const logo = await create({ participants: ["bob"], job_id: "job-42", title: "Logo design" });
+  const kitchen = await create({ participants: ["bob"], job_id: "job-7", title: "Kitchen remodel" });
+  const post = async (token, threadId, content) => {
+    for (;;) {
+      const sent = await s.api(gateway.url, token, "POST", `/threads/${threadId}/messages/`, { content });
+      // Faster than the gateway's per-user send rate: wait and go on.
+      if (sent.status === 429) {
+        await new Promise((r) => setTimeout(r, 250));
+        continue;
+      }
+      assert.equal(sent.status, 201);
+      return;
+    }
+  };
+  // The match sits in the logo thread, 60 messages back: more than the
+  // first page the page loads.
+  await post(bobToken, logo, "The invoice for the first draft is attached");
+  for (let i = 1; i <= 60; i++) await post(i % 2 ? aliceToken : bobToken, logo, `logo note ${i}`);
+  // 22 matches in the kitchen thread: more than a page of results.
+  for (let i = 1; i <= 22; i++) await post(bobToken, kitchen, `Tile sample ${i} is ready`);
+
+  const alice = await person(t, browser, `${gateway.url}/`, aliceToken);
+  await openThread(alice, kitchen);
+  await alice.waitForSelector("#log .msg .text");
+
+  // Too short: said in place, nothing searched.
+  await alice.fill("#search-q", "i");
+  await alice.press("#search-q", "Enter");
+  assert.equal(await alice.textContent("#search-error"), "Type at least 2 characters to search.");
+  assert.equal(await alice.getAttribute("#search-q", "aria-invalid"), "true");
+  await shot(alice, "13-search-too-short");
+
+  // A word from another thread, in another case: found, with the
+  // thread's title and job, the word marked; clicking opens it there.
+  await alice.fill("#search-q", "INVOICE");
+  await alice.press("#search-q", "Enter");
+  await alice.waitForSelector("#search-list .hit");
+  assert.equal(await alice.textContent("#search-error"), "");
+  assert.equal(await alice.textContent("#search-status"), "1 message found.");
+  assert.equal(await alice.isVisible("#threads"), false, "the results take the list's place");
+  const hit = alice.locator("#search-list .hit");
+  assert.equal(await hit.locator(".name").textContent(), "Logo design");
+  assert.equal(await hit.locator(".job-chip").textContent(), "Job job-42");
+  assert.equal(await hit.locator(".hit-body").textContent(), "bob: The invoice for the first draft is attached");
+  assert.deepEqual(await hit.locator("mark").allTextContents(), ["invoice"]);
+  await shot(alice, "14-search-results");
+  assert.deepEqual(await accessibility(alice), [], "with search results");
+  // Keyboard: Tab from the box to the result, Enter opens it.
+  await alice.focus("#search-q");
+  let focused = "";
+  for (let i = 0; i < 4 && focused !== "hit"; i++) {
+    await alice.keyboard.press("Tab");
+    focused = await alice.evaluate(() => document.activeElement.className);
+  }
+  assert.equal(focused, "hit");
+  await alice.keyboard.press("Enter");
+  await alice.waitForSelector("#log .msg.found");
+  assert.equal(await alice.textContent("#thread-title"), "Logo design");
+  assert.equal(await alice.textContent("#log .msg.found .text"), "The invoice for the first draft is attached");
+  assert.equal(await alice.evaluate(() => document.activeElement.classList.contains("found")), true, "focus is on it");
+  const inView = await alice.$eval("#log .msg.found", (row) => {
+    const box = row.getBoundingClientRect();
+    const log = document.getElementById("log").getBoundingClientRect();
+    return box.top >= log.top && box.bottom <= log.bottom;
+  });
+  assert.equal(inView, true, "scrolled into view");
+  assert.equal((await texts(alice)).length, 61, "the older pages were loaded to reach it");
+  await shot(alice, "15-search-opened");
+
+  // More results than a page: "More results" loads the rest.
+  await alice.fill("#search-q", "tile sam");
+  await alice.press("#search-q", "Enter");
+  await alice.waitForFunction(() => document.getElementById("search-status").textContent === "20 messages found, more available.");
+  await alice.click("#search-more");
+  await alice.waitForFunction(() => document.getElementById("search-status").textContent === "22 messages found.");
+  const samples = await alice.$$eval("#search-list .hit-text", (nodes) => nodes.map((n) => n.textContent));
+  assert.deepEqual(samples, Array.from({ length: 22 }, (_, i) => `Tile sample ${22 - i} is ready`));
+  assert.equal(await alice.isVisible("#search-more"), false);
+  // Escape clears it and the thread list is back.
+  await alice.press("#search-q", "Escape");
+  await alice.waitForSelector("#threads", { state: "visible" });
+  assert.equal(await alice.inputValue("#search-q"), "");
+
+  // The contact guard. Flag (the default): shown as sent, with a warning.
+  const bob = await person(t, browser, `${gateway.url}/`, bobToken);
+  await openThread(bob, logo);
+  await openThread(alice, logo);
+  await bob.fill("#text", "Mail me at bob.builder@example.com");
+  await bob.press("#text", "Enter");
+  await alice.waitForFunction(() => [...document.querySelectorAll("#log .msg")].at(-1)?.querySelector(".text")?.textContent === "Mail me at bob.builder@example.com");
+  assert.equal(await alice.locator("#log .msg").last().locator(".flag").textContent(), "⚠Contact details detected: email address");
+  await bob.waitForFunction(() => [...document.querySelectorAll("#log .msg.mine")].at(-1)?.querySelector(".flag"));
+  await shot(alice, "16-contact-flagged");
+
+  // Mask, set by a service: the other side sees a placeholder, as text.
+  const set = async (policy) => {
+    const answer = await s.api(gateway.url, service, "PUT", `/threads/${logo}/contact-policy/`, { policy });
+    assert.equal(answer.status, 200);
+  };
+  await set("mask");
+  await bob.fill("#text", "Or call +1 415 555 0134 <b>today</b>");
+  await bob.press("#text", "Enter");
+  await alice.waitForFunction(() => [...document.querySelectorAll("#log .msg")].at(-1)?.querySelector(".masked"));
+  assert.equal(await alice.locator("#log .msg").last().locator(".text").textContent(), "Or call [contact hidden] <b>today</b>");
+  assert.deepEqual(await alice.locator("#log .msg").last().locator(".text *").evaluateAll((nodes) => nodes.map((n) => [n.tagName, n.className, n.textContent])),
+    [["SPAN", "masked", "[contact hidden]"]]);
+  assert.equal(await alice.locator("#log .msg").last().locator(".flag").textContent(), "⚠Contact details hidden: phone number");
+  // On opening the thread again its policy is shown.
+  await openThread(alice, kitchen);
+  await openThread(alice, logo);
+  await alice.waitForFunction(() => document.getElementById("thread-policy").textContent === "Contact details are hidden in this conversation.");
+  await shot(alice, "17-contact-masked");
+
+  // Block: the sender's message is refused in place, and nothing arrives.
+  await set("block");
+  await bob.fill("#text", "Text me: bob.builder@example.com");
+  await bob.press("#text", "Enter");
+  await bob.waitForSelector("#log .msg.blocked");
+  assert.equal(await bob.textContent("#log .msg.blocked .send-error"),
+    "This message was not sent: it contains contact details (email address).");
+  assert.equal(await bob.textContent("#log .msg.blocked .status"), "! Not sent");
+  assert.match(await bob.textContent("#composer-error"), /^Your message was not sent: it contains contact details \(email address\)\.$/);
+  await bob.waitForFunction(() => document.getElementById("thread-policy").textContent === "Messages with contact details are not sent in this conversation.");
+  await shot(bob, "18-contact-blocked");
+  assert.deepEqual(await accessibility(bob), [], "with a blocked message");
+  // Edit puts the text back in the composer; the refused echo goes.
+  await bob.locator("#log .msg.blocked").getByRole("button", { name: "Edit and send again" }).click();
+  await bob.waitForSelector("#log .msg.blocked", { state: "detached" });
+  assert.equal(await bob.inputValue("#text"), "Text me: bob.builder@example.com");
+  await bob.fill("#text", "Let's keep it here, then");
+  await bob.press("#text", "Enter");
+  await alice.waitForFunction(() => [...document.querySelectorAll("#log .msg")].at(-1)?.querySelector(".text")?.textContent === "Let's keep it here, then");
+  const last = (await texts(alice)).slice(-3);
+  assert.deepEqual(last, ["Mail me at bob.builder@example.com", "Or call [contact hidden] <b>today</b>", "Let's keep it here, then"]);
+  assert.deepEqual(await accessibility(alice), [], "with flagged and masked messages");
+  // An edit that would add contact details is refused in place too.
+  const mine = alice.locator("#log .msg.mine").last();
+  await mine.hover();
+  await mine.getByRole("button", { name: "Edit message" }).click();
+  await alice.fill("#edit-text", "logo note 59, or mail alice.smith@example.com");
+  await alice.press("#edit-text", "Enter");
+  await alice.waitForFunction(() => document.getElementById("edit-error")?.textContent);
+  assert.equal(await alice.textContent("#edit-error"), "Not saved: the new text contains contact details (email address).");
+  await alice.press("#edit-text", "Escape");
+  await alice.waitForSelector("#edit-text", { state: "detached" });
+  assert.equal(await mine.locator(".text").textContent(), "logo note 59");
+  for (const page of [alice, bob]) assert.deepEqual(page.problems, []);
 });

@@ -1,8 +1,9 @@
 // The browser library (gateway/static/chat-client.js) in Node against a
 // real chat-core and real gateways: delivery in seq order exactly once,
 // local echo confirmed by ack, read cursors and unread counts, typing and
-// its expiry, refused sends, token refresh, and a gateway killed and
-// started again mid-conversation.
+// its expiry, refused sends, token refresh, a gateway killed and started
+// again mid-conversation, search, and a send the contact guard blocks
+// (final: never sent again).
 //
 // Node 20 has WebSocket behind a flag, and reads a `.js` file outside any
 // package as CommonJS unless told to detect modules: scripts/test runs
@@ -309,4 +310,126 @@ test("a gateway killed mid-conversation: the client reconnects, resumes each thr
   const counts = await s.api(first.url, s.token("alice"), "GET", "/unread-count/");
   assert.equal(alice.chat.unread(thread.id), counts.json.threads[thread.id] || 0);
   assert.equal(alice.chat.totalUnread(), counts.json.total);
+});
+
+test("search finds the caller's messages in every thread of theirs, newest first, page by page; a short query is refused", async (t) => {
+  const s = await stack(t);
+  const gateway = await s.gateway();
+  const alice = client(t, gateway.url, s.token("alice"));
+  await alice.chat.connect();
+  const logo = await alice.chat.createThread({ participants: ["bob"], title: "Logo" });
+  const kitchen = await alice.chat.createThread({ participants: ["carol"], title: "Kitchen" });
+  const bobToken = s.token("bob");
+  const carolToken = s.token("carol");
+  const elsewhere = await s.api(gateway.url, bobToken, "POST", "/threads/", { participants: ["carol"] });
+  const post = async (token, threadId, content) => {
+    const sent = await s.api(gateway.url, token, "POST", `/threads/${threadId}/messages/`, { content });
+    assert.equal(sent.status, 201);
+    return sent.json;
+  };
+  await post(s.token("alice"), logo.id, "The invoice is attached");
+  await post(bobToken, logo.id, "Thanks for the Invoice");
+  await post(carolToken, kitchen.id, "Invoices are late again");
+  await post(bobToken, elsewhere.json.id, "an invoice alice must not see");
+  const gone = await post(s.token("alice"), logo.id, "a deleted invoice");
+  assert.equal((await s.api(gateway.url, s.token("alice"), "DELETE", `/messages/${gone.id}/`)).status, 204);
+  await post(carolToken, kitchen.id, "Café opens at nine");
+
+  const hits = (page) => page.results.map((r) => [r.thread_id, r.message.content]);
+  const all = await alice.chat.search("invoice");
+  assert.deepEqual(hits(all), [
+    [kitchen.id, "Invoices are late again"],
+    [logo.id, "Thanks for the Invoice"],
+    [logo.id, "The invoice is attached"],
+  ]);
+  assert.equal(all.next_cursor, null);
+  assert.deepEqual(all.results[0].message.flags, []);
+
+  const first = await alice.chat.search("invoice", { limit: 2 });
+  assert.deepEqual(hits(first), hits(all).slice(0, 2));
+  assert.equal(typeof first.next_cursor, "string");
+  const second = await alice.chat.search("invoice", { limit: 2, cursor: first.next_cursor });
+  assert.deepEqual(hits(second), hits(all).slice(2));
+  assert.equal(second.next_cursor, null);
+
+  assert.deepEqual(hits(await alice.chat.search("INVOICE", { threadId: logo.id })), hits(all).slice(1));
+  assert.deepEqual(hits(await alice.chat.search("cafe op")), [[kitchen.id, "Café opens at nine"]]);
+  assert.deepEqual(hits(await alice.chat.search("invoice late attached")), []);
+
+  await assert.rejects(alice.chat.search("x"),
+    (error) => error instanceof ChatApiError && error.status === 400 && error.code === "invalid_request");
+  await assert.rejects(alice.chat.search("invoice", { threadId: elsewhere.json.id }),
+    (error) => error instanceof ChatApiError && error.status === 404);
+});
+
+test("a send the contact guard blocks fails for good: nothing stored, and it is not sent again after a reconnect", async (t) => {
+  const s = await stack(t);
+  const gateway = await s.gateway();
+  // The service and bob use a second gateway, which stays up.
+  const other = await s.gateway();
+  const alice = client(t, gateway.url, s.token("alice"));
+  const bob = client(t, other.url, s.token("bob"));
+  await Promise.all([alice.chat.connect(), bob.chat.connect()]);
+  const thread = await alice.chat.createThread({ participants: ["bob"], jobId: "job-5" });
+  const service = s.token("jobs", { role: "service" });
+  const policy = async (value) => {
+    const set = await s.api(other.url, service, "PUT", `/threads/${thread.id}/contact-policy/`, { policy: value });
+    assert.equal(set.status, 200);
+    assert.equal(set.json.contact_policy, value);
+  };
+  await policy("block");
+  const errors = [];
+  alice.chat.on("frame", (frame) => {
+    if (frame.type === "error") errors.push(frame);
+  });
+
+  const blocked = alice.chat.send(thread.id, "mail me at alice.smith@example.com");
+  await assert.rejects(blocked.confirmed,
+    (error) => error instanceof ChatApiError && error.code === "contact_blocked");
+  const refusal = "message blocked: it contains contact details (email)";
+  assert.deepEqual(alice.seen.failed, [{
+    threadId: thread.id, clientMsgId: blocked.client_msg_id, code: "contact_blocked",
+    message: refusal, kinds: ["email"], final: true,
+  }]);
+  assert.deepEqual(errors.map((f) => [f.code, f.client_msg_id]), [["contact_blocked", blocked.client_msg_id]]);
+  const [echo] = alice.chat.messages(thread.id);
+  assert.equal(echo.client_msg_id, blocked.client_msg_id);
+  assert.deepEqual(echo.failed, { code: "contact_blocked", message: refusal, kinds: ["email"] });
+  assert.equal(alice.chat.statusOf(thread.id, echo), "failed");
+  assert.equal(alice.chat.unacknowledged, 0);
+  // Over REST the same text is refused with 422.
+  const rest = await s.api(gateway.url, s.token("alice"), "POST", `/threads/${thread.id}/messages/`,
+    { content: "mail me at alice.smith@example.com" });
+  assert.equal(rest.status, 422);
+  assert.equal(rest.json.error.code, "contact_blocked");
+
+  // The gateway goes away and comes back; meanwhile the thread's policy
+  // becomes `mask`, so a re-send of the blocked text would now be stored.
+  await gateway.kill();
+  await until(() => alice.chat.state !== "connected", "alice notices");
+  await policy("mask");
+  await s.gateway(gateway.addr);
+  await until(() => alice.chat.state === "connected", "alice reconnects", 20000);
+  const next = await alice.chat.send(thread.id, "or write to alice.smith@example.com").confirmed;
+  assert.equal(next.seq, 1);
+  assert.equal(next.content, "or write to [contact hidden]");
+  assert.deepEqual(next.flags, ["email"]);
+  await until(() => delivered(bob.seen, thread.id).length === 1, "bob gets the masked one");
+  await new Promise((r) => setTimeout(r, 300));
+  assert.deepEqual(delivered(bob.seen, thread.id), [[1, "or write to [contact hidden]"]]);
+  assert.deepEqual(bob.seen.messages[0].message.flags, ["email"]);
+  assert.equal(errors.length, 1, "the blocked send was not sent again");
+  assert.equal(alice.seen.failed.length, 1);
+  const stored = await s.api(gateway.url, s.token("alice"), "GET", `/threads/${thread.id}/messages/`);
+  assert.deepEqual(stored.json.results.map((m) => [m.seq, m.content]), [[1, "or write to [contact hidden]"]]);
+  // A service reads what was written.
+  const original = await s.api(gateway.url, service, "GET", `/threads/${thread.id}/messages/`);
+  assert.deepEqual(original.json.results.map((m) => m.content), ["or write to alice.smith@example.com"]);
+
+  // The failed echo stays, after what is stored, until the user gives up on it.
+  await alice.chat.loadMessages(thread.id);
+  assert.deepEqual(alice.chat.messages(thread.id).map((m) => [m.seq, m.content]),
+    [[1, "or write to [contact hidden]"], [null, "mail me at alice.smith@example.com"]]);
+  alice.chat.discard(blocked.client_msg_id);
+  assert.deepEqual(alice.chat.messages(thread.id).map((m) => m.seq), [1]);
 });
