@@ -1,4 +1,4 @@
-//! Typed configuration from the environment (SPEC §7). A bad value stops
+//! Typed configuration from the environment (the README's configuration table). A bad value stops
 //! start-up with a message naming the variable.
 
 use std::{net::SocketAddr, time::Duration};

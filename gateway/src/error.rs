@@ -1,4 +1,4 @@
-//! The one place where failures become HTTP responses: SPEC §4's
+//! The one place where failures become HTTP responses: docs/api.md#rest-api's
 //! `{"error": {"code", "message"}}` with its status codes. A 5xx body never
 //! shows internals.
 

@@ -1,4 +1,4 @@
-//! The JSON shapes of SPEC §3 and §4, built from chat-core's protobuf
+//! The JSON shapes of docs/api.md#data-model and #rest-api, built from chat-core's protobuf
 //! messages: every field present, absent values as `null`, timestamps in
 //! RFC 3339 UTC.
 
@@ -184,7 +184,7 @@ fn message_type(value: i32) -> &'static str {
     }
 }
 
-/// A message as SPEC §3 shows it.
+/// A message as docs/api.md#data-model shows it.
 pub fn message(message: &pb::Message) -> Value {
     let metadata = serde_json::from_str::<Value>(&message.metadata_json)
         .ok()
@@ -409,7 +409,7 @@ fn write_str(out: &mut String, value: &str) {
     out.push('"');
 }
 
-/// A thread as SPEC §3 shows it, with the caller's read state and (in
+/// A thread as docs/api.md#data-model shows it, with the caller's read state and (in
 /// lists) the last message.
 pub fn thread(thread: &pb::Thread) -> Value {
     json!({

@@ -1,4 +1,4 @@
-//! chat-gateway: the browser edge (SPEC §4, §5). It holds no chat state:
+//! chat-gateway: the browser edge (docs/api.md#rest-api, #websocket-api). It holds no chat state:
 //! every request becomes chat-core gRPC calls, so any number of replicas
 //! can run.
 

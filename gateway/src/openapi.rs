@@ -1,6 +1,6 @@
-//! `GET /api/openapi.json`: an OpenAPI 3.1 description of SPEC §4, built
+//! `GET /api/openapi.json`: an OpenAPI 3.1 description of docs/api.md#rest-api, built
 //! from [`OPERATIONS`], the same table the tests hold the router to (every
-//! operation listed here must be routed, and every SPEC route listed).
+//! operation listed here must be routed, and every documented route listed).
 
 use serde_json::{Map, Value, json};
 
@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 #[derive(Debug, Clone, Copy)]
 pub struct Operation {
     pub method: &'static str,
-    /// As SPEC §4 writes it, with the trailing slash (which is optional).
+    /// As docs/api.md#rest-api writes it, with the trailing slash (which is optional).
     pub path: &'static str,
     pub summary: &'static str,
     /// Query parameters: (name, schema type, description).

@@ -1,4 +1,4 @@
-//! The REST API of SPEC §4 under `/api/chat/`: each route checks what it
+//! The REST API of docs/api.md#rest-api under `/api/chat/`: each route checks what it
 //! can judge itself (token, JSON types, query parameters), then makes one
 //! chat-core call and shapes the answer.
 

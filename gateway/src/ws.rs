@@ -1,4 +1,4 @@
-//! The WebSockets of SPEC §5: one thread (`/ws/chat/{thread_id}/`) or every
+//! The WebSockets of docs/api.md#websocket-api: one thread (`/ws/chat/{thread_id}/`) or every
 //! thread of the user (`/ws/chat/`), each fed by an upstream [`Feed`].
 //!
 //! One task per socket runs a single loop over the browser's frames, the
@@ -59,7 +59,7 @@ fn frame_span(kind: FrameKind, request_id: &str) -> tracing::Span {
     )
 }
 
-/// Close codes of SPEC §5.
+/// Close codes of docs/api.md#websocket-api.
 pub mod close {
     pub const RESTARTING: u16 = 1012;
     pub const UNAUTHORIZED: u16 = 4401;
@@ -330,7 +330,7 @@ fn status_frame(status: &tonic::Status, client_msg_id: Option<&str>) -> Message 
 }
 
 /// A chat-core event as the browser's frame; `None` for events that have
-/// no frame in SPEC §5.
+/// no frame in docs/api.md#websocket-api.
 fn event_frame(event: &pb::Event) -> Option<Message> {
     let mut frame = ObjectWriter::new();
     match event.kind.as_ref()? {
@@ -424,7 +424,7 @@ impl Session {
     }
 
     /// Sends an event to the browser as its frame (events with no frame in
-    /// SPEC §5 are skipped).
+    /// docs/api.md#websocket-api are skipped).
     async fn forward(&self, socket: &mut WebSocket, event: &pb::Event) -> Result<(), Closing> {
         match event_frame(event) {
             Some(frame) => self.send(socket, frame).await,

@@ -1,12 +1,12 @@
-//! The OpenAPI description covers every route of SPEC §4, and every
+//! The OpenAPI description covers every route of docs/api.md#rest-api, and every
 //! operation it describes is routed.
 
 mod support;
 
 use support::{call, spawn_stack, token};
 
-/// SPEC §4's table, written out independently of the code.
-const SPEC_ROUTES: &[(&str, &str)] = &[
+/// The REST routes of docs/api.md, written out independently of the code.
+const API_ROUTES: &[(&str, &str)] = &[
     ("get", "/api/chat/threads/"),
     ("post", "/api/chat/threads/"),
     ("get", "/api/chat/threads/{id}/"),
@@ -38,7 +38,7 @@ async fn the_description_covers_spec_and_matches_the_router() {
     assert_eq!(answer.status, 200);
     let doc = answer.json;
     assert_eq!(doc["openapi"], "3.1.0");
-    for (method, path) in SPEC_ROUTES {
+    for (method, path) in API_ROUTES {
         let operation = &doc["paths"][path][method];
         assert!(
             operation.is_object(),
@@ -54,7 +54,7 @@ async fn the_description_covers_spec_and_matches_the_router() {
         .sum();
     assert_eq!(
         documented,
-        SPEC_ROUTES.len(),
+        API_ROUTES.len(),
         "nothing undocumented, nothing extra"
     );
     // Every schema reference resolves.

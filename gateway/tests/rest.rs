@@ -1,4 +1,4 @@
-//! Every REST row of SPEC §4 through a real gateway in front of a real
+//! Every REST row of docs/api.md#rest-api through a real gateway in front of a real
 //! chat-core, on both storage backends, with a real HTTP client.
 
 mod support;

@@ -1,4 +1,4 @@
-//! The WebSockets of SPEC §5 through a real gateway and a real chat-core,
+//! The WebSockets of docs/api.md#websocket-api through a real gateway and a real chat-core,
 //! with a real WebSocket client.
 
 mod support;

@@ -1,5 +1,5 @@
 //! A load generator for the gateway's public interface: REST to create
-//! threads, WebSockets (SPEC §5) to send and receive messages. The
+//! threads, WebSockets (docs/api.md#websocket-api) to send and receive messages. The
 //! `ws-load` binary is a command line around [`run`]; tests call [`run`]
 //! in-process.
 //!

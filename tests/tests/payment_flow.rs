@@ -97,7 +97,7 @@ async fn asking_for_a_payment_gets_it_captured_in_the_thread() {
             ))
             .await
             .expect("auth");
-        // Subscribed from here on (SPEC §5): the payment comes after.
+        // Subscribed from here on (docs/api.md#websocket-api): the payment comes after.
         let frame = tokio::time::timeout(Duration::from_secs(20), socket.next())
             .await
             .expect("a frame in time")

@@ -200,7 +200,7 @@ pub struct Answer {
 }
 
 impl Answer {
-    /// Asserts SPEC §4's error shape with `code`, returning the message.
+    /// Asserts docs/api.md#rest-api's error shape with `code`, returning the message.
     pub fn error(&self, status: u16) -> String {
         assert_eq!(self.status, status, "{self:?}");
         let code = self.json["error"]["code"].as_str().expect("error.code");

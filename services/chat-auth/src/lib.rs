@@ -1,4 +1,4 @@
-//! Identity of SPEC §2, shared by chat-core and the gateway: which tokens
+//! Identity of docs/api.md#identity-and-tokens, shared by chat-core and the gateway: which tokens
 //! are accepted, who they name, and development tokens for local use.
 //!
 //! Both services check every token themselves (no trust by network
@@ -49,7 +49,7 @@ impl Identity {
     }
 }
 
-/// The signing algorithms SPEC §2 allows.
+/// The signing algorithms docs/api.md#identity-and-tokens allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JwtAlgorithm {
     /// HMAC-SHA256 with the shared `JWT_SECRET`.
@@ -110,7 +110,7 @@ impl fmt::Debug for JwtKey {
     }
 }
 
-/// How tokens are checked: the `JWT_*` variables of SPEC §7.
+/// How tokens are checked: the `JWT_*` variables of the README's configuration table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JwtSettings {
     /// The one algorithm accepted; tokens naming any other are refused.
@@ -255,7 +255,7 @@ pub enum AuthError {
 
 /// How far, in seconds, `exp`, `nbf` and `iat` may be off the verifier's
 /// clock. One value for all three, so that a token is never valid by one
-/// rule and already or not yet by another; zero because SPEC §2 refuses an
+/// rule and already or not yet by another; zero because docs/api.md#identity-and-tokens refuses an
 /// expired token outright.
 pub const CLOCK_LEEWAY_SECONDS: u64 = 0;
 
@@ -348,7 +348,7 @@ impl TokenVerifier {
                 validation.set_audience(&[audience]);
                 required.push("aud");
             }
-            // SPEC §2: a token carrying `aud` is accepted when no audience
+            // docs/api.md#identity-and-tokens: a token carrying `aud` is accepted when no audience
             // is configured.
             None => validation.validate_aud = false,
         }

@@ -1,4 +1,4 @@
-//! Every way a token can be good or bad (SPEC §2), with real signed tokens.
+//! Every way a token can be good or bad (docs/api.md#identity-and-tokens), with real signed tokens.
 
 use std::time::Duration;
 

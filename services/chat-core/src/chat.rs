@@ -1,5 +1,5 @@
-//! The chat domain: who may do what (SPEC §2) and which inputs are valid
-//! (SPEC §3), over the [`Store`]. Transports call these methods with a
+//! The chat domain: who may do what (docs/api.md#identity-and-tokens) and which inputs are valid
+//! (docs/api.md#data-model), over the [`Store`]. Transports call these methods with a
 //! [`Caller`] and plain values and translate [`ChatError`] once each.
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -27,7 +27,7 @@ use crate::{
 /// its status codes in one place.
 #[derive(Debug, thiserror::Error)]
 pub enum ChatError {
-    /// An input broke a rule of SPEC §3; the message says which.
+    /// An input broke a rule of docs/api.md#data-model; the message says which.
     #[error("{0}")]
     InvalidArgument(String),
     /// No such thread or message, or the caller may not see it: the two are
@@ -121,7 +121,7 @@ pub struct UnreadCounts {
     pub threads: Vec<(Uuid, i64)>,
 }
 
-/// The chat operations of SPEC §6 `ChatService`.
+/// The chat operations of docs/api.md#grpc-api `ChatService`.
 #[derive(Debug, Clone)]
 pub struct Chat {
     store: Store,
@@ -395,7 +395,7 @@ impl Chat {
         title: Option<&str>,
     ) -> Result<ThreadView, ChatError> {
         // Services read threads and post system events; they do not edit
-        // what participants see (SPEC §2).
+        // what participants see (docs/api.md#identity-and-tokens).
         acting_user(caller)?;
         let title = normalize_title(title)?;
         let mut view = self.get_thread(caller, id).await?;

@@ -1,4 +1,4 @@
-//! Typed configuration from the environment (SPEC §7). Every value is
+//! Typed configuration from the environment (the README's configuration table). Every value is
 //! checked at start: a bad one stops start-up with a message naming the
 //! variable, instead of failing later in the middle of traffic.
 
@@ -102,7 +102,7 @@ pub enum TranscriptKeySource {
     Ephemeral,
 }
 
-/// Every environment variable chat-core reads (SPEC §7 and the extras in
+/// Every environment variable chat-core reads (the README's configuration table, and the extras in
 /// the README), so deployments can be checked against it.
 pub const ENVIRONMENT: &[&str] = &[
     "CHAT_CORE_GRPC_ADDR",

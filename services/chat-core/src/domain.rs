@@ -1,5 +1,5 @@
 //! Chat's own vocabulary: threads, messages, who is asking, and the rules of
-//! SPEC §3 that every input must pass. Nothing here knows about gRPC or SQL,
+//! docs/api.md#data-model that every input must pass. Nothing here knows about gRPC or SQL,
 //! so the same rules hold whichever transport or database is in front.
 
 use std::fmt;
@@ -45,7 +45,7 @@ impl Caller {
     }
 }
 
-/// The kinds of message of SPEC §3. Users post `Text` only.
+/// The kinds of message of docs/api.md#data-model. Users post `Text` only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MessageKind {
     Text,
@@ -206,7 +206,7 @@ impl Message {
 /// Metadata stored when a message has none.
 pub const EMPTY_METADATA: &str = "{}";
 
-/// Limits of SPEC §3.
+/// Limits of docs/api.md#data-model.
 pub mod limits {
     pub const MIN_PARTICIPANTS: usize = 2;
     pub const MAX_PARTICIPANTS: usize = 50;
@@ -221,7 +221,7 @@ pub mod limits {
     pub const MAX_MESSAGE_PAGE: u32 = 200;
 }
 
-/// A rule of SPEC §3 that an input broke; the text is shown to the caller.
+/// A rule of docs/api.md#data-model that an input broke; the text is shown to the caller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct Invalid(pub String);
@@ -393,7 +393,7 @@ pub fn validate_seq(field: &str, seq: i64) -> Result<(), Invalid> {
 }
 
 /// A UUID given by a caller. A malformed id names no thread, so callers
-/// answer it like an unknown one (NOT_FOUND) where SPEC asks them to reveal
+/// answer it like an unknown one (NOT_FOUND) where the API asks them to reveal
 /// nothing; this parser only says whether it is well formed.
 pub fn parse_id(id: &str) -> Option<Uuid> {
     Uuid::parse_str(id).ok()

@@ -22,7 +22,7 @@ use crate::{
     },
 };
 
-/// Checks the `authorization` metadata of every call (SPEC §2) and hands
+/// Checks the `authorization` metadata of every call (docs/api.md#identity-and-tokens) and hands
 /// the [`Caller`] to the service through the request's extensions. A token
 /// is verified again here even when the gateway already did: chat-core
 /// trusts no one by network position.

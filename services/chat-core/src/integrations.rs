@@ -1,5 +1,5 @@
 //! Where the marketplace's dispute, payment and job services meet the
-//! people in a thread (SPEC §6 `IntegrationService`). Each operation writes
+//! people in a thread (docs/api.md#grpc-api `IntegrationService`). Each operation writes
 //! a typed message and, in the same transaction, an integration event (the
 //! outbox): there is no moment where one exists without the other.
 //!

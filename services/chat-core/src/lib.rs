@@ -1,4 +1,4 @@
-//! chat-core: the gRPC service that owns all chat state (SPEC §1).
+//! chat-core: the gRPC service that owns all chat state (docs/architecture.md#parts).
 //!
 //! Layers, outermost first: [`startup`] wires configuration, storage and
 //! servers; [`grpc`] and [`http`] are the transports; [`chat`] holds the

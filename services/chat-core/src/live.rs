@@ -1,4 +1,4 @@
-//! Live subscriptions (SPEC §5, §6 `Subscribe`): stored messages after
+//! Live subscriptions (docs/api.md#websocket-api, #grpc-api `Subscribe`): stored messages after
 //! `since_seq` first, then live events, with no gap, no duplicate and seq
 //! order per thread, and typing indicators that expire.
 //!

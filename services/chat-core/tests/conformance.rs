@@ -1,5 +1,5 @@
-//! The conformance suite: every ChatService RPC and every rule of SPEC §2,
-//! §3 and §6, run unchanged against both storage backends through a real
+//! The conformance suite: every ChatService RPC and every rule of docs/api.md
+//! (identity, data model, gRPC), run unchanged against both storage backends through a real
 //! gRPC client. Each test gets its own database.
 
 mod support;

@@ -391,11 +391,15 @@ async fn a_policy_set_on_one_replica_holds_on_another() {
     set_policy(&mut a.service("job-service").await, &t.id, Some("block")).await;
     let err = try_send(&mut alice_on_b, &t.id, CONTACT).await.unwrap_err();
     assert_eq!(
-        err.metadata().get("chat-error-code").and_then(|v| v.to_str().ok()),
+        err.metadata()
+            .get("chat-error-code")
+            .and_then(|v| v.to_str().ok()),
         Some("contact_blocked")
     );
     set_policy(&mut b.service("job-service").await, &t.id, Some("mask")).await;
-    let sent = try_send(&mut a.user("alice").await, &t.id, CONTACT).await.unwrap();
+    let sent = try_send(&mut a.user("alice").await, &t.id, CONTACT)
+        .await
+        .unwrap();
     assert_eq!(sent.content, "sure, mail me at [contact hidden]");
     let by_bob_on_b = messages(&mut b.user("bob").await, &t.id).await;
     assert_eq!(by_bob_on_b[0].content, "sure, mail me at [contact hidden]");

@@ -1,4 +1,4 @@
-//! `IntegrationService` (SPEC §6): typed messages and their outbox events,
+//! `IntegrationService` (docs/api.md#grpc-api): typed messages and their outbox events,
 //! written in one transaction, on both storage backends.
 
 mod support;

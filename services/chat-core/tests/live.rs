@@ -1,4 +1,4 @@
-//! Live events through `Subscribe` and `SetTyping` (SPEC §5, §6), on both
+//! Live events through `Subscribe` and `SetTyping` (docs/api.md#websocket-api, #grpc-api), on both
 //! storage backends, through a real gRPC client.
 
 mod support;

@@ -1,4 +1,4 @@
-//! Read-path benchmark for the gateway's REST interface (SPEC §8 "Reads"):
+//! Read-path benchmark for the gateway's REST interface (the read service level, docs/architecture.md#service-levels):
 //! one user's thread list with unread counts, and message pages, timed
 //! call by call over keep-alive HTTP/1.1 connections. Prints one JSON line
 //! of latency figures (milliseconds) per kind of read.

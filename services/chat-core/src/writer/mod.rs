@@ -3,7 +3,7 @@
 //!
 //! One transaction per message caps throughput at the database's commit
 //! rate (about 2,400/s on PostgreSQL, 1,700/s on SQLite here), well below
-//! the 10,000 messages/s of SPEC §8. So the writer queues concurrent
+//! the 10,000 messages/s of docs/architecture.md#service-levels. So the writer queues concurrent
 //! appends and commits whatever is queued as one transaction (group
 //! commit): under load each commit carries many messages, while an idle
 //! writer commits a lone message at once, adding no latency.
