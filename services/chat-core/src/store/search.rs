@@ -8,6 +8,12 @@ use super::{MESSAGE_COLUMNS, Store, StoreError, message_at};
 use crate::domain::{Message, UnixMicros};
 use crate::search::SearchTerms;
 
+/// How many of the newest messages a search across threads reads, in
+/// turn, before it turns to the text index (see
+/// [`Store::search_messages`]): enough for words in one message in a
+/// thousand of the caller's.
+const RECENT_WINDOWS: [i64; 2] = [2_000, 20_000];
+
 /// Whose messages a search looks through.
 #[derive(Debug, Clone, Copy)]
 pub enum SearchScope<'a> {
@@ -69,12 +75,9 @@ impl Store {
         if !include_deleted {
             filters.push_str(" AND m.deleted_at IS NULL");
         }
-        let (at, id) = (param(), param());
-        filters.push_str(&format!(
-            " AND (m.created_at, m.id) < ({at}, {id}) \
-             ORDER BY m.created_at DESC, m.id DESC LIMIT {}",
-            param()
-        ));
+        let (at, id, limit_param) = (param(), param(), param());
+        let cursor_cond = format!("(m.created_at, m.id) < ({at}, {id})");
+        let order = format!("ORDER BY m.created_at DESC, m.id DESC LIMIT {limit_param}");
         macro_rules! run {
             ($sql:expr, $query_text:expr, $pool:expr) => {{
                 let mut query = sqlx::query($sql).bind($query_text);
@@ -96,10 +99,45 @@ impl Store {
             }};
         }
         let rows = match self {
+            Store::Postgres(backend) if thread.is_none() => {
+                // Across many threads, no one plan suits every word: a
+                // common word is best found walking back in time until a
+                // page is full, a rare one through the text index. So the
+                // newest messages are tried first; when they hold a full
+                // page, it is the answer (every message outside them is
+                // older). Otherwise the text index (or, for a user with
+                // few threads, their threads' messages: the planner
+                // chooses) finds the rest; `+ 0` keeps it off the time
+                // index, whose walk would visit every message for a rare
+                // word.
+                let mut found = Vec::new();
+                for window in RECENT_WINDOWS {
+                    let recent = format!(
+                        "SELECT {MESSAGE_COLUMNS} FROM (SELECT * FROM messages m \
+                         WHERE {cursor_cond} ORDER BY m.created_at DESC, m.id DESC \
+                         LIMIT {window}) m \
+                         WHERE m.search @@ to_tsquery('simple', $1){filters} {order}"
+                    );
+                    found = run!(&recent, terms.tsquery(), &backend.pool);
+                    if found.len() >= limit as usize {
+                        break;
+                    }
+                }
+                if found.len() >= limit as usize {
+                    found
+                } else {
+                    let indexed = format!(
+                        "SELECT {MESSAGE_COLUMNS} FROM messages m \
+                         WHERE m.search @@ to_tsquery('simple', $1){filters} AND {cursor_cond} \
+                         ORDER BY m.created_at + 0 DESC, m.id DESC LIMIT {limit_param}"
+                    );
+                    run!(&indexed, terms.tsquery(), &backend.pool)
+                }
+            }
             Store::Postgres(backend) => {
                 let sql = format!(
                     "SELECT {MESSAGE_COLUMNS} FROM messages m \
-                     WHERE m.search @@ to_tsquery('simple', $1){filters}"
+                     WHERE m.search @@ to_tsquery('simple', $1){filters} AND {cursor_cond} {order}"
                 );
                 run!(&sql, terms.tsquery(), &backend.pool)
             }
@@ -107,7 +145,7 @@ impl Store {
                 let sql = format!(
                     "SELECT {MESSAGE_COLUMNS} FROM message_search s \
                      JOIN messages m ON m.rowid = s.rowid \
-                     WHERE message_search MATCH $1{filters}"
+                     WHERE message_search MATCH $1{filters} AND {cursor_cond} {order}"
                 );
                 run!(&sql, terms.fts5(), &backend.reader)
             }
