@@ -50,6 +50,10 @@ impl Application {
             .await
             .with_context(|| format!("binding GATEWAY_ADDR {}", settings.addr))?;
         let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let presence = crate::upstream::PresenceReporter::new();
+        let user_sockets =
+            edge::UserSockets::new(settings.max_sockets_per_user, Some(presence.clone()));
+        upstream.report_presence(&presence, Arc::downgrade(&user_sockets), shutdown.clone());
         Ok(Application {
             listener,
             state: AppState {
@@ -66,7 +70,7 @@ impl Application {
                 )),
                 ws_ping: settings.ws_ping,
                 ws_send_timeout: settings.ws_send_timeout,
-                user_sockets: edge::UserSockets::new(settings.max_sockets_per_user),
+                user_sockets,
                 connections: chat_runtime::connections::ConnectionLimiter::new(
                     "chat-gateway",
                     settings.max_connections,

@@ -28,6 +28,7 @@ const SPEC_ROUTES: &[(&str, &str)] = &[
     ("get", "/api/chat/search/"),
     ("get", "/api/chat/threads/{id}/transcript/"),
     ("get", "/api/chat/transcript-keys/"),
+    ("get", "/api/chat/presence/"),
 ];
 
 #[tokio::test]

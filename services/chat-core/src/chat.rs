@@ -124,6 +124,8 @@ pub struct Chat {
     caps: std::sync::Arc<crate::caps::Caps>,
     /// Signs transcript exports; set by [`Chat::with_transcript_signer`].
     signer: Option<std::sync::Arc<crate::transcript::signing::TranscriptSigner>>,
+    /// Presence and reminders (see [`crate::presence`]).
+    presence: crate::presence::Presence,
 }
 
 fn thread_id(id: &str) -> Result<Uuid, ChatError> {
@@ -173,13 +175,28 @@ impl Chat {
     /// Chat over `store`, publishing live events through `live`.
     pub fn new(store: Store, live: LiveEvents) -> Self {
         let writer = MessageWriter::new(store.clone(), live.clone());
+        let presence =
+            crate::presence::Presence::new(store.clone(), live.clone(), Default::default());
         Chat {
             store,
             writer,
             live,
             caps: crate::caps::Caps::new(crate::caps::CapSettings::default()),
             signer: None,
+            presence,
         }
+    }
+
+    /// The same, with presence timed by `settings` instead of the defaults.
+    pub fn with_presence(mut self, settings: crate::presence::PresenceSettings) -> Self {
+        self.presence =
+            crate::presence::Presence::new(self.store.clone(), self.live.clone(), settings);
+        self
+    }
+
+    /// Presence and reminders.
+    pub fn presence(&self) -> &crate::presence::Presence {
+        &self.presence
     }
 
     /// The same, with per-user caps of `settings` instead of the defaults.

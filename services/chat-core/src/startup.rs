@@ -46,6 +46,7 @@ pub struct Application {
     first_request_timeout: Duration,
     drain: Duration,
     signer: Arc<TranscriptSigner>,
+    presence: crate::presence::PresenceSettings,
 }
 
 impl Application {
@@ -127,6 +128,7 @@ impl Application {
             first_request_timeout: settings.first_request_timeout,
             drain: settings.drain,
             signer,
+            presence: settings.presence,
         })
     }
 
@@ -163,7 +165,9 @@ impl Application {
         let live = LiveEvents::new(self.store.clone(), self.bus, stop_rx.clone());
         let chat = Chat::new(self.store.clone(), live)
             .with_caps(self.caps)
-            .with_transcript_signer(self.signer);
+            .with_transcript_signer(self.signer)
+            .with_presence(self.presence);
+        chat.presence().spawn(stop_rx.clone());
         let writer = chat.writer().clone();
         let integrations = IntegrationGrpc::new(Integrations::new(
             chat.writer().clone(),

@@ -355,9 +355,11 @@ const THREAD_COLUMNS: &str =
     "t.id, t.job_id, t.title, t.created_by, t.created_at, t.last_message_at, t.last_seq";
 const THREAD_COLUMN_COUNT: usize = 7;
 
+mod presence;
 mod search;
 mod transcript;
 
+pub use presence::{PresenceChange, PresenceReport, PresenceState, Reminder};
 pub use search::{SearchCursor, SearchScope};
 pub use transcript::{StoredEntry, StoredTranscript};
 
@@ -437,6 +439,11 @@ const POSTGRES_MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations(&[
         "transcripts and search",
         include_str!("../../../migrations/postgres/0003_transcripts_and_search.sql"),
     ),
+    (
+        5,
+        "presence and reminders",
+        include_str!("../../../migrations/postgres/0005_presence_and_reminders.sql"),
+    ),
 ]);
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations(&[
@@ -454,6 +461,11 @@ const SQLITE_MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations(&[
         3,
         "transcripts and search",
         include_str!("../../../migrations/sqlite/0003_transcripts_and_search.sql"),
+    ),
+    (
+        5,
+        "presence and reminders",
+        include_str!("../../../migrations/sqlite/0005_presence_and_reminders.sql"),
     ),
 ]);
 
