@@ -320,6 +320,11 @@ mod tests {
                 last_seen_at: Some(1_700_000_002_000_003),
             },
         ] {
+            // Presence belongs to no thread.
+            let thread_id = match kind {
+                EventKind::Presence { .. } => Uuid::nil(),
+                _ => thread_id,
+            };
             let event = ChatEvent { thread_id, kind };
             let wire = event_to_proto(&event, &service).unwrap();
             assert_eq!(event_from_proto(wire).unwrap(), event);
