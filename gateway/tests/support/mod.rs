@@ -65,6 +65,11 @@ pub struct TestStack {
 }
 
 impl TestStack {
+    /// The chat-core URL, for more gateways in front of it.
+    pub fn core_url(&self) -> String {
+        format!("http://{}", self.core)
+    }
+
     /// Sends the gateway its shutdown signal, as SIGTERM would.
     pub fn stop_gateway(&mut self) {
         if let Some(stop) = self.gateway_stop.take() {
@@ -112,7 +117,11 @@ pub async fn spawn_stack_with(postgres: bool, extra: &[(&'static str, &str)]) ->
     core_vars.extend(
         extra
             .iter()
-            .filter(|(k, _)| k.starts_with("CHAT_CORE_"))
+            .filter(|(k, _)| {
+                ["CHAT_CORE_", "PRESENCE_", "REMINDER_"]
+                    .iter()
+                    .any(|prefix| k.starts_with(prefix))
+            })
             .map(|(k, v)| (*k, (*v).to_owned())),
     );
     let core_settings =
