@@ -65,7 +65,10 @@ async fn user_socket(stack: &TestStack, user: &str) -> Socket {
 
 async fn user_socket_on(gateway: std::net::SocketAddr, secret: &str, user: &str) -> Socket {
     let url = format!("ws://{gateway}/ws/chat/?token={}", token(secret, user));
-    let mut socket = tokio_tungstenite::connect_async(url).await.expect("upgrade").0;
+    let mut socket = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("upgrade")
+        .0;
     // Subscribed once a pong comes back.
     support::ws::send(&mut socket, json!({"type": "ping"})).await;
     assert_eq!(next(&mut socket).await["type"], "pong");
@@ -104,9 +107,16 @@ async fn co_participants_get_presence_frames_without_flapping(stack: TestStack) 
     let mut carol = user_socket(&stack, "carol").await;
 
     let alice = user_socket(&stack, "alice").await;
-    let online = json!({"type": "presence", "user_id": "alice", "online": true, "last_seen_at": null});
-    assert_eq!(presence_frame(&mut bob, Duration::from_secs(3)).await, Some(online.clone()));
-    assert_eq!(presence_frame(&mut bob_thread, Duration::from_secs(3)).await, Some(online));
+    let online =
+        json!({"type": "presence", "user_id": "alice", "online": true, "last_seen_at": null});
+    assert_eq!(
+        presence_frame(&mut bob, Duration::from_secs(3)).await,
+        Some(online.clone())
+    );
+    assert_eq!(
+        presence_frame(&mut bob_thread, Duration::from_secs(3)).await,
+        Some(online)
+    );
 
     // A second socket of alice, and a reconnect within the grace period:
     // no frame for anyone.
@@ -115,7 +125,10 @@ async fn co_participants_get_presence_frames_without_flapping(stack: TestStack) 
     drop(second);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let alice = user_socket(&stack, "alice").await;
-    assert_eq!(presence_frame(&mut bob, Duration::from_millis(2000)).await, None);
+    assert_eq!(
+        presence_frame(&mut bob, Duration::from_millis(2000)).await,
+        None
+    );
 
     // She leaves: offline once the grace period has passed.
     let mut alice = alice;
@@ -124,13 +137,19 @@ async fn co_participants_get_presence_frames_without_flapping(stack: TestStack) 
     let offline = presence_frame(&mut bob, Duration::from_secs(4))
         .await
         .expect("offline frame");
-    assert!(left.elapsed() >= Duration::from_millis(900), "not before the grace period ended");
+    assert!(
+        left.elapsed() >= Duration::from_millis(900),
+        "not before the grace period ended"
+    );
     assert_eq!(offline["user_id"], "alice");
     assert_eq!(offline["online"], false);
     let seen = offline["last_seen_at"].as_str().expect("an RFC 3339 time");
     assert!(seen.ends_with('Z') && seen.contains('T'), "{seen}");
     // Carol shares no thread with alice.
-    assert_eq!(presence_frame(&mut carol, Duration::from_millis(200)).await, None);
+    assert_eq!(
+        presence_frame(&mut carol, Duration::from_millis(200)).await,
+        None
+    );
 }
 
 async fn presence_is_answered_for_co_participants_only(stack: TestStack) {
@@ -167,7 +186,10 @@ async fn presence_is_answered_for_co_participants_only(stack: TestStack) {
 
 async fn bad_presence_queries_are_400(stack: TestStack) {
     let bob = token(&stack.secret, "bob");
-    let many = (0..101).map(|i| format!("u{i}")).collect::<Vec<_>>().join(",");
+    let many = (0..101)
+        .map(|i| format!("u{i}"))
+        .collect::<Vec<_>>()
+        .join(",");
     for query in [
         "".to_owned(),
         "?users=".to_owned(),
@@ -187,7 +209,14 @@ async fn bad_presence_queries_are_400(stack: TestStack) {
         assert_eq!(answer.json["error"]["code"], "invalid_request", "{query}");
         assert!(answer.json["error"]["message"].is_string());
     }
-    let answer = call(stack.gateway, "GET", "/api/chat/presence/?users=a", None, None).await;
+    let answer = call(
+        stack.gateway,
+        "GET",
+        "/api/chat/presence/?users=a",
+        None,
+        None,
+    )
+    .await;
     assert_eq!(answer.status, 401);
 }
 
@@ -198,7 +227,9 @@ async fn a_gateway_that_goes_away_takes_its_users_offline(mut stack: TestStack) 
     let mut bob = user_socket_on(other, &stack.secret, "bob").await;
     let _alice = user_socket(&stack, "alice").await;
     assert_eq!(
-        presence_frame(&mut bob, Duration::from_secs(3)).await.unwrap()["online"],
+        presence_frame(&mut bob, Duration::from_secs(3))
+            .await
+            .unwrap()["online"],
         true
     );
     // The first gateway goes away; whatever it says on the way out, its
