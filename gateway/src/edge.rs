@@ -139,6 +139,23 @@ impl UserSockets {
         })
     }
 
+    /// Presence reports sent to chat-core and the transitions they
+    /// carried, as `/metrics` lines.
+    pub fn render_presence(&self, out: &mut String) {
+        if let Some(presence) = &self.presence {
+            let (reports, transitions) = presence.counts();
+            let _ = write!(
+                out,
+                "# HELP chat_gateway_presence_reports_total Presence reports sent to chat-core (transitions and lease renewals).\n\
+                 # TYPE chat_gateway_presence_reports_total counter\n\
+                 chat_gateway_presence_reports_total {reports}\n\
+                 # HELP chat_gateway_presence_transitions_total Users reported online (first socket here) or offline (last socket here).\n\
+                 # TYPE chat_gateway_presence_transitions_total counter\n\
+                 chat_gateway_presence_transitions_total {transitions}\n"
+            );
+        }
+    }
+
     /// Every user holding a socket here, with the token of their latest.
     pub fn holders(&self) -> Vec<(String, std::sync::Arc<str>)> {
         self.open

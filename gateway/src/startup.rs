@@ -222,6 +222,7 @@ async fn render_metrics(State(state): State<AppState>) -> Response {
         .metrics
         .render(state.open_sockets.load(Ordering::Acquire));
     state.connections.render("chat_gateway", &mut body);
+    state.user_sockets.render_presence(&mut body);
     (
         [(
             http::header::CONTENT_TYPE,

@@ -50,6 +50,7 @@ struct Shared {
     pending: Mutex<Pending>,
     wake: Notify,
     reports: AtomicU64,
+    transitions: AtomicU64,
 }
 
 /// Collects this gateway's presence transitions for chat-core. Cheap to
@@ -75,6 +76,7 @@ impl PresenceReporter {
                 pending: Mutex::default(),
                 wake: Notify::new(),
                 reports: AtomicU64::new(0),
+                transitions: AtomicU64::new(0),
             }),
         }
     }
@@ -98,9 +100,13 @@ impl PresenceReporter {
         self.shared.wake.notify_one();
     }
 
-    /// Reports sent so far (for `/metrics`).
-    pub fn reports(&self) -> u64 {
-        self.shared.reports.load(Ordering::Relaxed)
+    /// Reports sent so far, and the user transitions they carried (for
+    /// `/metrics`).
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.shared.reports.load(Ordering::Relaxed),
+            self.shared.transitions.load(Ordering::Relaxed),
+        )
     }
 
     /// Sends transitions and renews the lease until `shutdown`, over
@@ -216,6 +222,9 @@ impl Task {
                 Ok(response) => {
                     let response = response.into_inner();
                     self.shared.reports.fetch_add(1, Ordering::Relaxed);
+                    self.shared
+                        .transitions
+                        .fetch_add(tail.len() as u64, Ordering::Relaxed);
                     lease_was_live &= response.lease_was_live;
                     if response.renew_after_ms > 0 {
                         self.renew_after =

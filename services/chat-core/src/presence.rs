@@ -16,7 +16,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use crate::{
@@ -92,7 +92,14 @@ pub struct Presence {
     store: Store,
     live: LiveEvents,
     settings: PresenceSettings,
+    /// Committed changes, announced in order by one task per replica, so
+    /// a report is answered once it is stored, not once thousands of
+    /// users' audiences are read.
+    announcer: mpsc::UnboundedSender<Vec<PresenceChange>>,
 }
+
+/// Users whose audiences are read in one query.
+const ANNOUNCE_BATCH: usize = 500;
 
 fn micros(duration: Duration) -> i64 {
     i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
@@ -109,10 +116,13 @@ fn valid_gateway_id(id: &str) -> bool {
 impl Presence {
     /// Presence over `store`, announcing through `live`.
     pub fn new(store: Store, live: LiveEvents, settings: PresenceSettings) -> Self {
+        let (announcer, changes) = mpsc::unbounded_channel();
+        tokio::spawn(announce(store.clone(), live.clone(), changes));
         Presence {
             store,
             live,
             settings,
+            announcer,
         }
     }
 
@@ -148,34 +158,14 @@ impl Presence {
                 &report.offline,
             )
             .await?;
-        for change in applied.changes {
-            self.announce(change).await;
-        }
+        self.announce(applied.changes);
         Ok(applied.lease_was_live)
     }
 
-    /// Tells everyone who shares a thread with the user, on their
-    /// user-wide topic: one event per co-participant however many threads
-    /// they share, and none per thread.
-    async fn announce(&self, change: PresenceChange) {
-        let audience = match self.store.co_participants(&change.user_id).await {
-            Ok(audience) => audience,
-            Err(err) => {
-                tracing::warn!(error = %err, "presence: cannot read co-participants; change not announced");
-                return;
-            }
-        };
-        tracing::debug!(user = %change.user_id, online = change.online, audience = audience.len(), "presence changed");
-        let event = Arc::new(ChatEvent {
-            thread_id: Uuid::nil(),
-            kind: EventKind::Presence {
-                user_id: change.user_id,
-                online: change.online,
-                last_seen_at: change.last_seen_at,
-            },
-        });
-        for user in audience {
-            self.live.bus().publish(&Topic::User(user), event.clone());
+    /// Hands committed changes to the announcer.
+    fn announce(&self, changes: Vec<PresenceChange>) {
+        if !changes.is_empty() && self.announcer.send(changes).is_err() {
+            tracing::warn!("presence announcer stopped; changes not announced");
         }
     }
 
@@ -237,11 +227,7 @@ impl Presence {
                 .sweep_presence(now, now - micros(self.settings.grace))
                 .await
             {
-                Ok(changes) => {
-                    for change in changes {
-                        self.announce(change).await;
-                    }
-                }
+                Ok(changes) => self.announce(changes),
                 Err(err) => tracing::warn!(error = %err, "presence sweep failed; trying again"),
             }
         }
@@ -282,6 +268,51 @@ impl Presence {
                         tracing::warn!(error = %err, "reminder scan failed; trying again");
                         break;
                     }
+                }
+            }
+        }
+    }
+}
+
+/// Tells everyone who shares a thread with each changed user, on their
+/// user-wide topic: one event per (user, co-participant) however many
+/// threads they share, and none per thread; the audiences of up to
+/// [`ANNOUNCE_BATCH`] users are read in one query.
+async fn announce(
+    store: Store,
+    live: LiveEvents,
+    mut changes: mpsc::UnboundedReceiver<Vec<PresenceChange>>,
+) {
+    while let Some(batch) = changes.recv().await {
+        for chunk in batch.chunks(ANNOUNCE_BATCH) {
+            let users: Vec<String> = chunk.iter().map(|c| c.user_id.clone()).collect();
+            let audiences = match store.co_participants_of(&users).await {
+                Ok(audiences) => audiences,
+                Err(err) => {
+                    tracing::warn!(error = %err, users = users.len(), "presence: cannot read co-participants; changes not announced");
+                    continue;
+                }
+            };
+            let mut by_user: std::collections::HashMap<&str, Vec<&str>> =
+                std::collections::HashMap::new();
+            for (user, audience) in &audiences {
+                by_user.entry(user).or_default().push(audience);
+            }
+            for change in chunk {
+                let Some(audience) = by_user.get(change.user_id.as_str()) else {
+                    continue;
+                };
+                let event = Arc::new(ChatEvent {
+                    thread_id: Uuid::nil(),
+                    kind: EventKind::Presence {
+                        user_id: change.user_id.clone(),
+                        online: change.online,
+                        last_seen_at: change.last_seen_at,
+                    },
+                });
+                for user in audience {
+                    live.bus()
+                        .publish(&Topic::User((*user).to_owned()), event.clone());
                 }
             }
         }

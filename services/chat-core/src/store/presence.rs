@@ -323,19 +323,29 @@ impl Store {
         })
     }
 
-    /// Everyone who shares a thread with `user`, each once, `user` left
-    /// out: who hears about `user`'s presence. One query per announcement,
-    /// however many threads the user has.
-    pub async fn co_participants(&self, user: &str) -> Result<Vec<String>, StoreError> {
+    /// For each of `users`, everyone who shares a thread with them, each
+    /// once, themselves left out: who hears about their presence. Pairs
+    /// (user, co-participant), in one query however many threads and
+    /// users.
+    pub async fn co_participants_of(
+        &self,
+        users: &[String],
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
         with_pools!(self, |reader, writer, Db| {
-            let rows: Vec<String> = sqlx::query_scalar(
-                "SELECT DISTINCT q.user_id FROM thread_participants p \
+            let mut query = QueryBuilder::<Db>::new(
+                "SELECT DISTINCT p.user_id, q.user_id FROM thread_participants p \
                  JOIN thread_participants q ON q.thread_id = p.thread_id \
-                 WHERE p.user_id = $1 AND q.user_id <> $1",
-            )
-            .bind(user)
-            .fetch_all(reader)
-            .await?;
+                 WHERE q.user_id <> p.user_id AND p.user_id IN (",
+            );
+            let mut ids = query.separated(", ");
+            for user in users {
+                ids.push_bind(user.as_str());
+            }
+            query.push(")");
+            let rows: Vec<(String, String)> = query.build_query_as().fetch_all(reader).await?;
             Ok(rows)
         })
     }
