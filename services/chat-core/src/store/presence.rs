@@ -93,6 +93,9 @@ impl Store {
             .collect();
         users.sort_unstable();
         users.dedup_by(|a, b| a.0 == b.0);
+        if let Store::Postgres(backend) = self {
+            return report_presence_pg(&backend.pool, gateway_id, now, lease_until, &users).await;
+        }
         with_pools!(self, |reader, writer, Db| {
             let mut tx = writer.begin().await?;
             let previous: Option<i64> =
@@ -462,4 +465,109 @@ impl Store {
             Ok(records)
         })
     }
+}
+
+/// [`Store::report_presence`] on PostgreSQL: the same steps, each one
+/// statement over all the report's users (arrays), so a report of
+/// thousands of transitions costs a handful of round trips. `users` is
+/// sorted, so concurrent reports lock `user_presence` rows in one order.
+async fn report_presence_pg(
+    pool: &sqlx::PgPool,
+    gateway_id: &str,
+    now: UnixMicros,
+    lease_until: UnixMicros,
+    users: &[(&str, bool)],
+) -> Result<PresenceReport, StoreError> {
+    let all: Vec<&str> = users.iter().map(|(u, _)| *u).collect();
+    let online: Vec<&str> = users.iter().filter(|(_, c)| *c).map(|(u, _)| *u).collect();
+    let offline: Vec<&str> = users.iter().filter(|(_, c)| !*c).map(|(u, _)| *u).collect();
+    let mut tx = pool.begin().await?;
+    let previous: Option<i64> =
+        sqlx::query_scalar("SELECT expires_at FROM gateway_leases WHERE gateway_id = $1")
+            .bind(gateway_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    sqlx::query(
+        "INSERT INTO gateway_leases (gateway_id, expires_at) VALUES ($1, $2) \
+         ON CONFLICT (gateway_id) DO UPDATE SET expires_at = excluded.expires_at",
+    )
+    .bind(gateway_id)
+    .bind(lease_until)
+    .execute(&mut *tx)
+    .await?;
+    let mut report = PresenceReport {
+        lease_was_live: previous.is_some_and(|at| at > now),
+        changes: Vec::new(),
+    };
+    if all.is_empty() {
+        tx.commit().await?;
+        return Ok(report);
+    }
+    // Lock every user's row first, in order, and see what was announced.
+    let rows = sqlx::query(
+        "INSERT INTO user_presence (user_id, online) \
+         SELECT u, FALSE FROM UNNEST($1::text[]) AS u ORDER BY u \
+         ON CONFLICT (user_id) DO UPDATE SET user_id = excluded.user_id \
+         RETURNING user_id, online, last_seen_at",
+    )
+    .bind(&all)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut was_online = std::collections::HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let user: String = row.try_get(0)?;
+        was_online.insert(
+            user,
+            (
+                row.try_get::<bool, _>(1)?,
+                row.try_get::<Option<i64>, _>(2)?,
+            ),
+        );
+    }
+    if !online.is_empty() {
+        sqlx::query(
+            "INSERT INTO presence (user_id, gateway_id) SELECT u, $2 FROM UNNEST($1::text[]) AS u \
+             ON CONFLICT (user_id, gateway_id) DO NOTHING",
+        )
+        .bind(&online)
+        .bind(gateway_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE user_presence SET online = TRUE, offline_since = NULL \
+             WHERE user_id = ANY($1) AND (NOT online OR offline_since IS NOT NULL)",
+        )
+        .bind(&online)
+        .execute(&mut *tx)
+        .await?;
+        for user in &online {
+            if let Some((false, last_seen_at)) = was_online.get(*user) {
+                report.changes.push(PresenceChange {
+                    user_id: (*user).to_owned(),
+                    online: true,
+                    last_seen_at: *last_seen_at,
+                });
+            }
+        }
+    }
+    if !offline.is_empty() {
+        sqlx::query("DELETE FROM presence WHERE gateway_id = $2 AND user_id = ANY($1)")
+            .bind(&offline)
+            .bind(gateway_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE user_presence SET offline_since = $2 \
+             WHERE user_id = ANY($1) AND online AND offline_since IS NULL \
+             AND NOT EXISTS (SELECT 1 FROM presence p \
+               JOIN gateway_leases g ON g.gateway_id = p.gateway_id \
+               WHERE p.user_id = user_presence.user_id AND g.expires_at > $2)",
+        )
+        .bind(&offline)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(report)
 }
