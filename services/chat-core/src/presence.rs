@@ -312,7 +312,8 @@ async fn announce(
                 });
                 for user in audience {
                     live.bus()
-                        .publish(&Topic::User((*user).to_owned()), event.clone());
+                        .publish_paced(&Topic::User((*user).to_owned()), event.clone())
+                        .await;
                 }
             }
         }
