@@ -15,7 +15,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use crate::{error::ApiError, rest::AppState};
+use crate::{error::ApiError, rest::AppState, upstream::PresenceReporter};
 
 /// A token bucket per key (a user, an address): `rate` per second, bursts
 /// up to `burst`. The map is bounded: idle full buckets are dropped when it
@@ -72,36 +72,97 @@ impl RateLimiter {
 /// Open WebSockets per user, capped: one user (one stolen token) cannot
 /// hold an unbounded share of the gateway's sockets and chat-core's
 /// subscriptions. Only users with an open socket are kept.
+///
+/// It is also where presence starts: a user's first socket here and their
+/// last one are the only transitions the gateway reports to chat-core
+/// (through the [`PresenceReporter`]), never each socket.
 #[derive(Debug)]
 pub struct UserSockets {
     max: usize,
-    open: Mutex<HashMap<String, usize>>,
+    open: Mutex<HashMap<String, Held>>,
+    presence: Option<PresenceReporter>,
+}
+
+/// One user's sockets here: how many, and the token of the latest one
+/// (shared with that socket), to report the user again after chat-core
+/// lost this gateway's lease.
+#[derive(Debug)]
+struct Held {
+    count: usize,
+    token: std::sync::Arc<str>,
 }
 
 impl UserSockets {
-    /// At most `max` sockets per user.
-    pub fn new(max: usize) -> std::sync::Arc<Self> {
+    /// At most `max` sockets per user; transitions go to `presence`.
+    pub fn new(max: usize, presence: Option<PresenceReporter>) -> std::sync::Arc<Self> {
         std::sync::Arc::new(UserSockets {
             max,
             open: Mutex::new(HashMap::new()),
+            presence,
         })
     }
 
-    /// A place for one more socket of `user`, or `None` at the cap.
-    pub fn take(self: &std::sync::Arc<Self>, user: &str) -> Option<UserSlot> {
+    /// A place for one more socket of `user` (who proved it with `token`),
+    /// or `None` at the cap.
+    pub fn take(
+        self: &std::sync::Arc<Self>,
+        user: &str,
+        token: &std::sync::Arc<str>,
+    ) -> Option<UserSlot> {
         let mut open = self
             .open
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let held = open.entry(user.to_owned()).or_insert(0);
-        if *held >= self.max {
+        let held = open.entry(user.to_owned()).or_insert_with(|| Held {
+            count: 0,
+            token: token.clone(),
+        });
+        if held.count >= self.max {
             return None;
         }
-        *held += 1;
+        held.count += 1;
+        held.token = token.clone();
+        // Reported under the lock, so a user's transitions reach the
+        // reporter in the order they happened.
+        if held.count == 1
+            && let Some(presence) = &self.presence
+        {
+            presence.online(user, token.clone());
+        }
         Some(UserSlot {
             sockets: self.clone(),
             user: user.into(),
         })
+    }
+
+    /// Registers the presence reporter's counters, when there is one.
+    pub fn register_presence(&self, registry: &mut chat_runtime::metrics::Registry) {
+        if let Some(presence) = &self.presence {
+            let reports = presence.clone();
+            chat_runtime::metrics::counter_fn(
+                registry,
+                "chat_gateway_presence_reports",
+                "Presence reports sent to chat-core (transitions and lease renewals).",
+                move || reports.counts().0,
+            );
+            let transitions = presence.clone();
+            chat_runtime::metrics::counter_fn(
+                registry,
+                "chat_gateway_presence_transitions",
+                "Users reported online (first socket here) or offline (last socket here).",
+                move || transitions.counts().1,
+            );
+        }
+    }
+
+    /// Every user holding a socket here, with the token of their latest.
+    pub fn holders(&self) -> Vec<(String, std::sync::Arc<str>)> {
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(user, held)| (user.clone(), held.token.clone()))
+            .collect()
     }
 }
 
@@ -120,9 +181,12 @@ impl Drop for UserSlot {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(held) = open.get_mut(&*self.user) {
-            *held -= 1;
-            if *held == 0 {
+            held.count -= 1;
+            if held.count == 0 {
                 open.remove(&*self.user);
+                if let Some(presence) = &self.sockets.presence {
+                    presence.offline(&self.user);
+                }
             }
         }
     }

@@ -247,6 +247,14 @@ pub const OPERATIONS: &[Operation] = &[
         Some("ContactPolicy"),
         (200, Some("Thread")),
     ),
+    op(
+        "get",
+        "/api/chat/presence/",
+        "Whether each asked user is online and when their last socket closed; users who share no thread with the caller are left out",
+        &[("users", "string", "comma-separated user ids, 1-100")],
+        None,
+        (200, Some("Presence")),
+    ),
 ];
 
 fn schema_ref(name: &str) -> Value {
@@ -309,6 +317,10 @@ fn schemas() -> Value {
                 "entries": {"type": "array", "items": schema_ref("TranscriptEntry")},
                 "head_hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"}, "exported_at": time.clone(),
                 "key_id": {"type": "string"}, "signature": {"type": "string", "contentEncoding": "base64"}}},
+        "Presence": {"type": "object", "required": ["users"], "properties": {"users": {"type": "object",
+            "additionalProperties": {"type": "object", "required": ["online", "last_seen_at"], "properties": {
+                "online": {"type": "boolean"},
+                "last_seen_at": {"type": ["string", "null"], "format": "date-time"}}}}}},
         "TranscriptKeys": {"type": "object", "required": ["keys"], "properties": {"keys": {"type": "array",
             "items": {"type": "object", "required": ["key_id", "public_key"], "properties": {
                 "key_id": {"type": "string"}, "public_key": {"type": "string", "contentEncoding": "base64"}}}}}},

@@ -221,6 +221,7 @@ pub fn router(state: AppState) -> Router {
             "/api/chat/threads/{id}/contact-policy",
             put(set_contact_policy),
         )
+        .route("/api/chat/presence", get(presence))
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .fallback(|| async { ApiError::not_found("no such route") })
         .with_state(state)
@@ -864,4 +865,46 @@ async fn set_contact_policy(
     )
     .await?;
     ok(json::thread(&missing(response.thread)?))
+}
+
+/// `GET /api/chat/presence/?users=a,b`: the asked users who share a thread
+/// with the caller (the caller too), each `{online, last_seen_at}`.
+async fn presence(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> ApiResult {
+    let query = QueryParams::parse(query);
+    let users = query
+        .get("users")
+        .ok_or_else(|| ApiError::invalid("users: required, comma-separated user ids"))?;
+    let user_ids: Vec<String> = users.split(',').map(str::to_owned).collect();
+    if user_ids.iter().any(String::is_empty) {
+        return Err(ApiError::invalid(
+            "users: comma-separated user ids, none empty",
+        ));
+    }
+    let answer = unary(
+        &state,
+        &caller,
+        true,
+        pb::GetPresenceRequest { user_ids },
+        |request| {
+            let mut client = state.upstream.chat();
+            async move { client.get_presence(request).await }
+        },
+    )
+    .await?;
+    let mut users = serde_json::Map::with_capacity(answer.users.len());
+    for user in &answer.users {
+        let mut entry = json::ObjectWriter::new();
+        entry
+            .bool("online", user.online)
+            .time("last_seen_at", user.last_seen_at.as_ref());
+        users.insert(
+            user.user_id.clone(),
+            serde_json::from_str(&entry.finish()).unwrap_or(Value::Null),
+        );
+    }
+    ok(json!({ "users": users }))
 }

@@ -51,6 +51,10 @@ impl Application {
             .await
             .with_context(|| format!("binding GATEWAY_ADDR {}", settings.addr))?;
         let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let presence = crate::upstream::PresenceReporter::new();
+        let user_sockets =
+            edge::UserSockets::new(settings.max_sockets_per_user, Some(presence.clone()));
+        upstream.report_presence(&presence, Arc::downgrade(&user_sockets), shutdown.clone());
         let open_sockets = Arc::default();
         let metrics = crate::metrics::GatewayMetrics::default();
         let connections = chat_runtime::connections::ConnectionLimiter::new(
@@ -58,8 +62,9 @@ impl Application {
             settings.max_connections,
             settings.max_connections_per_address,
         );
-        let registry =
-            Arc::new(metrics.registry(Arc::clone(&open_sockets), &upstream, &connections));
+        let mut registry = metrics.registry(Arc::clone(&open_sockets), &upstream, &connections);
+        user_sockets.register_presence(&mut registry);
+        let registry = Arc::new(registry);
         Ok(Application {
             listener,
             state: AppState {
@@ -77,7 +82,7 @@ impl Application {
                 )),
                 ws_ping: settings.ws_ping,
                 ws_send_timeout: settings.ws_send_timeout,
-                user_sockets: edge::UserSockets::new(settings.max_sockets_per_user),
+                user_sockets,
                 connections,
             },
             stop,

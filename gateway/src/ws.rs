@@ -359,6 +359,11 @@ fn event_frame(event: &pb::Event) -> Option<Message> {
             .str("thread_id", &event.thread_id)
             .str("user_id", &typing.user_id)
             .bool("is_typing", typing.is_typing),
+        Kind::Presence(presence) => frame
+            .str("type", "presence")
+            .str("user_id", &presence.user_id)
+            .bool("online", presence.online)
+            .time("last_seen_at", presence.last_seen_at.as_ref()),
         Kind::ThreadCreated(_) | Kind::ThreadUpdated(_) | Kind::Synced(_) => return None,
     };
     Some(Message::Text(frame.finish().into()))
@@ -408,17 +413,18 @@ impl Session {
             .verifier
             .verify(&token)
             .map_err(|_| Closing(close::UNAUTHORIZED, "invalid token"))?;
-        // Services are trusted integrations: their sockets are not capped.
+        self.expires_at = token_expiry(&token);
+        self.token = token.into();
+        // Services are trusted integrations: their sockets are not capped
+        // (and they have no presence).
         if !identity.is_service() {
             self.slot = Some(
                 self.state
                     .user_sockets
-                    .take(&identity.subject)
+                    .take(&identity.subject, &self.token)
                     .ok_or(Closing(close::TOO_MANY, "too many sockets for this user"))?,
             );
         }
-        self.expires_at = token_expiry(&token);
-        self.token = token.into();
         self.identity = Some(identity);
         Ok(())
     }

@@ -29,6 +29,7 @@ const API_ROUTES: &[(&str, &str)] = &[
     ("get", "/api/chat/threads/{id}/transcript/"),
     ("get", "/api/chat/transcript-keys/"),
     ("put", "/api/chat/threads/{id}/contact-policy/"),
+    ("get", "/api/chat/presence/"),
 ];
 
 #[tokio::test]

@@ -10,6 +10,7 @@
 
 mod calls;
 mod feed;
+mod presence;
 mod replicas;
 
 use std::{future::Future, time::Duration};
@@ -17,6 +18,7 @@ use std::{future::Future, time::Duration};
 pub use calls::Calls;
 use feed::Relays;
 pub use feed::{FEED_CAPACITY, Feed, FeedEnd, FeedRequest};
+pub use presence::PresenceReporter;
 pub use replicas::{RouteError, Routed};
 
 use chat_proto::v1::{
@@ -116,6 +118,17 @@ impl Upstream {
             relays,
             calls,
         })
+    }
+
+    /// Starts reporting presence through `reporter` (see
+    /// [`PresenceReporter`]) until `shutdown`.
+    pub fn report_presence(
+        &self,
+        reporter: &PresenceReporter,
+        sockets: std::sync::Weak<crate::edge::UserSockets>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        reporter.start(self.routed.clone(), sockets, shutdown);
     }
 
     /// A `ChatService` client.

@@ -65,6 +65,11 @@ pub struct TestStack {
 }
 
 impl TestStack {
+    /// The chat-core URL, for more gateways in front of it.
+    pub fn core_url(&self) -> String {
+        format!("http://{}", self.core)
+    }
+
     /// Sends the gateway its shutdown signal, as SIGTERM would.
     pub fn stop_gateway(&mut self) {
         if let Some(stop) = self.gateway_stop.take() {
@@ -112,7 +117,11 @@ pub async fn spawn_stack_with(postgres: bool, extra: &[(&'static str, &str)]) ->
     core_vars.extend(
         extra
             .iter()
-            .filter(|(k, _)| k.starts_with("CHAT_CORE_"))
+            .filter(|(k, _)| {
+                ["CHAT_CORE_", "PRESENCE_", "REMINDER_"]
+                    .iter()
+                    .any(|prefix| k.starts_with(prefix))
+            })
             .map(|(k, v)| (*k, (*v).to_owned())),
     );
     let core_settings =
@@ -335,7 +344,14 @@ pub mod ws {
                 .expect("socket open")
                 .expect("healthy socket");
             match message {
-                Message::Text(text) => return serde_json::from_str(&text).expect("JSON frame"),
+                Message::Text(text) => {
+                    let frame: Value = serde_json::from_str(&text).expect("JSON frame");
+                    // Co-participants' presence comes whenever they connect;
+                    // the tests that look for it read it on their own.
+                    if frame["type"] != "presence" {
+                        return frame;
+                    }
+                }
                 Message::Close(frame) => panic!("closed: {frame:?}"),
                 _ => {}
             }

@@ -85,6 +85,26 @@ impl EventBus {
         }
     }
 
+    /// Publishes like [`EventBus::publish`], but waits for room in the
+    /// Redis outbox instead of dropping (and making every replica resync)
+    /// when it is full: for bulk announcements from a background task
+    /// (presence after a gateway drained), which may wait and must not
+    /// crowd out the events of the send path.
+    pub async fn publish_paced(&self, topic: &Topic, event: SharedEvent) {
+        match self {
+            EventBus::InProcess(hub) => hub.deliver(topic, &event),
+            EventBus::Redis(bus) => {
+                bus.hub.deliver(topic, &event);
+                // Leave room for the send path: wait while the outbox is
+                // more than half full.
+                while bus.outbox.capacity() < OUTBOX / 2 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                let _ = bus.outbox.send((topic.clone(), event)).await;
+            }
+        }
+    }
+
     /// Waits (briefly) until the topics registered so far are subscribed
     /// across replicas, so that a subscription reads the database only once
     /// nothing committed elsewhere can pass it by.

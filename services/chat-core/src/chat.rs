@@ -132,6 +132,8 @@ pub struct Chat {
     signer: Option<std::sync::Arc<crate::transcript::signing::TranscriptSigner>>,
     /// Checks users' texts for contact details.
     guard: std::sync::Arc<crate::guard::ContactGuard>,
+    /// Presence and reminders (see [`crate::presence`]).
+    presence: crate::presence::Presence,
 }
 
 fn thread_id(id: &str) -> Result<Uuid, ChatError> {
@@ -181,6 +183,8 @@ impl Chat {
     /// Chat over `store`, publishing live events through `live`.
     pub fn new(store: Store, live: LiveEvents) -> Self {
         let writer = MessageWriter::new(store.clone(), live.clone());
+        let presence =
+            crate::presence::Presence::new(store.clone(), live.clone(), Default::default());
         Chat {
             store,
             writer,
@@ -188,7 +192,20 @@ impl Chat {
             caps: crate::caps::Caps::new(crate::caps::CapSettings::default()),
             signer: None,
             guard: std::sync::Arc::new(crate::guard::ContactGuard::new(ContactPolicy::Flag)),
+            presence,
         }
+    }
+
+    /// The same, with presence timed by `settings` instead of the defaults.
+    pub fn with_presence(mut self, settings: crate::presence::PresenceSettings) -> Self {
+        self.presence =
+            crate::presence::Presence::new(self.store.clone(), self.live.clone(), settings);
+        self
+    }
+
+    /// Presence and reminders.
+    pub fn presence(&self) -> &crate::presence::Presence {
+        &self.presence
     }
 
     /// The same, with per-user caps of `settings` instead of the defaults.

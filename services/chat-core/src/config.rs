@@ -86,6 +86,10 @@ pub struct Settings {
     /// `CONTACT_POLICY` (default `flag`): what happens to users' texts that
     /// hold contact details, in threads without a policy of their own.
     pub contact_policy: crate::domain::ContactPolicy,
+    /// `PRESENCE_GRACE_SECONDS` (default 10), `REMINDER_AFTER_SECONDS`
+    /// (default 300) and `REMINDER_SCAN_INTERVAL_MS` (default 5000): see
+    /// [`crate::presence`].
+    pub presence: crate::presence::PresenceSettings,
 }
 
 /// Where the transcript signing key comes from.
@@ -131,6 +135,9 @@ pub const ENVIRONMENT: &[&str] = &[
     "CONTACT_POLICY",
     // Read by chat_runtime::init_telemetry: traces are exported only when set.
     "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "PRESENCE_GRACE_SECONDS",
+    "REMINDER_AFTER_SECONDS",
+    "REMINDER_SCAN_INTERVAL_MS",
 ];
 
 /// The directory of the embedded default's files (database, dev secret).
@@ -279,6 +286,31 @@ impl Settings {
             Duration::from_secs(10),
         )?;
 
+        let presence_defaults = crate::presence::PresenceSettings::default();
+        let presence = crate::presence::PresenceSettings {
+            grace: chat_runtime::duration(
+                "PRESENCE_GRACE_SECONDS",
+                get("PRESENCE_GRACE_SECONDS").as_deref(),
+                Duration::from_secs(1),
+                1..=3600,
+                presence_defaults.grace,
+            )?,
+            reminder_after: chat_runtime::duration(
+                "REMINDER_AFTER_SECONDS",
+                get("REMINDER_AFTER_SECONDS").as_deref(),
+                Duration::from_secs(1),
+                1..=30 * 86_400,
+                presence_defaults.reminder_after,
+            )?,
+            reminder_scan: chat_runtime::duration(
+                "REMINDER_SCAN_INTERVAL_MS",
+                get("REMINDER_SCAN_INTERVAL_MS").as_deref(),
+                Duration::from_millis(1),
+                50..=3_600_000,
+                presence_defaults.reminder_scan,
+            )?,
+        };
+
         let transcript_key = match get("TRANSCRIPT_SIGNING_KEY_FILE") {
             Some(path) => TranscriptKeySource::File(PathBuf::from(path)),
             None if database_url.is_none() => {
@@ -313,6 +345,7 @@ impl Settings {
             max_connections,
             max_connections_per_address,
             first_request_timeout,
+            presence,
         })
     }
 }

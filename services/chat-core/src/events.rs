@@ -50,6 +50,13 @@ pub enum EventKind {
     /// An integration event was committed (published on
     /// [`Topic::Integration`] only, for `WatchIntegrationEvents`).
     Integration(crate::store::IntegrationEventRecord),
+    /// A co-participant came online or went offline (published on
+    /// [`Topic::User`] of each user who shares a thread with them).
+    Presence {
+        user_id: String,
+        online: bool,
+        last_seen_at: Option<crate::domain::UnixMicros>,
+    },
     /// Internal: notifications may have been lost (the cross-replica bus
     /// reconnected); subscribers catch up from the database. Never sent.
     Resync { generation: u64 },

@@ -462,6 +462,28 @@ impl ChatService for ChatGrpc {
         }))
     }
 
+    async fn get_presence(
+        &self,
+        request: Request<pb::GetPresenceRequest>,
+    ) -> Result<Response<pb::GetPresenceResponse>, Status> {
+        let caller = caller(&request)?;
+        let users = self
+            .chat
+            .presence()
+            .query(&caller, request.into_inner().user_ids)
+            .await?;
+        Ok(Response::new(pb::GetPresenceResponse {
+            users: users
+                .into_iter()
+                .map(|state| pb::UserPresence {
+                    user_id: state.user_id,
+                    online: state.online,
+                    last_seen_at: state.last_seen_at.map(crate::wire::timestamp),
+                })
+                .collect(),
+        }))
+    }
+
     type SubscribeStream = EventStream;
 
     async fn subscribe(

@@ -19,6 +19,7 @@ pub mod integrations;
 pub mod listener;
 pub mod live;
 pub mod metrics;
+pub mod presence;
 pub mod relay;
 pub mod search;
 pub mod startup;

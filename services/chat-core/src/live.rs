@@ -417,7 +417,11 @@ impl LiveEvents {
                     ));
                 }
                 let id = crate::domain::parse_id(&id).ok_or(ChatError::NotFound("thread"))?;
-                let subscription = hub.subscribe([Topic::Thread(id)]);
+                // A user's thread socket hears their co-participants'
+                // presence too, which comes on the user's own topic.
+                let topics =
+                    std::iter::once(Topic::Thread(id)).chain(user.clone().map(Topic::User));
+                let subscription = hub.subscribe(topics);
                 self.bus.ready().await;
                 let last_seq = self
                     .store

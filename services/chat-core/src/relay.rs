@@ -33,6 +33,7 @@ use crate::{
     domain::Caller,
     grpc::{Authenticator, subscribe_request},
     live::EventStream,
+    presence::GatewayReport,
     wire::event_to_proto,
 };
 
@@ -87,6 +88,37 @@ impl pb::relay_service_server::RelayService for RelayGrpc {
             self.calls
                 .serve(request.into_inner(), self.shutdown.clone()),
         ))
+    }
+
+    async fn report_presence(
+        &self,
+        request: Request<pb::ReportPresenceRequest>,
+    ) -> Result<Response<pb::ReportPresenceResponse>, Status> {
+        let request = request.into_inner();
+        let presence = self.chat.presence();
+        // Each user who came online is proved by their socket's token, as
+        // a relay open is; a refused token is left out and said back.
+        let mut online = Vec::with_capacity(request.online_tokens.len());
+        let mut refused = Vec::new();
+        for (index, token) in request.online_tokens.iter().enumerate() {
+            match self.auth.caller_with_token(token) {
+                Ok(Caller::User(user)) => online.push(user),
+                _ => refused.push(index as u32),
+            }
+        }
+        let lease_was_live = presence
+            .report(GatewayReport {
+                gateway_id: request.gateway_id,
+                online,
+                offline: request.offline_user_ids,
+            })
+            .await?;
+        Ok(Response::new(pb::ReportPresenceResponse {
+            lease_was_live,
+            renew_after_ms: u32::try_from(presence.settings().renew_after().as_millis())
+                .unwrap_or(u32::MAX),
+            refused,
+        }))
     }
 
     async fn relay(

@@ -47,6 +47,7 @@ pub struct Application {
     drain: Duration,
     signer: Arc<TranscriptSigner>,
     contact_policy: crate::domain::ContactPolicy,
+    presence: crate::presence::PresenceSettings,
 }
 
 impl Application {
@@ -129,6 +130,7 @@ impl Application {
             drain: settings.drain,
             signer,
             contact_policy: settings.contact_policy,
+            presence: settings.presence,
         })
     }
 
@@ -167,7 +169,9 @@ impl Application {
         let chat = Chat::new(self.store.clone(), live)
             .with_caps(self.caps)
             .with_transcript_signer(self.signer)
-            .with_contact_policy(self.contact_policy);
+            .with_contact_policy(self.contact_policy)
+            .with_presence(self.presence);
+        chat.presence().spawn(stop_rx.clone());
         let writer = chat.writer().clone();
         let integrations = IntegrationGrpc::new(Integrations::new(
             chat.writer().clone(),

@@ -381,9 +381,11 @@ const THREAD_COLUMNS: &str = "t.id, t.job_id, t.title, t.created_by, t.created_a
      t.last_message_at, t.last_seq, t.contact_policy";
 const THREAD_COLUMN_COUNT: usize = 8;
 
+mod presence;
 mod search;
 mod transcript;
 
+pub use presence::{PresenceChange, PresenceReport, PresenceState, Reminder};
 pub use search::{SearchCursor, SearchScope};
 pub use transcript::{Changed, StoredEntry, StoredTranscript};
 
@@ -480,6 +482,11 @@ const POSTGRES_MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations(&[
         "contact guard",
         include_str!("../../../migrations/postgres/0004_contact_guard.sql"),
     ),
+    (
+        5,
+        "presence and reminders",
+        include_str!("../../../migrations/postgres/0005_presence_and_reminders.sql"),
+    ),
 ]);
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations(&[
@@ -502,6 +509,11 @@ const SQLITE_MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations(&[
         4,
         "contact guard",
         include_str!("../../../migrations/sqlite/0004_contact_guard.sql"),
+    ),
+    (
+        5,
+        "presence and reminders",
+        include_str!("../../../migrations/sqlite/0005_presence_and_reminders.sql"),
     ),
 ]);
 

@@ -110,10 +110,24 @@ pub fn event_to_proto(event: &ChatEvent, caller: &Caller) -> Option<pb::Event> {
                 .map(|(thread, seq)| (thread.to_string(), *seq))
                 .collect(),
         }),
+        EventKind::Presence {
+            user_id,
+            online,
+            last_seen_at,
+        } => Kind::Presence(pb::PresenceChanged {
+            user_id: user_id.clone(),
+            online: *online,
+            last_seen_at: last_seen_at.map(timestamp),
+        }),
         EventKind::Resync { .. } | EventKind::Integration(_) => return None,
     };
     Some(pb::Event {
-        thread_id: event.thread_id.to_string(),
+        // Presence concerns a user, not a thread.
+        thread_id: if matches!(event.kind, EventKind::Presence { .. }) {
+            String::new()
+        } else {
+            event.thread_id.to_string()
+        },
         seq: event.seq(),
         kind: Some(kind),
     })
@@ -175,7 +189,11 @@ pub fn thread_from_proto(thread: pb::Thread) -> Option<Thread> {
 /// `None` when malformed.
 pub fn event_from_proto(event: pb::Event) -> Option<ChatEvent> {
     use pb::event::Kind;
-    let thread_id = Uuid::parse_str(&event.thread_id).ok()?;
+    let thread_id = if event.thread_id.is_empty() {
+        Uuid::nil()
+    } else {
+        Uuid::parse_str(&event.thread_id).ok()?
+    };
     let kind = match event.kind? {
         Kind::MessageCreated(m) => EventKind::MessageCreated(message_from_proto(m.message?)?),
         Kind::MessageUpdated(m) => EventKind::MessageUpdated(message_from_proto(m.message?)?),
@@ -193,6 +211,11 @@ pub fn event_from_proto(event: pb::Event) -> Option<ChatEvent> {
         },
         Kind::ThreadCreated(t) => EventKind::ThreadCreated(thread_from_proto(t.thread?)?),
         Kind::ThreadUpdated(t) => EventKind::ThreadUpdated(thread_from_proto(t.thread?)?),
+        Kind::Presence(p) => EventKind::Presence {
+            user_id: p.user_id,
+            online: p.online,
+            last_seen_at: p.last_seen_at.as_ref().map(micros),
+        },
         // Per subscriber, never published.
         Kind::Synced(_) => return None,
     };
@@ -306,7 +329,17 @@ mod tests {
             },
             EventKind::ThreadCreated(thread.clone()),
             EventKind::ThreadUpdated(thread.clone()),
+            EventKind::Presence {
+                user_id: "bob".into(),
+                online: false,
+                last_seen_at: Some(1_700_000_002_000_003),
+            },
         ] {
+            // Presence belongs to no thread.
+            let thread_id = match kind {
+                EventKind::Presence { .. } => Uuid::nil(),
+                _ => thread_id,
+            };
             let event = ChatEvent { thread_id, kind };
             let wire = event_to_proto(&event, &service).unwrap();
             assert_eq!(event_from_proto(wire).unwrap(), event);
