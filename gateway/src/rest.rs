@@ -751,12 +751,10 @@ async fn search(
     RawQuery(query): RawQuery,
 ) -> ApiResult {
     let query = QueryParams::parse(query);
+    // The length rule is chat-core's (one place for REST and gRPC).
     let q = query
         .get("q")
         .ok_or_else(|| ApiError::invalid("q: required, 2 to 200 characters"))?;
-    if !(2..=200).contains(&q.trim().chars().count()) {
-        return Err(ApiError::invalid("q: must be 2 to 200 characters"));
-    }
     let limit = query.integer("limit", 1..=50)?.unwrap_or(0) as i32;
     let page = unary(
         &state,
@@ -843,13 +841,6 @@ async fn set_contact_policy(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<ContactPolicyBody>,
 ) -> ApiResult {
-    if let Some(policy) = &body.policy
-        && !matches!(policy.as_str(), "off" | "flag" | "mask" | "block")
-    {
-        return Err(ApiError::invalid(
-            "policy: must be off, flag, mask, block or null",
-        ));
-    }
     let response = unary(
         &state,
         &caller,

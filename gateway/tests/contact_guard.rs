@@ -6,21 +6,7 @@ mod support;
 
 use serde_json::{Value, json};
 use support::ws::{connect, next, send};
-use support::{call, spawn_stack, token};
-
-fn service_token(secret: &str, sub: &str) -> String {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 3600;
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &json!({"sub": sub, "role": "service", "exp": exp}),
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
-}
+use support::{call, service_token, spawn_stack, token};
 
 async fn guard_at_the_edge(postgres: bool) {
     let stack = spawn_stack(postgres).await;

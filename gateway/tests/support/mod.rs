@@ -199,6 +199,23 @@ pub fn token(secret: &str, sub: &str) -> String {
     .expect("token")
 }
 
+/// An HS256 token for the service `sub` (`"role": "service"`), made
+/// independently of the code under test.
+#[allow(dead_code)] // Not every test file mints service tokens.
+pub fn service_token(secret: &str, sub: &str) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 3600;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"sub": sub, "role": "service", "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("token")
+}
+
 /// An HTTP answer: status, headers and the body parsed as JSON (Null when
 /// empty or not JSON).
 #[derive(Debug)]
