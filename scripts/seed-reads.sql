@@ -44,7 +44,8 @@ COMMIT;
 
 -- A vocabulary for search: each message carries three of these words, so
 -- one word occurs in about 3 % of messages and two given words together
--- in about 0.1 %.
+-- in about 0.1 %. Its search vector also holds its participants' member
+-- marks, as chat-core writes them (migration 0006).
 CREATE TEMP TABLE seed_words AS
 SELECT array_agg(w ORDER BY w) AS words FROM unnest(string_to_array(
   'invoice milestone deadline payment refund contract revision draft logo website '
@@ -66,8 +67,8 @@ DROP INDEX IF EXISTS messages_by_time;
 SELECT format(
     'INSERT INTO messages (id, thread_id, seq, sender_id, message_type, content, metadata, client_msg_id, created_at, search)
      SELECT id, thread_id, seq, sender_id, ''text'', content, ''{}'', client_msg_id, created_at,
-            to_tsvector(''simple'', lower(content))
-     FROM (SELECT md5(t.id::text || ''-'' || s)::uuid AS id, t.id AS thread_id, s AS seq,
+            to_tsvector(''simple'', lower(content)) || marks
+     FROM (SELECT md5(t.id::text || ''-'' || s)::uuid AS id, t.id AS thread_id, s AS seq, t.marks,
             CASE WHEN s %% 2 = 0 THEN t.a ELSE t.b END AS sender_id,
             ''message '' || s || '' of job '' || t.i || '': '' ||
               w.words[1 + (t.i * 7 + s * 13) %% 100] || '' '' ||
@@ -76,7 +77,10 @@ SELECT format(
               '', the quick brown fox jumps over the lazy dog'' AS content,
             ''c-'' || s AS client_msg_id,
             t.activity_at - (%s - s)::bigint * 60000000 AS created_at
-     FROM seed_threads t, seed_words w, generate_series(1, %s) AS s
+     FROM (SELECT *, array_to_tsvector(ARRAY[
+                  ''~'' || left(encode(sha256(convert_to(a, ''UTF8'')), ''hex''), 16),
+                  ''~'' || left(encode(sha256(convert_to(b, ''UTF8'')), ''hex''), 16)]) AS marks
+           FROM seed_threads) t, seed_words w, generate_series(1, %s) AS s
      WHERE t.i > %s AND t.i <= %s) m',
     :per_thread, :per_thread, lo, lo + 10000)
 FROM generate_series(0, :threads - 1, 10000) AS lo

@@ -44,6 +44,41 @@ pub fn index_text(content: &str) -> String {
     out
 }
 
+/// Length, in hex digits, of a member mark's hash.
+const MEMBER_MARK_HEX: usize = 16;
+
+/// The word PostgreSQL's index holds, beside a message's own words, for
+/// each participant of its thread: `~` and the first 64 bits of the
+/// SHA-256 of the user id, in hex. A user's search across their threads
+/// asks the index for their mark along with the query's words, so the
+/// index intersects the two and the database reads only the caller's
+/// matches, not every message holding words that are common overall.
+/// Indexed words are letters and digits only, so no query word equals or
+/// starts a mark; a shared mark (a hash collision) only adds candidates
+/// that the participant filter then drops. Participants never change, so
+/// marks never go stale. `member_mark_sql!` computes the same in SQL.
+pub fn member_mark(user_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(user_id.as_bytes());
+    let mut mark = String::with_capacity(1 + MEMBER_MARK_HEX);
+    mark.push('~');
+    for byte in &digest[..MEMBER_MARK_HEX / 2] {
+        mark.push_str(&format!("{byte:02x}"));
+    }
+    mark
+}
+
+/// [`member_mark`] of `p.user_id` as a PostgreSQL expression (a literal,
+/// for `concat!`), for the statements that index a message without its
+/// participants at hand: an edit, and the migration that marked the
+/// messages stored before it (which spells it out again).
+macro_rules! member_mark_sql {
+    () => {
+        "'~' || left(encode(sha256(convert_to(p.user_id, 'UTF8')), 'hex'), 16)"
+    };
+}
+pub(crate) use member_mark_sql;
+
 /// The words of a query, each as indexed: every one must occur in a
 /// message, the last one also as the start of a longer word.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,6 +208,15 @@ mod tests {
         assert_eq!(terms.tsquery(), "'send' & 'the' & 'invo':*");
         assert_eq!(terms.fts5(), "\"send\" AND \"the\" AND \"invo\"*");
         assert!(SearchTerms::parse("?!").unwrap().is_empty());
+    }
+
+    #[test]
+    fn member_marks_are_a_tilde_and_sixteen_hex_digits() {
+        // SHA-256("reader") starts 3d0941964aa3ebdc.
+        assert_eq!(member_mark("reader"), "~3d0941964aa3ebdc");
+        assert_ne!(member_mark("reader"), member_mark("reader2"));
+        // No indexed word can be a mark.
+        assert!(!index_text("~3d0941964aa3ebdc").starts_with('~'));
     }
 
     #[test]

@@ -487,6 +487,11 @@ const POSTGRES_MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations(&[
         "presence and reminders",
         include_str!("../../../migrations/postgres/0005_presence_and_reminders.sql"),
     ),
+    (
+        6,
+        "search member marks",
+        include_str!("../../../migrations/postgres/0006_search_member_marks.sql"),
+    ),
 ]);
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations(&[

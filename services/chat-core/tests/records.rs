@@ -20,6 +20,7 @@ on_both_backends!(
     search_sees_only_the_callers_threads,
     search_finds_edits_by_their_new_words_and_never_deleted_messages,
     search_pages_newest_first_with_cursors,
+    search_finds_old_messages_behind_many_newer_ones,
     bad_searches_are_refused,
     transcripts_chain_messages_edits_and_deletions_in_commit_order,
     only_service_tokens_export_transcripts,
@@ -418,6 +419,68 @@ async fn search_pages_newest_first_with_cursors(app: TestApp) {
     let page = search(&mut alice, "bulk", None, 0, None).await.unwrap();
     assert_eq!(page.results.len(), 20);
     assert!(page.next_cursor.is_some());
+}
+
+/// Matches older than the newest 20,000 messages: on PostgreSQL a search
+/// across threads then asks the text index for the caller's member mark
+/// with the words, so this checks the marks written on send, kept on edit,
+/// and the participant filter behind them.
+async fn search_finds_old_messages_behind_many_newer_ones(app: TestApp) {
+    let mut alice = app.user("alice").await;
+    let mut bob = app.user("bob").await;
+    let mut carol = app.user("carol").await;
+    let mine = create(&mut alice, &["bob"], None).await;
+    let theirs = create(&mut carol, &["dave"], None).await;
+    let first = send(&mut alice, &mine.id, "needle in the first place").await;
+    let edited = send(&mut bob, &mine.id, "words to replace").await;
+    send(&mut carol, &theirs.id, "needle of carol").await;
+    let gone = send(&mut alice, &mine.id, "needle then deleted").await;
+    edit(&mut bob, &edited.id, "needle after an edit").await;
+    delete(&mut alice, &gone.id).await;
+
+    // 20,001 newer messages, none of them the callers', written straight
+    // into the table (their own search words do not matter).
+    let filler = create(&mut carol, &["erin"], None).await;
+    let thread = app.uuid_literal(&filler.id);
+    app.execute(&match app.backend {
+        support::Backend::Postgres => format!(
+            "INSERT INTO messages (id, thread_id, seq, sender_id, message_type, content, \
+             metadata, created_at) \
+             SELECT gen_random_uuid(), {thread}, i, 'carol', 'text', 'filler', '{{}}', \
+             (SELECT max(created_at) FROM messages) + i \
+             FROM generate_series(1, 20001) AS i"
+        ),
+        support::Backend::Sqlite => format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20001) \
+             INSERT INTO messages (id, thread_id, seq, sender_id, message_type, content, \
+             metadata, created_at) \
+             SELECT randomblob(16), {thread}, i, 'carol', 'text', 'filler', '{{}}', \
+             (SELECT max(created_at) FROM messages) + i FROM n"
+        ),
+    })
+    .await;
+
+    let newest_first = ["needle after an edit", "needle in the first place"];
+    assert_eq!(found(&mut alice, "needle").await, newest_first);
+    assert_eq!(found(&mut bob, "needle").await, newest_first);
+    assert_eq!(found(&mut alice, "needle aft").await, [newest_first[0]]);
+    assert!(found(&mut alice, "replace").await.is_empty());
+    assert_eq!(found(&mut carol, "needle").await, ["needle of carol"]);
+    // One result a page: the cursor carries on behind the newer messages.
+    let page = search(&mut alice, "needle", None, 1, None).await.unwrap();
+    assert_eq!(page.results.len(), 1);
+    assert_eq!(page.results[0].message.as_ref().unwrap().id, edited.id);
+    let page = search(&mut alice, "needle", None, 1, page.next_cursor)
+        .await
+        .unwrap();
+    assert_eq!(page.results.len(), 1);
+    assert_eq!(page.results[0].message.as_ref().unwrap().id, first.id);
+    if let Some(cursor) = page.next_cursor {
+        let last = search(&mut alice, "needle", None, 1, Some(cursor))
+            .await
+            .unwrap();
+        assert!(last.results.is_empty());
+    }
 }
 
 async fn bad_searches_are_refused(app: TestApp) {

@@ -773,9 +773,21 @@ mod postgres {
     /// from the counter in the same statement.
     async fn write(tx: &mut sqlx::PgConnection, plan: &mut Plan<'_>) -> Result<(), StoreError> {
         let created = &plan.created;
+        // Each thread's participants as the search index marks them (see
+        // `crate::search::member_mark`), once per thread of the batch.
+        let mut marks: HashMap<Uuid, String> = HashMap::with_capacity(plan.threads.len());
+        for p in &plan.participants {
+            let thread = marks.entry(p.thread_id).or_default();
+            if !thread.is_empty() {
+                thread.push(' ');
+            }
+            thread.push_str(&crate::search::member_mark(&p.user_id));
+        }
         let mut m = MessageColumns::with_capacity(created.len());
         for entry in created {
             m.push(entry);
+            m.marks
+                .push(marks.get(&entry.new.thread_id).map_or("", String::as_str));
         }
         let mut e = EventColumns::default();
         for event in &plan.events {
@@ -805,14 +817,15 @@ mod postgres {
                transcript_n, transcript_hash, search, flags, masked_content) \
                SELECT u.id, u.thread_id, u.seq, u.sender_id, u.message_type, u.content, \
                u.metadata, u.client_msg_id, u.posted_by, u.idempotency_key, u.created_at, \
-               u.transcript_n, u.transcript_hash, to_tsvector('simple', u.words), u.flags, \
-               u.masked_content \
+               u.transcript_n, u.transcript_hash, \
+               to_tsvector('simple', u.words) || array_to_tsvector(string_to_array(u.marks, ' ')), \
+               u.flags, u.masked_content \
                FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::text[], $5::text[], \
                $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::int8[], \
-               $26::int8[], $27::bytea[], $28::text[], $31::text[], $32::text[]) \
+               $26::int8[], $27::bytea[], $28::text[], $31::text[], $32::text[], $33::text[]) \
                AS u(id, thread_id, seq, sender_id, message_type, content, metadata, \
                client_msg_id, posted_by, idempotency_key, created_at, transcript_n, \
-               transcript_hash, words, flags, masked_content) \
+               transcript_hash, words, flags, masked_content, marks) \
              ), threads_moved AS ( \
                UPDATE threads t SET last_seq = u.last_seq, last_message_at = u.at, \
                activity_at = u.at, transcript_n = u.transcript_n, \
@@ -882,6 +895,7 @@ mod postgres {
         )
         .bind(&m.flags)
         .bind(&m.masked_content)
+        .bind(&m.marks)
         .fetch_optional(&mut *tx)
         .await?;
         if !plan.events.is_empty() {
@@ -922,6 +936,8 @@ mod postgres {
         words: Vec<&'a str>,
         flags: Vec<Option<&'a str>>,
         masked_content: Vec<Option<&'a str>>,
+        /// The thread's member marks, space-separated.
+        marks: Vec<&'a str>,
     }
 
     impl<'a> MessageColumns<'a> {
@@ -943,6 +959,7 @@ mod postgres {
                 words: Vec::with_capacity(n),
                 flags: Vec::with_capacity(n),
                 masked_content: Vec::with_capacity(n),
+                marks: Vec::with_capacity(n),
             }
         }
 

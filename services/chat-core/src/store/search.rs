@@ -76,10 +76,16 @@ impl Store {
             filters.push_str(" AND m.deleted_at IS NULL");
         }
         let (at, id, limit_param) = (param(), param(), param());
+        // The caller's member mark, asked of the text index alongside the
+        // words (see `crate::search::member_mark`).
+        let mark = user.map(|user| (param(), format!("'{}'", crate::search::member_mark(user))));
         let cursor_cond = format!("(m.created_at, m.id) < ({at}, {id})");
         let order = format!("ORDER BY m.created_at DESC, m.id DESC LIMIT {limit_param}");
         macro_rules! run {
-            ($sql:expr, $query_text:expr, $pool:expr) => {{
+            ($sql:expr, $query_text:expr, $pool:expr) => {
+                run!($sql, $query_text, $pool, None::<&str>)
+            };
+            ($sql:expr, $query_text:expr, $pool:expr, $mark:expr) => {{
                 let mut query = sqlx::query($sql).bind($query_text);
                 if let Some(user) = user {
                     query = query.bind(user);
@@ -87,10 +93,11 @@ impl Store {
                 if let Some(thread) = thread {
                     query = query.bind(thread);
                 }
+                query = query.bind(before_at).bind(before_id).bind(i64::from(limit));
+                if let Some(mark) = $mark {
+                    query = query.bind(mark);
+                }
                 query
-                    .bind(before_at)
-                    .bind(before_id)
-                    .bind(i64::from(limit))
                     .fetch_all($pool)
                     .await?
                     .iter()
@@ -126,12 +133,23 @@ impl Store {
                 if found.len() >= limit as usize {
                     found
                 } else {
+                    let words = match &mark {
+                        Some((param, _)) => {
+                            format!("(to_tsquery('simple', $1) && {param}::tsquery)")
+                        }
+                        None => "to_tsquery('simple', $1)".to_owned(),
+                    };
                     let indexed = format!(
                         "SELECT {MESSAGE_COLUMNS} FROM messages m \
-                         WHERE m.search @@ to_tsquery('simple', $1){filters} AND {cursor_cond} \
+                         WHERE m.search @@ {words}{filters} AND {cursor_cond} \
                          ORDER BY m.created_at + 0 DESC, m.id DESC LIMIT {limit_param}"
                     );
-                    run!(&indexed, terms.tsquery(), &backend.pool)
+                    run!(
+                        &indexed,
+                        terms.tsquery(),
+                        &backend.pool,
+                        mark.as_ref().map(|(_, mark)| mark.as_str())
+                    )
                 }
             }
             Store::Postgres(backend) => {

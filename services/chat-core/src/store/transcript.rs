@@ -105,8 +105,14 @@ trait SearchIndex {
 }
 
 impl SearchIndex for sqlx::Postgres {
-    const REINDEX: &'static [&'static str] =
-        &["UPDATE messages SET search = to_tsvector('simple', $2) WHERE id = $1"];
+    // The thread's member marks stay with the new words (see
+    // `crate::search::member_mark`).
+    const REINDEX: &'static [&'static str] = &[concat!(
+        "UPDATE messages m SET search = to_tsvector('simple', $2) || array_to_tsvector(ARRAY( \
+         SELECT ",
+        crate::search::member_mark_sql!(),
+        " FROM thread_participants p WHERE p.thread_id = m.thread_id)) WHERE m.id = $1"
+    )];
 }
 
 impl SearchIndex for sqlx::Sqlite {
