@@ -958,7 +958,7 @@ async function saveEdit(value) {
     renderMessages(false);
     $("text").focus();
   } catch (error) {
-    const kinds = kindWords(error.message.match(/\(([a-z, ]+)\)\s*$/)?.[1].split(", "));
+    const kinds = kindWords(error.kinds);
     target.error = error.code === "contact_blocked"
       ? `Not saved: the new text contains contact details${kinds ? ` (${kinds})` : ""}.`
       : error.message;

@@ -18,14 +18,19 @@
 //   await chat.connect();
 //   chat.send(threadId, "hello");
 
-/** An error answered by the REST API: `status`, `code` and `message` as the server gave them. */
+/**
+ * An error answered by the server: `status`, `code` and `message` as it gave
+ * them, and for `contact_blocked` the `kinds` of contact detail it found
+ * (`["email", "phone"]`; `[]` for any other error).
+ */
 export class ChatApiError extends Error {
-  constructor(status, code, message, retryAfterSeconds = null) {
+  constructor(status, code, message, retryAfterSeconds = null, kinds = []) {
     super(message);
     this.name = "ChatApiError";
     this.status = status;
     this.code = code;
     this.retryAfterSeconds = retryAfterSeconds;
+    this.kinds = kinds;
   }
 }
 
@@ -451,6 +456,7 @@ export class ChatClient {
           data?.error?.code || `http_${response.status}`,
           data?.error?.message || response.statusText || "request failed",
           retry,
+          refusedKinds(data?.error),
         );
       }
       return data;
@@ -1055,7 +1061,7 @@ export class ChatClient {
     // in particular would be refused again for the same text.
     entry.failed = { code: frame.code, message: frame.message, kinds: refusedKinds(frame) };
     entry.local.failed = entry.failed;
-    entry.reject(new ChatApiError(400, frame.code, frame.message));
+    entry.reject(new ChatApiError(400, frame.code, frame.message, null, entry.failed.kinds));
     this.#emit("send_failed", {
       threadId: entry.threadId,
       clientMsgId: frame.client_msg_id,
@@ -1149,13 +1155,12 @@ export class ChatClient {
 }
 
 /**
- * The kinds of contact details a `contact_blocked` refusal names ("… (email,
- * phone)"), or [] for any other refusal.
+ * The kinds of contact details a `contact_blocked` refusal names (its
+ * `kinds`: `["email", "phone"]`), or [] for any other refusal.
  */
-function refusedKinds({ code, message }) {
-  if (code !== "contact_blocked") return [];
-  const listed = /\(([a-z, ]+)\)\s*$/.exec(message || "")?.[1];
-  return listed ? listed.split(",").map((kind) => kind.trim()).filter(Boolean) : [];
+function refusedKinds(error) {
+  if (error?.code !== "contact_blocked" || !Array.isArray(error.kinds)) return [];
+  return error.kinds.filter((kind) => typeof kind === "string");
 }
 
 function enc(value) {
