@@ -99,6 +99,14 @@ export class ChatClient {
   #ready = null;
   #refreshing = null;
   #presence = new Map();
+  /** Per user, the number of the last presence frame about them (see fetchPresence). */
+  #presenceFrameAt = new Map();
+  #presenceFrames = 0;
+  /** Users whose presence is to be asked for, in one request, soon. */
+  #presenceWanted = new Set();
+  #presenceTimer = null;
+  /** While a resume runs, presence is asked for once, at its end. */
+  #presenceHeld = false;
   #resumedOnce = false;
   #moveNow = false;
 
@@ -176,6 +184,9 @@ export class ChatClient {
     this.#stopped = true;
     this.#gen++;
     for (const key of Object.keys(this.#timers)) this.#clear(key);
+    clearTimeout(this.#presenceTimer);
+    this.#presenceTimer = null;
+    this.#presenceWanted.clear();
     for (const thread of this.#threads.values()) {
       clearTimeout(thread.myTypingTimer);
       for (const timer of thread.typing.values()) clearTimeout(timer);
@@ -342,8 +353,8 @@ export class ChatClient {
       case "error":
         return this.#onError(frame);
       case "presence":
-        this.#presence.set(frame.user_id, { online: frame.online, last_seen_at: frame.last_seen_at ?? null });
-        return this.#emit("presence", { userId: frame.user_id, online: frame.online, lastSeenAt: frame.last_seen_at ?? null });
+        this.#presenceFrameAt.set(frame.user_id, ++this.#presenceFrames);
+        return this.#setPresence(frame.user_id, frame);
       case "pong":
         return undefined;
       default:
@@ -631,19 +642,53 @@ export class ChatClient {
     return this.#api("GET", `/search/?${query}`);
   }
 
-  /** Presence of users who share a thread with the caller (needs `/api/chat/presence/`). */
+  /**
+   * Asks the server for the presence of users who share a thread with the
+   * caller (the others are left out of the answer); resolves to `{userId:
+   * {online, last_seen_at}}`. The library does this by itself for the
+   * people of every thread it knows, on each (re)connect and when a thread
+   * turns up; `presence` frames keep it current in between.
+   */
   async fetchPresence(userIds) {
-    const answer = await this.#api("GET", `/presence/?users=${userIds.map(enc).join(",")}`);
-    for (const [userId, state] of Object.entries(answer.users || {})) {
-      this.#presence.set(userId, state);
-      this.#emit("presence", { userId, online: state.online, lastSeenAt: state.last_seen_at ?? null });
+    const asked = [...new Set(userIds)];
+    const users = {};
+    // The server answers at most 100 users per request.
+    for (let i = 0; i < asked.length; i += 100) {
+      const framesBefore = this.#presenceFrames;
+      const answer = await this.#api("GET", `/presence/?users=${asked.slice(i, i + 100).map(enc).join(",")}`);
+      for (const [userId, state] of Object.entries(answer.users || {})) {
+        users[userId] = state;
+        // A frame that came while the answer was on its way is newer.
+        if ((this.#presenceFrameAt.get(userId) || 0) > framesBefore) continue;
+        this.#setPresence(userId, state);
+      }
     }
-    return answer.users;
+    return users;
   }
 
   /** The last known presence of a user (`{online, last_seen_at}`), or null. */
   presence(userId) {
     return this.#presence.get(userId) || null;
+  }
+
+  #setPresence(userId, { online, last_seen_at: lastSeenAt = null }) {
+    const known = this.#presence.get(userId);
+    if (known && known.online === online && known.last_seen_at === lastSeenAt) return;
+    this.#presence.set(userId, { online, last_seen_at: lastSeenAt });
+    this.#emit("presence", { userId, online, lastSeenAt });
+  }
+
+  /** Asks for the presence of `userIds` (the caller aside) soon, batched with other asks. */
+  #askPresence(userIds) {
+    for (const userId of userIds) if (userId !== this.userId) this.#presenceWanted.add(userId);
+    if (this.#presenceHeld || this.#presenceTimer || !this.#presenceWanted.size || this.#stopped) return;
+    this.#presenceTimer = setTimeout(() => {
+      this.#presenceTimer = null;
+      const users = [...this.#presenceWanted];
+      this.#presenceWanted.clear();
+      // Not fatal: frames still come, and the next reconnect asks again.
+      this.fetchPresence(users).catch(() => {});
+    }, 0);
   }
 
   // ---- threads ---------------------------------------------------------
@@ -694,6 +739,9 @@ export class ChatClient {
   #mergeThread(info, { missedWhileAway = false } = {}) {
     const thread = this.#thread(info.id);
     const before = this.unread(info.id);
+    // Whoever is already online in a thread first seen now sends no frame
+    // about it: ask.
+    if (!thread.info) this.#askPresence((info.participants || []).filter((p) => !this.#presence.has(p)));
     thread.info = { ...thread.info, ...info, last_message: info.last_message ?? thread.info?.last_message ?? null };
     if (!thread.baselineKnown) {
       // A thread first seen now starts after its newest message (history
@@ -884,6 +932,19 @@ export class ChatClient {
 
   /** After (re)connecting: learn every thread's newest seq and read what was missed. */
   async #resume(gen) {
+    this.#presenceHeld = true;
+    try {
+      await this.#resumeThreads(gen);
+    } finally {
+      this.#presenceHeld = false;
+    }
+    if (gen !== this.#gen) return;
+    // Presence may have changed while the socket was down, and frames
+    // only tell changes: ask again about everyone known, in one go.
+    for (const thread of this.#threads.values()) this.#askPresence(thread.info?.participants || []);
+  }
+
+  async #resumeThreads(gen) {
     let cursor = null;
     const fills = [];
     for (;;) {
