@@ -198,6 +198,7 @@ pub fn rate_limited(retry_after: Duration) -> Response {
         status: StatusCode::TOO_MANY_REQUESTS,
         code: "rate_limited",
         message: "too many requests; slow down".into(),
+        kinds: None,
     }
     .into_response();
     let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
@@ -272,6 +273,7 @@ pub async fn cors(State(state): State<AppState>, request: Request, next: Next) -
                 status: StatusCode::FORBIDDEN,
                 code: "origin_not_allowed",
                 message: "this origin may not call the API".into(),
+                kinds: None,
             }
             .into_response(),
         }

@@ -1,6 +1,6 @@
 //! The one place where failures become HTTP responses: docs/api.md#rest-api's
-//! `{"error": {"code", "message"}}` with its status codes. A 5xx body never
-//! shows internals.
+//! `{"error": {"code", "message"}}` (and `kinds` for `contact_blocked`)
+//! with its status codes. A 5xx body never shows internals.
 
 use axum::{
     Json,
@@ -16,6 +16,9 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// For `contact_blocked`: the kinds of contact detail found, shown as
+    /// the body's `kinds`; `None` for every other error.
+    pub kinds: Option<Vec<String>>,
 }
 
 impl ApiError {
@@ -25,6 +28,7 @@ impl ApiError {
             status: StatusCode::BAD_REQUEST,
             code: "invalid_request",
             message: message.into(),
+            kinds: None,
         }
     }
 
@@ -34,6 +38,7 @@ impl ApiError {
             status: StatusCode::UNAUTHORIZED,
             code: "unauthenticated",
             message: message.into(),
+            kinds: None,
         }
     }
 
@@ -43,6 +48,7 @@ impl ApiError {
             status: StatusCode::NOT_FOUND,
             code: "not_found",
             message: message.into(),
+            kinds: None,
         }
     }
 
@@ -52,6 +58,7 @@ impl ApiError {
             status: StatusCode::PAYLOAD_TOO_LARGE,
             code: "payload_too_large",
             message: "request body too large".into(),
+            kinds: None,
         }
     }
 
@@ -61,6 +68,7 @@ impl ApiError {
             status: StatusCode::METHOD_NOT_ALLOWED,
             code: "method_not_allowed",
             message: "method not allowed on this path".into(),
+            kinds: None,
         }
     }
 }
@@ -74,6 +82,7 @@ impl From<tonic::Status> for ApiError {
                 status: StatusCode::UNPROCESSABLE_ENTITY,
                 code: chat_proto::errors::CONTACT_BLOCKED,
                 message,
+                kinds: Some(chat_proto::errors::kinds_of(&status)),
             };
         }
         let (http, code, message) = match status.code() {
@@ -118,17 +127,20 @@ impl From<tonic::Status> for ApiError {
             status: http,
             code,
             message,
+            kinds: None,
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (
-            self.status,
-            Json(json!({"error": {"code": self.code, "message": self.message}})),
-        )
-            .into_response();
+        let body = match self.kinds {
+            Some(kinds) => {
+                json!({"error": {"code": self.code, "message": self.message, "kinds": kinds}})
+            }
+            None => json!({"error": {"code": self.code, "message": self.message}}),
+        };
+        let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::TOO_MANY_REQUESTS {
             response.headers_mut().insert(
                 http::header::RETRY_AFTER,

@@ -271,7 +271,9 @@ fn schemas() -> Value {
     json!({
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {
             "type": "object", "required": ["code", "message"],
-            "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"},
+                "kinds": {"type": "array", "description": "contact_blocked only: the kinds of contact detail found",
+                    "items": {"type": "string", "enum": ["email", "phone", "link", "handle"]}}}}}},
         "Message": {"type": "object", "required": ["id", "thread_id", "seq", "sender_id", "message_type",
             "content", "metadata", "client_msg_id", "created_at", "edited_at", "deleted_at", "flags"],
             "properties": {

@@ -140,6 +140,7 @@ fn open(
                 status: StatusCode::FORBIDDEN,
                 code: "origin_not_allowed",
                 message: "this origin may not open WebSockets".into(),
+                kinds: None,
             }
             .into_response();
         }
@@ -324,9 +325,21 @@ fn safe_message(status: &tonic::Status) -> String {
     }
 }
 
-/// The `error` frame for a failed chat-core call.
+/// The `error` frame for a failed chat-core call; a `contact_blocked` one
+/// also names the `kinds` of contact detail found.
 fn status_frame(status: &tonic::Status, client_msg_id: Option<&str>) -> Message {
-    error_frame(status_code(status), &safe_message(status), client_msg_id)
+    let code = status_code(status);
+    if code != chat_proto::errors::CONTACT_BLOCKED {
+        return error_frame(code, &safe_message(status), client_msg_id);
+    }
+    let mut frame = ObjectWriter::new();
+    frame
+        .str("type", "error")
+        .str("code", code)
+        .str("message", &safe_message(status))
+        .opt_str("client_msg_id", client_msg_id)
+        .str_list("kinds", &chat_proto::errors::kinds_of(status));
+    Message::Text(frame.finish().into())
 }
 
 /// A chat-core event as the browser's frame; `None` for events that have

@@ -87,6 +87,53 @@ function others(thread) {
   return thread.participants.filter((p) => p !== chat.userId);
 }
 
+// ---- presence ------------------------------------------------------------
+
+/** "online" if any of `users` is, "offline" if all of them are known to be away, else null (not known yet). */
+function presenceOf(users) {
+  const known = users.map((user) => chat.presence(user));
+  if (known.some((state) => state?.online)) return "online";
+  if (known.length && known.every((state) => state && !state.online)) return "offline";
+  return null;
+}
+
+/** The dot on an avatar: green online, grey away. Decorative: the words are said beside it. */
+function presenceDot(state) {
+  const dot = h("span", `presence-dot ${state}`);
+  dot.dataset.state = state;
+  return dot;
+}
+
+/** When someone was last seen: "today at 14:05", "yesterday at 09:30", "on 3 Mar at 18:00". */
+function lastSeenText(iso) {
+  const date = new Date(iso);
+  const day = dayLabel(date);
+  const time = timeFormat.format(date);
+  if (day === "Today" || day === "Yesterday") return `${day.toLowerCase()} at ${time}`;
+  return `on ${shortDay.format(date)} at ${time}`;
+}
+
+/** One participant's presence in words, with its dot: "bob is online", "bob was last seen today at 14:05". */
+function presenceLine(user) {
+  const state = chat.presence(user);
+  if (!state) return null;
+  const line = h("span", "presence", null, presenceDot(state.online ? "online" : "offline"));
+  line.dataset.user = user;
+  line.dataset.state = state.online ? "online" : "offline";
+  line.querySelector(".presence-dot").setAttribute("aria-hidden", "true");
+  const name = isolated("span", "presence-name", user);
+  if (state.online) {
+    line.append(name, " is online");
+  } else if (state.last_seen_at) {
+    const when = h("time", null, lastSeenText(state.last_seen_at));
+    when.dateTime = state.last_seen_at;
+    line.append(name, " was last seen ", when);
+  } else {
+    line.append(name, " is offline");
+  }
+  return line;
+}
+
 function preview(message) {
   if (!message) return "No messages yet";
   if (message.deleted_at) return "Message deleted";
@@ -306,9 +353,13 @@ function renderThreads() {
     face.setAttribute("aria-hidden", "true");
     const who = others(thread);
     avatar(face, thread.title || who[0] || "?");
-    if (who.some((p) => chat.presence(p)?.online)) face.append(h("span", "presence-dot"));
-    const top = h("span", "thread-top", null, isolated("span", "name", threadName(thread)),
+    const presence = presenceOf(who);
+    if (presence) face.append(presenceDot(presence));
+    const name = isolated("span", "name", threadName(thread));
+    const top = h("span", "thread-top", null, name,
       h("time", "when", listTime(thread.last_message?.created_at || thread.created_at)));
+    // The dot is in the (hidden) avatar: its meaning goes with the name.
+    if (presence) top.insertBefore(h("span", "visually-hidden presence-label", presence === "online" ? " (online)" : " (offline)"), name.nextSibling);
     const bottom = h("span", "thread-bottom", null, isolated("span", "preview", preview(thread.last_message)));
     if (thread.unread_count > 0) {
       const badge = h("span", "unread", String(thread.unread_count));
@@ -632,11 +683,14 @@ function renderHeader() {
   const stick = nearBottom();
   $("thread-title").textContent = threadName(thread);
   avatar($("thread-avatar"), thread.title || others(thread)[0] || "?");
+  const presence = presenceOf(others(thread));
+  if (presence) $("thread-avatar").append(presenceDot(presence));
   const parts = [`With ${others(thread).join(", ") || "nobody else"}`];
   if (thread.job_id) parts.push(`Job ${thread.job_id}`);
-  const online = others(thread).filter((p) => chat.presence(p)?.online);
-  if (online.length) parts.push(`${online.join(", ")} online`);
   $("thread-sub").textContent = parts.join(" · ");
+  const lines = others(thread).map(presenceLine).filter(Boolean);
+  $("thread-presence").replaceChildren(...lines.flatMap((line, i) => (i ? [" · ", line] : [line])));
+  $("thread-presence").hidden = !lines.length;
   const policy = thread.contact_policy === "mask"
     ? "Contact details are hidden in this conversation."
     : thread.contact_policy === "block"
@@ -958,7 +1012,7 @@ async function saveEdit(value) {
     renderMessages(false);
     $("text").focus();
   } catch (error) {
-    const kinds = kindWords(error.message.match(/\(([a-z, ]+)\)\s*$/)?.[1].split(", "));
+    const kinds = kindWords(error.kinds);
     target.error = error.code === "contact_blocked"
       ? `Not saved: the new text contains contact details${kinds ? ` (${kinds})` : ""}.`
       : error.message;

@@ -18,14 +18,19 @@
 //   await chat.connect();
 //   chat.send(threadId, "hello");
 
-/** An error answered by the REST API: `status`, `code` and `message` as the server gave them. */
+/**
+ * An error answered by the server: `status`, `code` and `message` as it gave
+ * them, and for `contact_blocked` the `kinds` of contact detail it found
+ * (`["email", "phone"]`; `[]` for any other error).
+ */
 export class ChatApiError extends Error {
-  constructor(status, code, message, retryAfterSeconds = null) {
+  constructor(status, code, message, retryAfterSeconds = null, kinds = []) {
     super(message);
     this.name = "ChatApiError";
     this.status = status;
     this.code = code;
     this.retryAfterSeconds = retryAfterSeconds;
+    this.kinds = kinds;
   }
 }
 
@@ -94,6 +99,14 @@ export class ChatClient {
   #ready = null;
   #refreshing = null;
   #presence = new Map();
+  /** Per user, the number of the last presence frame about them (see fetchPresence). */
+  #presenceFrameAt = new Map();
+  #presenceFrames = 0;
+  /** Users whose presence is to be asked for, in one request, soon. */
+  #presenceWanted = new Set();
+  #presenceTimer = null;
+  /** While a resume runs, presence is asked for once, at its end. */
+  #presenceHeld = false;
   #resumedOnce = false;
   #moveNow = false;
 
@@ -171,6 +184,9 @@ export class ChatClient {
     this.#stopped = true;
     this.#gen++;
     for (const key of Object.keys(this.#timers)) this.#clear(key);
+    clearTimeout(this.#presenceTimer);
+    this.#presenceTimer = null;
+    this.#presenceWanted.clear();
     for (const thread of this.#threads.values()) {
       clearTimeout(thread.myTypingTimer);
       for (const timer of thread.typing.values()) clearTimeout(timer);
@@ -337,8 +353,8 @@ export class ChatClient {
       case "error":
         return this.#onError(frame);
       case "presence":
-        this.#presence.set(frame.user_id, { online: frame.online, last_seen_at: frame.last_seen_at ?? null });
-        return this.#emit("presence", { userId: frame.user_id, online: frame.online, lastSeenAt: frame.last_seen_at ?? null });
+        this.#presenceFrameAt.set(frame.user_id, ++this.#presenceFrames);
+        return this.#setPresence(frame.user_id, frame);
       case "pong":
         return undefined;
       default:
@@ -451,6 +467,7 @@ export class ChatClient {
           data?.error?.code || `http_${response.status}`,
           data?.error?.message || response.statusText || "request failed",
           retry,
+          refusedKinds(data?.error),
         );
       }
       return data;
@@ -625,19 +642,53 @@ export class ChatClient {
     return this.#api("GET", `/search/?${query}`);
   }
 
-  /** Presence of users who share a thread with the caller (needs `/api/chat/presence/`). */
+  /**
+   * Asks the server for the presence of users who share a thread with the
+   * caller (the others are left out of the answer); resolves to `{userId:
+   * {online, last_seen_at}}`. The library does this by itself for the
+   * people of every thread it knows, on each (re)connect and when a thread
+   * turns up; `presence` frames keep it current in between.
+   */
   async fetchPresence(userIds) {
-    const answer = await this.#api("GET", `/presence/?users=${userIds.map(enc).join(",")}`);
-    for (const [userId, state] of Object.entries(answer.users || {})) {
-      this.#presence.set(userId, state);
-      this.#emit("presence", { userId, online: state.online, lastSeenAt: state.last_seen_at ?? null });
+    const asked = [...new Set(userIds)];
+    const users = {};
+    // The server answers at most 100 users per request.
+    for (let i = 0; i < asked.length; i += 100) {
+      const framesBefore = this.#presenceFrames;
+      const answer = await this.#api("GET", `/presence/?users=${asked.slice(i, i + 100).map(enc).join(",")}`);
+      for (const [userId, state] of Object.entries(answer.users || {})) {
+        users[userId] = state;
+        // A frame that came while the answer was on its way is newer.
+        if ((this.#presenceFrameAt.get(userId) || 0) > framesBefore) continue;
+        this.#setPresence(userId, state);
+      }
     }
-    return answer.users;
+    return users;
   }
 
   /** The last known presence of a user (`{online, last_seen_at}`), or null. */
   presence(userId) {
     return this.#presence.get(userId) || null;
+  }
+
+  #setPresence(userId, { online, last_seen_at: lastSeenAt = null }) {
+    const known = this.#presence.get(userId);
+    if (known && known.online === online && known.last_seen_at === lastSeenAt) return;
+    this.#presence.set(userId, { online, last_seen_at: lastSeenAt });
+    this.#emit("presence", { userId, online, lastSeenAt });
+  }
+
+  /** Asks for the presence of `userIds` (the caller aside) soon, batched with other asks. */
+  #askPresence(userIds) {
+    for (const userId of userIds) if (userId !== this.userId) this.#presenceWanted.add(userId);
+    if (this.#presenceHeld || this.#presenceTimer || !this.#presenceWanted.size || this.#stopped) return;
+    this.#presenceTimer = setTimeout(() => {
+      this.#presenceTimer = null;
+      const users = [...this.#presenceWanted];
+      this.#presenceWanted.clear();
+      // Not fatal: frames still come, and the next reconnect asks again.
+      this.fetchPresence(users).catch(() => {});
+    }, 0);
   }
 
   // ---- threads ---------------------------------------------------------
@@ -688,6 +739,9 @@ export class ChatClient {
   #mergeThread(info, { missedWhileAway = false } = {}) {
     const thread = this.#thread(info.id);
     const before = this.unread(info.id);
+    // Whoever is already online in a thread first seen now sends no frame
+    // about it: ask.
+    if (!thread.info) this.#askPresence((info.participants || []).filter((p) => !this.#presence.has(p)));
     thread.info = { ...thread.info, ...info, last_message: info.last_message ?? thread.info?.last_message ?? null };
     if (!thread.baselineKnown) {
       // A thread first seen now starts after its newest message (history
@@ -878,6 +932,19 @@ export class ChatClient {
 
   /** After (re)connecting: learn every thread's newest seq and read what was missed. */
   async #resume(gen) {
+    this.#presenceHeld = true;
+    try {
+      await this.#resumeThreads(gen);
+    } finally {
+      this.#presenceHeld = false;
+    }
+    if (gen !== this.#gen) return;
+    // Presence may have changed while the socket was down, and frames
+    // only tell changes: ask again about everyone known, in one go.
+    for (const thread of this.#threads.values()) this.#askPresence(thread.info?.participants || []);
+  }
+
+  async #resumeThreads(gen) {
     let cursor = null;
     const fills = [];
     for (;;) {
@@ -1055,7 +1122,7 @@ export class ChatClient {
     // in particular would be refused again for the same text.
     entry.failed = { code: frame.code, message: frame.message, kinds: refusedKinds(frame) };
     entry.local.failed = entry.failed;
-    entry.reject(new ChatApiError(400, frame.code, frame.message));
+    entry.reject(new ChatApiError(400, frame.code, frame.message, null, entry.failed.kinds));
     this.#emit("send_failed", {
       threadId: entry.threadId,
       clientMsgId: frame.client_msg_id,
@@ -1149,13 +1216,12 @@ export class ChatClient {
 }
 
 /**
- * The kinds of contact details a `contact_blocked` refusal names ("… (email,
- * phone)"), or [] for any other refusal.
+ * The kinds of contact details a `contact_blocked` refusal names (its
+ * `kinds`: `["email", "phone"]`), or [] for any other refusal.
  */
-function refusedKinds({ code, message }) {
-  if (code !== "contact_blocked") return [];
-  const listed = /\(([a-z, ]+)\)\s*$/.exec(message || "")?.[1];
-  return listed ? listed.split(",").map((kind) => kind.trim()).filter(Boolean) : [];
+function refusedKinds(error) {
+  if (error?.code !== "contact_blocked" || !Array.isArray(error.kinds)) return [];
+  return error.kinds.filter((kind) => typeof kind === "string");
 }
 
 function enc(value) {

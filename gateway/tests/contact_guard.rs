@@ -1,6 +1,7 @@
 //! The contact guard at the edge: the per-thread policy route, `flags` on
 //! every message object, masking for users, and `contact_blocked` over
-//! REST (422) and WebSocket (an `error` frame with the `client_msg_id`).
+//! REST (422) and WebSocket (an `error` frame with the `client_msg_id`),
+//! both naming the `kinds` of contact detail found.
 
 mod support;
 
@@ -137,18 +138,67 @@ async fn guard_at_the_edge(postgres: bool) {
     )
     .await;
     blocked.error(422);
-    assert_eq!(blocked.json["error"]["code"], "contact_blocked");
+    assert_eq!(
+        blocked.json,
+        json!({"error": {
+            "code": "contact_blocked",
+            "message": "message blocked: it contains contact details (handle)",
+            "kinds": ["handle"],
+        }})
+    );
+    // Several kinds, each once, in the order email, phone, link, handle.
+    let blocked = call(
+        gw,
+        "POST",
+        &messages_path,
+        Some(&alice),
+        Some(r#"{"content":"whatsapp me, or mail jane.doe@example.com"}"#),
+    )
+    .await;
+    blocked.error(422);
+    assert_eq!(blocked.json["error"]["kinds"], json!(["email", "handle"]));
+    // An edit is refused the same way.
+    let first = clean.json["id"].as_str().unwrap();
+    let edit = call(
+        gw,
+        "PATCH",
+        &format!("/api/chat/messages/{first}/"),
+        Some(&alice),
+        Some(r#"{"content":"invoice 4821: see example.com/pay"}"#),
+    )
+    .await;
+    edit.error(422);
+    assert_eq!(edit.json["error"]["code"], "contact_blocked");
+    assert_eq!(edit.json["error"]["kinds"], json!(["link"]));
+    // Other errors carry no kinds.
+    let other = call(
+        gw,
+        "PUT",
+        &policy_path,
+        Some(&alice),
+        Some(r#"{"policy":"off"}"#),
+    )
+    .await;
+    assert_eq!(other.json["error"].get("kinds"), None);
     send(
         &mut socket,
-        json!({"type": "chat_message", "content": "t.e.l.e.g.r.a.m @bobby_b", "client_msg_id": "c-9"}),
+        json!({"type": "chat_message", "content": "t.e.l.e.g.r.a.m @bobby_b or ring +1 415 555 0134", "client_msg_id": "c-9"}),
     )
     .await;
     let error = next(&mut socket).await;
-    assert_eq!(error["type"], "error");
-    assert_eq!(error["code"], "contact_blocked");
-    assert_eq!(error["client_msg_id"], "c-9");
+    assert_eq!(
+        error,
+        json!({
+            "type": "error",
+            "code": "contact_blocked",
+            "message": "message blocked: it contains contact details (phone, handle)",
+            "client_msg_id": "c-9",
+            "kinds": ["phone", "handle"],
+        })
+    );
     let page = call(gw, "GET", &messages_path, Some(&alice), None).await;
     assert_eq!(page.json["results"].as_array().unwrap().len(), 3);
+    assert_eq!(page.json["results"][0]["content"], "invoice 4821 is due");
 
     // Null: back to the default.
     let reset = call(

@@ -2,8 +2,9 @@
 // browser contexts: chatting, typing, read receipts, payment / dispute /
 // job-update messages, edits and deletions, a gateway killed and started
 // again mid-conversation, markup shown as text, search, the contact guard
-// (flagged, masked and blocked messages), phone width, keyboard use and an
-// axe-core accessibility check. Each state is saved as a screenshot
+// (flagged, masked and blocked messages), presence (online, then offline
+// with the time last seen), phone width, keyboard use and an axe-core
+// accessibility check. Each state is saved as a screenshot
 // in tests/browser/screenshots/ (ignored by git).
 //
 // Runs the real binaries from the Cargo target directory, each test on an
@@ -486,4 +487,86 @@ test("search finds a message in another thread and opens it there; the contact g
   await alice.waitForSelector("#edit-text", { state: "detached" });
   assert.equal(await mine.locator(".text").textContent(), "logo note 59");
   for (const page of [alice, bob]) assert.deepEqual(page.problems, []);
+});
+
+test("presence: each side sees the other online, and offline with the time last seen once the grace period is over", async (t) => {
+  // A short grace period, so that going offline is announced within a second.
+  const s = await stack(t, { env: { PRESENCE_GRACE_SECONDS: "1" } });
+  const gateway = await s.gateway();
+  const browser = await launch(t);
+  const aliceToken = s.token("alice");
+  const bobToken = s.token("bob");
+  const thread = (await s.api(gateway.url, aliceToken, "POST", "/threads/", { participants: ["bob"], job_id: "job-9" })).json.id;
+
+  /** What a page shows of `user`'s presence: the list's dot and words, the header's dot and line. */
+  const shown = (page, user) => page.evaluate(([threadId, who]) => {
+    const button = document.querySelector(`.thread[data-id="${threadId}"]`);
+    const line = document.querySelector(`#thread-presence .presence[data-user="${who}"]`);
+    return {
+      listDot: button?.querySelector(".avatar .presence-dot")?.className ?? null,
+      listLabel: button?.querySelector(".presence-label")?.textContent ?? null,
+      headDot: document.querySelector("#thread-avatar .presence-dot")?.className ?? null,
+      line: line?.textContent ?? null,
+      lineState: line?.dataset.state ?? null,
+      lastSeen: line?.querySelector("time")?.dateTime ?? null,
+    };
+  }, [thread, user]);
+  const online = (user) => ({
+    listDot: "presence-dot online", listLabel: " (online)", headDot: "presence-dot online",
+    line: `${user} is online`, lineState: "online", lastSeen: null,
+  });
+
+  // Alice is connected first: bob's page, opened after, asks who is online
+  // (no frame is sent about a user who was online already).
+  const alice = await person(t, browser, `${gateway.url}/`, aliceToken);
+  await openThread(alice, thread);
+  const bob = await person(t, browser, `${gateway.url}/`, bobToken);
+  await openThread(bob, thread);
+  await bob.waitForSelector('#thread-presence .presence[data-user="alice"][data-state="online"]');
+  assert.deepEqual(await shown(bob, "alice"), online("alice"));
+  assert.equal(await bob.isVisible("#thread-presence"), true);
+  assert.equal(await bob.textContent("#thread-sub"), "With alice · Job job-9");
+  // And vice versa: alice's page hears bob come online (a presence frame).
+  await alice.waitForSelector('#thread-presence .presence[data-user="bob"][data-state="online"]');
+  assert.deepEqual(await shown(alice, "bob"), online("bob"));
+  // The list says it in words too, for screen readers (the avatar is hidden from them).
+  assert.equal(await bob.getAttribute(`.thread[data-id="${thread}"] .avatar`, "aria-hidden"), "true");
+  assert.match(await bob.locator(`.thread[data-id="${thread}"]`).evaluate((b) => b.textContent), /^ALalice \(online\)/);
+  await shot(bob, "20-presence-online");
+  await shot(alice, "21-presence-online-other-side");
+  assert.deepEqual(await accessibility(bob), [], "with presence online");
+
+  // Alice closes her page: her socket goes, and once the grace period is
+  // over (not before) bob's page shows her offline, with when she was last seen.
+  const closing = Date.now();
+  await alice.context().close();
+  await bob.waitForSelector('#thread-presence .presence[data-user="alice"][data-state="offline"]', { timeout: 15000 });
+  const after = Date.now() - closing;
+  assert.ok(after >= 1000, `offline only after the grace period (${after} ms)`);
+  const rest = await s.api(gateway.url, bobToken, "GET", "/presence/?users=alice");
+  assert.equal(rest.status, 200);
+  const lastSeen = rest.json.users.alice.last_seen_at;
+  assert.equal(rest.json.users.alice.online, false);
+  assert.ok(Date.parse(lastSeen) >= closing - 1000 && Date.parse(lastSeen) <= Date.now(), `last seen ${lastSeen}`);
+  // The time as the page's locale writes it, on the day it was ("yesterday" only just after midnight).
+  const time = await bob.evaluate((iso) => new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" }).format(new Date(iso)), lastSeen);
+  const day = new Date(lastSeen).toDateString() === new Date().toDateString() ? "today" : "yesterday";
+  assert.deepEqual(await shown(bob, "alice"), {
+    listDot: "presence-dot offline", listLabel: " (offline)", headDot: "presence-dot offline",
+    line: `alice was last seen ${day} at ${time}`, lineState: "offline", lastSeen,
+  });
+  const dots = await bob.$$eval(".presence-dot", (nodes) => nodes.map((n) => getComputedStyle(n).backgroundColor));
+  assert.deepEqual(dots, ["rgb(152, 162, 179)", "rgb(152, 162, 179)", "rgb(152, 162, 179)"], "grey, not green");
+  await shot(bob, "22-presence-offline");
+  assert.deepEqual(await accessibility(bob), [], "with presence offline");
+
+  // Alice comes back on a new page: bob's page hears it, and hers asks
+  // and finds bob, who was online all along.
+  const back = await person(t, browser, `${gateway.url}/`, aliceToken);
+  await openThread(back, thread);
+  await bob.waitForSelector('#thread-presence .presence[data-user="alice"][data-state="online"]');
+  assert.deepEqual(await shown(bob, "alice"), online("alice"));
+  await back.waitForSelector('#thread-presence .presence[data-user="bob"][data-state="online"]');
+  assert.deepEqual(await shown(back, "bob"), online("bob"));
+  for (const page of [bob, back]) assert.deepEqual(page.problems, []);
 });

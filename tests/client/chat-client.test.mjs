@@ -387,14 +387,18 @@ test("a send the contact guard blocks fails for good: nothing stored, and it is 
   });
 
   const blocked = alice.chat.send(thread.id, "mail me at alice.smith@example.com");
-  await assert.rejects(blocked.confirmed,
-    (error) => error instanceof ChatApiError && error.code === "contact_blocked");
+  await assert.rejects(blocked.confirmed, (error) => error instanceof ChatApiError
+    && error.code === "contact_blocked" && JSON.stringify(error.kinds) === '["email"]');
   const refusal = "message blocked: it contains contact details (email)";
   assert.deepEqual(alice.seen.failed, [{
     threadId: thread.id, clientMsgId: blocked.client_msg_id, code: "contact_blocked",
     message: refusal, kinds: ["email"], final: true,
   }]);
-  assert.deepEqual(errors.map((f) => [f.code, f.client_msg_id]), [["contact_blocked", blocked.client_msg_id]]);
+  // The frame names the kinds in a field of its own: the library reads them there.
+  assert.deepEqual(errors, [{
+    type: "error", code: "contact_blocked", message: refusal,
+    client_msg_id: blocked.client_msg_id, kinds: ["email"],
+  }]);
   const [echo] = alice.chat.messages(thread.id);
   assert.equal(echo.client_msg_id, blocked.client_msg_id);
   assert.deepEqual(echo.failed, { code: "contact_blocked", message: refusal, kinds: ["email"] });
@@ -404,7 +408,7 @@ test("a send the contact guard blocks fails for good: nothing stored, and it is 
   const rest = await s.api(gateway.url, s.token("alice"), "POST", `/threads/${thread.id}/messages/`,
     { content: "mail me at alice.smith@example.com" });
   assert.equal(rest.status, 422);
-  assert.equal(rest.json.error.code, "contact_blocked");
+  assert.deepEqual(rest.json, { error: { code: "contact_blocked", message: refusal, kinds: ["email"] } });
 
   // The gateway goes away and comes back; meanwhile the thread's policy
   // becomes `mask`, so a re-send of the blocked text would now be stored.
@@ -435,4 +439,10 @@ test("a send the contact guard blocks fails for good: nothing stored, and it is 
     [[1, "or write to [contact hidden]"], [null, "mail me at alice.smith@example.com"]]);
   alice.chat.discard(blocked.client_msg_id);
   assert.deepEqual(alice.chat.messages(thread.id).map((m) => m.seq), [1]);
+
+  // Blocked again: an edit the guard refuses (over REST) rejects with the kinds too.
+  await policy("block");
+  await assert.rejects(alice.chat.editMessage(next.id, "or pay at example.com/pay, ring +1 415 555 0134"),
+    (error) => error instanceof ChatApiError && error.status === 422 && error.code === "contact_blocked"
+      && JSON.stringify(error.kinds) === '["phone","link"]');
 });

@@ -42,10 +42,11 @@ function exited(child) {
 }
 
 /**
- * chat-core on a database of its own, and a way to start gateways in front
- * of it. Everything started is stopped by `t.after`.
+ * chat-core on a database of its own (with `env`, extra settings such as
+ * `PRESENCE_GRACE_SECONDS`), and a way to start gateways in front of it.
+ * Everything started is stopped by `t.after`.
  */
-export async function stack(t) {
+export async function stack(t, { env = {} } = {}) {
   const dir = mkdtempSync(join(tmpdir(), "chat-client-"));
   const token = (sub, { ttl = 3600, role } = {}) => {
     const args = ["token", "--sub", sub, "--ttl", String(ttl)];
@@ -55,7 +56,7 @@ export async function stack(t) {
   token("setup"); // creates the development secret
   const secret = readFileSync(join(dir, "data/jwt-secret"), "utf8").trim();
   const core = await start(bin("chat-core"), {
-    CHAT_CORE_GRPC_ADDR: "127.0.0.1:0", CHAT_CORE_HTTP_ADDR: "127.0.0.1:0",
+    CHAT_CORE_GRPC_ADDR: "127.0.0.1:0", CHAT_CORE_HTTP_ADDR: "127.0.0.1:0", ...env,
   }, dir, "grpc");
   const children = new Set([core.child]);
   t.after(async () => {

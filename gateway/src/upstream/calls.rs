@@ -194,7 +194,7 @@ impl Link {
                 let status = Status::new(Code::from_i32(failed.code), failed.message);
                 Err(match failed.error_code.as_str() {
                     chat_proto::errors::CONTACT_BLOCKED => {
-                        chat_proto::errors::with_code(status, chat_proto::errors::CONTACT_BLOCKED)
+                        chat_proto::errors::contact_blocked(status, &failed.error_kinds)
                     }
                     _ => status,
                 })

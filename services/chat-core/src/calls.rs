@@ -130,6 +130,7 @@ impl CallService {
                     error_code: chat_proto::errors::code_of(&status)
                         .unwrap_or_default()
                         .to_owned(),
+                    error_kinds: chat_proto::errors::kinds_of(&status),
                 })
             })),
         }

@@ -106,9 +106,9 @@ impl From<ChatError> for Status {
             }
             ChatError::Lagging => Status::resource_exhausted(err.to_string()),
             ChatError::CapReached(message) => Status::resource_exhausted(*message),
-            ChatError::ContactBlocked(_) => chat_proto::errors::with_code(
+            ChatError::ContactBlocked(kinds) => chat_proto::errors::contact_blocked(
                 Status::failed_precondition(err.to_string()),
-                chat_proto::errors::CONTACT_BLOCKED,
+                kinds,
             ),
             ChatError::ShuttingDown => Status::unavailable(err.to_string()),
             ChatError::Internal(source) => {

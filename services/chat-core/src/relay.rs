@@ -314,5 +314,6 @@ fn ended(status: &Status) -> RelayKind {
         code: status.code() as i32,
         message: status.message().to_owned(),
         error_code: String::new(),
+        error_kinds: Vec::new(),
     })
 }

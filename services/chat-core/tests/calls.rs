@@ -230,6 +230,66 @@ async fn each_call_is_checked_alone_and_a_refused_one_changes_nothing(app: TestA
         );
     }
 
+    // A text the thread's contact policy blocks: the application error
+    // code and the kinds found travel with the status, as the unary RPC's
+    // metadata carries them.
+    app.service("job-service")
+        .await
+        .set_contact_policy(pb::SetContactPolicyRequest {
+            thread_id: thread.clone(),
+            policy: Some("block".into()),
+        })
+        .await
+        .expect("block contact details");
+    let blocked = send(
+        &thread,
+        "mail me at jane.doe@example.com or +1 415 555 0134",
+        None,
+    );
+    let answer = stream
+        .round_trip(150, &alice_token, Call::SendMessage(blocked.clone()))
+        .await;
+    let Answer::Failed(refused) = answer else {
+        panic!("expected a failure, got {answer:?}");
+    };
+    let unary = alice.send_message(blocked).await.expect_err("blocked");
+    assert_eq!(
+        (
+            Code::from_i32(refused.code),
+            refused.message.as_str(),
+            refused.error_code.as_str(),
+            refused.error_kinds.clone(),
+        ),
+        (
+            unary.code(),
+            unary.message(),
+            "contact_blocked",
+            vec!["email".to_owned(), "phone".to_owned()],
+        )
+    );
+    assert_eq!(
+        unary
+            .metadata()
+            .get("chat-error-kinds")
+            .and_then(|v| v.to_str().ok()),
+        Some("email,phone")
+    );
+    // Other refusals carry neither.
+    let answer = stream
+        .round_trip(
+            151,
+            &alice_token,
+            Call::SendMessage(send(&thread, "", None)),
+        )
+        .await;
+    let Answer::Failed(refused) = answer else {
+        panic!("expected a failure, got {answer:?}");
+    };
+    assert_eq!(
+        (refused.error_code.as_str(), refused.error_kinds.len()),
+        ("", 0)
+    );
+
     // A call that names nothing.
     stream.call(200, &alice_token, None).await;
     let (id, answer) = stream.next().await;

@@ -36,6 +36,12 @@ async fn try_send(
         .map(|r| r.into_inner().message.expect("message"))
 }
 
+/// The `chat-error-code` and `chat-error-kinds` metadata a refusal carries.
+fn error_metadata(err: &tonic::Status) -> (Option<&str>, Option<&str>) {
+    let get = |key| err.metadata().get(key).and_then(|v| v.to_str().ok());
+    (get("chat-error-code"), get("chat-error-kinds"))
+}
+
 async fn set_policy(service: &mut Client, thread_id: &str, policy: Option<&str>) -> pb::Thread {
     service
         .set_contact_policy(pb::SetContactPolicyRequest {
@@ -223,16 +229,12 @@ async fn block_stores_nothing_but_the_event(app: TestApp) {
     .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert_eq!(
-        err.metadata()
-            .get("chat-error-code")
-            .and_then(|v| v.to_str().ok()),
-        Some("contact_blocked")
+        error_metadata(&err),
+        (Some("contact_blocked"), Some("phone,handle"))
     );
-    assert!(
-        err.message()
-            .starts_with("message blocked: it contains contact details"),
-        "{}",
-        err.message()
+    assert_eq!(
+        err.message(),
+        "message blocked: it contains contact details (phone, handle)"
     );
     // Nothing stored: the next message takes seq 1.
     assert!(messages(&mut alice, &t.id).await.is_empty());
@@ -295,10 +297,8 @@ async fn edits_are_checked_under_the_same_policy(app: TestApp) {
     set_policy(&mut service, &t.id, Some("block")).await;
     let err = edit("text me 415 555 0134").await.unwrap_err();
     assert_eq!(
-        err.metadata()
-            .get("chat-error-code")
-            .and_then(|v| v.to_str().ok()),
-        Some("contact_blocked")
+        error_metadata(&err),
+        (Some("contact_blocked"), Some("phone"))
     );
     assert_eq!(
         messages(&mut bob, &t.id).await[0].content,
@@ -391,10 +391,8 @@ async fn a_policy_set_on_one_replica_holds_on_another() {
     set_policy(&mut a.service("job-service").await, &t.id, Some("block")).await;
     let err = try_send(&mut alice_on_b, &t.id, CONTACT).await.unwrap_err();
     assert_eq!(
-        err.metadata()
-            .get("chat-error-code")
-            .and_then(|v| v.to_str().ok()),
-        Some("contact_blocked")
+        error_metadata(&err),
+        (Some("contact_blocked"), Some("email"))
     );
     set_policy(&mut b.service("job-service").await, &t.id, Some("mask")).await;
     let sent = try_send(&mut a.user("alice").await, &t.id, CONTACT)
