@@ -396,13 +396,25 @@ impl Session {
         } else {
             Duration::from_secs(2)
         };
-        let _ = timeout(
-            linger,
-            socket.send(Message::Close(Some(CloseFrame {
-                code,
-                reason: reason.into(),
-            }))),
-        )
+        // Then the browser's own close frame is awaited, and whatever it
+        // sent before it (a pong to an earlier ping, say) read and dropped:
+        // closing the connection with bytes of it unread would make the
+        // kernel reset it, and a reset throws away the frames the browser
+        // has not read yet, the close frame with its code among them.
+        let _ = timeout(linger, async {
+            socket
+                .send(Message::Close(Some(CloseFrame {
+                    code,
+                    reason: reason.into(),
+                })))
+                .await?;
+            while let Some(frame) = socket.recv().await {
+                if matches!(frame?, Message::Close(_)) {
+                    break;
+                }
+            }
+            Ok::<_, axum::Error>(())
+        })
         .await;
         open.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
