@@ -14,6 +14,12 @@ use crate::search::SearchTerms;
 /// thousand of the caller's.
 const RECENT_WINDOWS: [i64; 2] = [2_000, 20_000];
 
+/// Matches of a user's search, as the planner estimates them from the
+/// index's word statistics, below which the text index answers at once:
+/// reading that many of the caller's rows costs less than walking the
+/// newest messages.
+const FEW_MATCHES: f64 = 5_000.0;
+
 /// Whose messages a search looks through.
 #[derive(Debug, Clone, Copy)]
 pub enum SearchScope<'a> {
@@ -118,7 +124,15 @@ impl Store {
                 // index, whose walk would visit every message for a rare
                 // word.
                 let mut found = Vec::new();
-                for window in RECENT_WINDOWS {
+                let few = match &mark {
+                    Some((_, mark)) => {
+                        estimated_matches(&backend.pool, &terms.tsquery(), mark).await?
+                            <= FEW_MATCHES
+                    }
+                    None => false,
+                };
+                let windows: &[i64] = if few { &[] } else { &RECENT_WINDOWS };
+                for &window in windows {
                     let recent = format!(
                         "SELECT {MESSAGE_COLUMNS} FROM (SELECT * FROM messages m \
                          WHERE {cursor_cond} ORDER BY m.created_at DESC, m.id DESC \
@@ -170,4 +184,31 @@ impl Store {
         };
         Ok(rows)
     }
+}
+
+/// How many messages the planner expects to match `tsquery` and `mark`
+/// together: from the word frequencies ANALYZE keeps for the `search`
+/// column (common words and marks are there; a word that is not is rare).
+/// Planned as a one-off statement, so the estimate is for these words,
+/// not a generic plan's guess.
+async fn estimated_matches(
+    pool: &sqlx::PgPool,
+    tsquery: &str,
+    mark: &str,
+) -> Result<f64, StoreError> {
+    // The plan's first line: "<node>  (cost=a..b rows=N width=w)".
+    let top: String = sqlx::query_scalar(
+        "EXPLAIN SELECT 1 FROM messages m \
+         WHERE m.search @@ (to_tsquery('simple', $1) && $2::tsquery)",
+    )
+    .bind(tsquery)
+    .bind(mark)
+    .persistent(false)
+    .fetch_one(pool)
+    .await?;
+    Ok(top
+        .split_once(" rows=")
+        .and_then(|(_, rest)| rest.split(' ').next())
+        .and_then(|rows| rows.parse().ok())
+        .unwrap_or(f64::MAX))
 }
