@@ -38,6 +38,7 @@ pub struct Application {
     stop: tokio::sync::watch::Sender<bool>,
     shutdown_grace: std::time::Duration,
     timeouts: crate::listener::Timeouts,
+    presence: crate::upstream::PresenceReporter,
 }
 
 impl Application {
@@ -91,6 +92,7 @@ impl Application {
                 header: settings.header_timeout,
                 idle: settings.idle_timeout,
             },
+            presence,
         })
     }
 
@@ -172,6 +174,11 @@ impl Application {
         while open_sockets.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+        // The presence reporter released this gateway's users when the
+        // signal came (their grace period runs from then); wait until that
+        // went out, so they do not stay online until the lease runs out.
+        // It gives up by itself within a few seconds.
+        self.presence.finished().await;
         tracing::info!("chat-gateway stopped");
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! Presence through the gateway, on both backends: `presence` frames to
 //! co-participants' sockets after the grace period (none for a reconnect
-//! within it), `GET /api/chat/presence/`, and a gateway that goes away
-//! taking its users' presence with it.
+//! within it), `GET /api/chat/presence/`, and a gateway stopped cleanly
+//! releasing its users' presence on the way out.
 
 mod support;
 
@@ -43,7 +43,7 @@ on_both_backends!(
     co_participants_get_presence_frames_without_flapping,
     presence_is_answered_for_co_participants_only,
     bad_presence_queries_are_400,
-    a_gateway_that_goes_away_takes_its_users_offline,
+    a_gateway_stopped_cleanly_releases_its_users,
 );
 
 async fn thread(stack: &TestStack, creator: &str, others: &[&str]) -> String {
@@ -220,7 +220,7 @@ async fn bad_presence_queries_are_400(stack: TestStack) {
     assert_eq!(answer.status, 401);
 }
 
-async fn a_gateway_that_goes_away_takes_its_users_offline(mut stack: TestStack) {
+async fn a_gateway_stopped_cleanly_releases_its_users(mut stack: TestStack) {
     thread(&stack, "alice", &["bob"]).await;
     // Bob listens through a second gateway; alice is on the first.
     let (other, _other_stop) = spawn_gateway(&stack.core_url(), &stack.secret).await;
@@ -232,17 +232,35 @@ async fn a_gateway_that_goes_away_takes_its_users_offline(mut stack: TestStack) 
             .unwrap()["online"],
         true
     );
-    // The first gateway goes away; whatever it says on the way out, its
-    // lease stops being renewed.
+    // The first gateway gets its shutdown signal (as from SIGTERM): its
+    // last report releases alice, whose grace period starts now, not
+    // whenever its lease would have run out.
     stack.stop_gateway();
-    let gone = Instant::now();
+    let stopped = Instant::now();
     let offline = presence_frame(&mut bob, Duration::from_secs(4))
         .await
         .expect("alice goes offline with her gateway");
+    let after = stopped.elapsed();
+    assert_eq!(offline["user_id"], "alice");
     assert_eq!(offline["online"], false);
+    // The grace period (1 s), plus at most one sweep (a quarter of it) and
+    // the trip to bob's socket.
     assert!(
-        gone.elapsed() <= Duration::from_secs(2),
-        "within twice the grace period, not {:?}",
-        gone.elapsed()
+        after >= Duration::from_millis(900) && after <= Duration::from_millis(1_750),
+        "after the grace period and soon after it, not {after:?}"
+    );
+    // The presence query agrees, through the gateway still up.
+    let answer = call(
+        other,
+        "GET",
+        "/api/chat/presence/?users=alice",
+        Some(&token(&stack.secret, "bob")),
+        None,
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        answer.json,
+        json!({"users": {"alice": {"online": false, "last_seen_at": offline["last_seen_at"]}}})
     );
 }

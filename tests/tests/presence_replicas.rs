@@ -2,8 +2,10 @@
 //! gateways, all real processes, on one PostgreSQL and one Redis: presence
 //! frames cross gateways and replicas, a reconnect through the other
 //! gateway within the grace period does not flap, a gateway killed without
-//! a word takes its users offline within twice the grace period, and an
-//! offline user's unread thread is reminded exactly once.
+//! a word takes its users offline within twice the grace period, one
+//! stopped with SIGTERM releases its users so they go offline right after
+//! the grace period, and an offline user's unread thread is reminded
+//! exactly once.
 
 use std::{
     path::Path,
@@ -235,4 +237,62 @@ async fn presence_and_reminders_across_two_replicas_and_two_gateways() {
             .is_err(),
         "exactly one reminder"
     );
+}
+
+/// A gateway stopped with SIGTERM releases its users on the way out: they
+/// go offline once the grace period (1 s here) has passed since the
+/// signal, not whenever its lease would have run out, and the presence
+/// query agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_stopped_with_sigterm_releases_its_users() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = PgDatabase::create(dir.path());
+    let prefix = format!("presence-stop-{}:", std::process::id());
+    let (_core_a, url_a) = start_core(dir.path(), &db.url, &prefix);
+    let (_core_b, url_b) = start_core(dir.path(), &db.url, &prefix);
+    let cores = format!("{url_a},{url_b}");
+    let (mut g1, gateway_1) = start_gateway(dir.path(), &cores);
+    let (_g2, gateway_2) = start_gateway(dir.path(), &cores);
+
+    let alice = token(dir.path(), SECRET, "alice");
+    let bob = token(dir.path(), SECRET, "bob");
+    let (status, body) = system_tests::http_post_json(
+        gateway_2,
+        "/api/chat/threads/",
+        &alice,
+        &json!({"participants": ["bob"]}).to_string(),
+    );
+    assert_eq!(status, 201, "{body}");
+    let mut bob_socket = socket(gateway_2, &bob).await;
+    let _alice_socket = socket(gateway_1, &alice).await;
+    let online = presence(&mut bob_socket, Duration::from_secs(5))
+        .await
+        .expect("online frame");
+    assert_eq!(online["online"], true);
+
+    let signalled = Instant::now();
+    let stopping = tokio::task::spawn_blocking(move || {
+        let status = g1.terminate(Duration::from_secs(20));
+        (status, g1.log())
+    });
+    let offline = presence(&mut bob_socket, Duration::from_secs(5))
+        .await
+        .expect("offline frame");
+    let after = signalled.elapsed();
+    assert_eq!(offline["user_id"], "alice");
+    assert_eq!(offline["online"], false);
+    assert!(
+        after >= Duration::from_millis(900) && after <= Duration::from_millis(2_000),
+        "the grace period after the signal, then a sweep; not {after:?}"
+    );
+    let (status, body) =
+        system_tests::http_get_auth(gateway_2, "/api/chat/presence/?users=alice", &bob);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({"users": {"alice": {"online": false, "last_seen_at": offline["last_seen_at"]}}})
+    );
+    let (exit, log) = stopping.await.expect("stopped");
+    assert!(exit.success(), "{log}");
+    assert!(log.contains("presence released for shutdown"), "{log}");
 }

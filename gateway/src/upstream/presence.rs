@@ -8,13 +8,16 @@
 //! The lease is what makes a dead gateway's users go offline: chat-core
 //! drops everything a gateway reported once its lease runs out. When
 //! chat-core says the lease was not live (it ran out while chat-core was
-//! unreachable), the gateway reports every user it holds again.
+//! unreachable), the gateway reports every user it holds again. A gateway
+//! that stops cleanly does not leave it to the lease: its last report
+//! releases everything it reported, so its users' grace period starts when
+//! their sockets are closed, not whenever the lease happens to run out.
 
 use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex, Weak,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -39,6 +42,9 @@ const REPORT_ENTRIES: usize = 2_000;
 const RETRY_AFTER: Duration = Duration::from_millis(250);
 /// How long one report may take.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a stopping gateway keeps trying to release its presence
+/// before it leaves the rest to the lease.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What is to be said about one user: online (with the token that proves
 /// it) or offline.
@@ -51,6 +57,10 @@ struct Shared {
     wake: Notify,
     reports: AtomicU64,
     transitions: AtomicU64,
+    /// Whether [`PresenceReporter::start`] ran.
+    started: AtomicBool,
+    /// Set once the reporter has stopped (after its release, on shutdown).
+    finished: watch::Sender<bool>,
 }
 
 /// Collects this gateway's presence transitions for chat-core. Cheap to
@@ -77,6 +87,8 @@ impl PresenceReporter {
                 wake: Notify::new(),
                 reports: AtomicU64::new(0),
                 transitions: AtomicU64::new(0),
+                started: AtomicBool::new(false),
+                finished: watch::Sender::new(false),
             }),
         }
     }
@@ -109,6 +121,17 @@ impl PresenceReporter {
         )
     }
 
+    /// Completes once the reporter has stopped: after `shutdown`, when its
+    /// release went out (or could not within a few seconds). Completes at
+    /// once if it was never started.
+    pub async fn finished(&self) {
+        if !self.shared.started.load(Ordering::Acquire) {
+            return;
+        }
+        let mut finished = self.shared.finished.subscribe();
+        let _ = finished.wait_for(|done| *done).await;
+    }
+
     /// Sends transitions and renews the lease until `shutdown`, over
     /// `routed`; `sockets` (held weakly: it holds this reporter) says who
     /// is here when everything must be reported again.
@@ -124,8 +147,14 @@ impl PresenceReporter {
             sockets,
             renew_after: FIRST_RENEWAL,
             report_all: true,
+            reported: false,
         };
-        tokio::spawn(task.run(shutdown));
+        self.shared.started.store(true, Ordering::Release);
+        tokio::spawn(async move {
+            let shared = task.shared.clone();
+            task.run(shutdown).await;
+            shared.finished.send_replace(true);
+        });
     }
 }
 
@@ -137,6 +166,8 @@ struct Task {
     /// Report every user held here (chat-core lost them, or never had
     /// them).
     report_all: bool,
+    /// Whether chat-core ever took a report (and so holds a lease).
+    reported: bool,
 }
 
 impl Task {
@@ -144,7 +175,11 @@ impl Task {
         let mut next_renewal = Instant::now();
         loop {
             tokio::select! {
-                () = async { let _ = shutdown.wait_for(|stop| *stop).await; } => return,
+                biased;
+                () = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {
+                    self.release().await;
+                    return;
+                }
                 () = self.shared.wake.notified() => {
                     tokio::time::sleep(GATHER).await;
                 }
@@ -193,6 +228,45 @@ impl Task {
         }
     }
 
+    /// The last report, on shutdown: chat-core drops this gateway's lease
+    /// and users at once, and they go offline after the grace period
+    /// unless they hold a socket elsewhere (a socket told to reconnect
+    /// elsewhere has time to). Transitions not yet sent are left out: the
+    /// release covers them. Tried again for a few seconds; after that the
+    /// lease runs out by itself.
+    async fn release(&mut self) {
+        if !self.reported {
+            return;
+        }
+        let deadline = Instant::now() + RELEASE_TIMEOUT;
+        loop {
+            let mut call = tonic::Request::new(pb::ReportPresenceRequest {
+                gateway_id: self.shared.gateway_id.clone(),
+                release: true,
+                ..Default::default()
+            });
+            let left = deadline.saturating_duration_since(Instant::now());
+            call.set_timeout(left);
+            let answer = tokio::time::timeout(left, self.client.report_presence(call)).await;
+            match answer {
+                Ok(Ok(_)) => {
+                    self.shared.reports.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(gateway_id = %self.shared.gateway_id, "presence released for shutdown");
+                    return;
+                }
+                Ok(Err(status)) => {
+                    tracing::warn!(code = ?status.code(), message = %status.message(), "presence release failed");
+                }
+                Err(_) => {}
+            }
+            if Instant::now() + RETRY_AFTER >= deadline {
+                tracing::warn!("presence not released; the lease will run out instead");
+                return;
+            }
+            tokio::time::sleep(RETRY_AFTER).await;
+        }
+    }
+
     /// Sends `batch` in reports of at most [`REPORT_ENTRIES`] (at least one
     /// report, which renews the lease). Answers whether the lease was live
     /// before, or what was not sent.
@@ -221,6 +295,7 @@ impl Task {
             match answer {
                 Ok(response) => {
                     let response = response.into_inner();
+                    self.reported = true;
                     self.shared.reports.fetch_add(1, Ordering::Relaxed);
                     self.shared
                         .transitions

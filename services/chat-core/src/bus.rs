@@ -9,6 +9,12 @@
 //! Redis pub/sub is at most once, so whenever notifications may have been
 //! lost (a failed publish, a full outbox, a reconnect) every replica is told
 //! to resync, and each stream catches up from the database.
+//!
+//! Presence changes travel differently: many of them, each with its
+//! audience, in one message on one channel that every replica hears
+//! ([`PresenceBatch`]), instead of one publish per (user, co-participant).
+//! Each replica hands them to its own subscribers of the audience's user
+//! topics.
 
 use std::{
     collections::HashSet,
@@ -26,14 +32,24 @@ use uuid::Uuid;
 
 use crate::{
     domain::Caller,
-    events::{ChatEvent, EventKind, SharedEvent, Topic},
+    events::{ChatEvent, EventKind, PresenceBatch, SharedEvent, Topic},
     hub::{Hub, InterestListener},
-    wire::{event_from_proto, event_to_proto, integration_from_proto, integration_to_proto},
+    wire::{
+        PresenceBatchWire, event_from_proto, event_to_proto, integration_from_proto,
+        integration_to_proto, presence_batch_from_wire, presence_batch_to_wire,
+    },
 };
 
 /// Events waiting to be published to Redis; beyond this, events are
 /// dropped and every replica resyncs from the database instead.
 const OUTBOX: usize = 16 * 1024;
+
+/// What waits in the outbox: one event for one topic, or a batch of
+/// presence changes for the presence channel.
+enum Outgoing {
+    Event(Topic, SharedEvent),
+    Presence(Arc<PresenceBatch>),
+}
 /// Publishes pipelined in one round trip.
 const PIPELINE: usize = 512;
 /// How long a new subscription waits for Redis to confirm its channels.
@@ -85,22 +101,24 @@ impl EventBus {
         }
     }
 
-    /// Publishes like [`EventBus::publish`], but waits for room in the
-    /// Redis outbox instead of dropping (and making every replica resync)
-    /// when it is full: for bulk announcements from a background task
-    /// (presence after a gateway drained), which may wait and must not
-    /// crowd out the events of the send path.
-    pub async fn publish_paced(&self, topic: &Topic, event: SharedEvent) {
+    /// Announces presence changes on every replica: each change to the
+    /// subscribers of its audience's user topics, here at once and
+    /// elsewhere through one Redis message for the whole batch. Waits for
+    /// room in the Redis outbox instead of dropping (and making every
+    /// replica resync) when it is full: announcements come from a
+    /// background task, which may wait and must not crowd out the events
+    /// of the send path.
+    pub async fn announce_presence(&self, batch: PresenceBatch) {
         match self {
-            EventBus::InProcess(hub) => hub.deliver(topic, &event),
+            EventBus::InProcess(hub) => hub.deliver_presence(&batch),
             EventBus::Redis(bus) => {
-                bus.hub.deliver(topic, &event);
+                bus.hub.deliver_presence(&batch);
                 // Leave room for the send path: wait while the outbox is
                 // more than half full.
                 while bus.outbox.capacity() < OUTBOX / 2 {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                let _ = bus.outbox.send((topic.clone(), event)).await;
+                let _ = bus.outbox.send(Outgoing::Presence(Arc::new(batch))).await;
             }
         }
     }
@@ -150,7 +168,7 @@ impl InterestListener for InterestSignal {
 #[derive(Clone)]
 pub struct RedisBus {
     hub: Hub,
-    outbox: mpsc::Sender<(Topic, SharedEvent)>,
+    outbox: mpsc::Sender<Outgoing>,
     counts: Arc<OutboxCounts>,
     needs_resync: Arc<AtomicBool>,
     /// Interest changes requested / applied on Redis.
@@ -182,6 +200,11 @@ impl Channels {
 
     fn control(&self) -> String {
         format!("{}control", self.prefix)
+    }
+
+    /// Presence batches: every replica listens.
+    fn presence(&self) -> String {
+        format!("{}presence", self.prefix)
     }
 
     fn parse(&self, channel: &str) -> Option<Topic> {
@@ -260,7 +283,11 @@ impl RedisBus {
 
     fn publish(&self, topic: &Topic, event: SharedEvent) {
         self.hub.deliver(topic, &event);
-        if self.outbox.try_send((topic.clone(), event)).is_err() {
+        if self
+            .outbox
+            .try_send(Outgoing::Event(topic.clone(), event))
+            .is_err()
+        {
             self.counts.dropped.fetch_add(1, Ordering::Relaxed);
             if !self.needs_resync.swap(true, Ordering::AcqRel) {
                 tracing::warn!("redis outbox full: other replicas will resync from the database");
@@ -314,26 +341,39 @@ struct Publisher {
 
 impl Publisher {
     /// `[origin: 16 bytes][tag][protobuf]`: tag 0 is a `chat.v1.Event`,
-    /// tag 1 a `chat.v1.IntegrationEvent`.
-    fn payload(&self, event: &SharedEvent) -> Option<Vec<u8>> {
-        let (tag, body) = match &event.kind {
-            EventKind::Integration(record) => (1u8, integration_to_proto(record).encode_to_vec()),
-            _ => (
-                0u8,
-                event_to_proto(event, &Caller::Service(String::new()))?.encode_to_vec(),
+    /// tag 1 a `chat.v1.IntegrationEvent`, tag 2 a [`PresenceBatchWire`];
+    /// with the channel it goes to.
+    fn payload(&self, outgoing: &Outgoing) -> Option<(String, Vec<u8>)> {
+        let (channel, tag, body) = match outgoing {
+            Outgoing::Event(topic, event) => match &event.kind {
+                EventKind::Integration(record) => (
+                    self.channels.topic(topic),
+                    1u8,
+                    integration_to_proto(record).encode_to_vec(),
+                ),
+                _ => (
+                    self.channels.topic(topic),
+                    0u8,
+                    event_to_proto(event, &Caller::Service(String::new()))?.encode_to_vec(),
+                ),
+            },
+            Outgoing::Presence(batch) => (
+                self.channels.presence(),
+                2u8,
+                presence_batch_to_wire(batch).encode_to_vec(),
             ),
         };
         let mut payload = Vec::with_capacity(17 + body.len());
         payload.extend_from_slice(self.origin.as_bytes());
         payload.push(tag);
         payload.extend_from_slice(&body);
-        Some(payload)
+        Some((channel, payload))
     }
 
     async fn run(
         mut self,
         mut connection: redis::aio::MultiplexedConnection,
-        mut outbox: mpsc::Receiver<(Topic, SharedEvent)>,
+        mut outbox: mpsc::Receiver<Outgoing>,
     ) {
         let mut batch = Vec::with_capacity(PIPELINE);
         loop {
@@ -358,12 +398,9 @@ impl Publisher {
                 }
             }
             let mut pipe = redis::pipe();
-            for (topic, event) in &batch {
-                if let Some(payload) = self.payload(event) {
-                    pipe.cmd("PUBLISH")
-                        .arg(self.channels.topic(topic))
-                        .arg(payload)
-                        .ignore();
+            for outgoing in &batch {
+                if let Some((channel, payload)) = self.payload(outgoing) {
+                    pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
                 }
             }
             let published: Result<(), _> = pipe.query_async(&mut connection).await;
@@ -425,7 +462,10 @@ impl Subscriber {
             delay = Duration::from_millis(100);
             let (mut sink, mut stream) = pubsub.split();
             let mut subscribed = HashSet::new();
-            if let Err(err) = sink.subscribe(self.channels.control()).await {
+            if let Err(err) = sink
+                .subscribe(&[self.channels.control(), self.channels.presence()])
+                .await
+            {
                 tracing::warn!(error = %err, "redis subscribe failed");
                 continue;
             }
@@ -500,6 +540,16 @@ impl Subscriber {
             }
             return;
         }
+        if channel == self.channels.presence() {
+            if payload.len() < 17 || payload[..16] == *self.origin.as_bytes() {
+                return;
+            }
+            match (payload[16], PresenceBatchWire::decode(&payload[17..])) {
+                (2, Ok(batch)) => self.hub.deliver_presence(&presence_batch_from_wire(batch)),
+                _ => tracing::warn!(channel, "undecodable presence batch on the bus"),
+            }
+            return;
+        }
         let Some(topic) = self.channels.parse(channel) else {
             return;
         };
@@ -524,5 +574,65 @@ impl Subscriber {
             Some(event) => self.hub.deliver(&topic, &Arc::new(event)),
             None => tracing::warn!(channel, "undecodable event on the bus"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::PresenceNotice;
+
+    /// Two replicas on the local Redis (which the test suite requires):
+    /// one batch announced on one reaches the audience's subscribers on
+    /// both, each change once, in order.
+    #[tokio::test]
+    async fn a_presence_batch_reaches_every_replica() {
+        let (_stop, shutdown) = watch::channel(false);
+        let prefix = format!("bus-test-{}:", Uuid::new_v4().simple());
+        let url = "redis://127.0.0.1:6379";
+        let one = RedisBus::start(url, &prefix, shutdown.clone())
+            .await
+            .expect("redis");
+        let two = RedisBus::start(url, &prefix, shutdown)
+            .await
+            .expect("redis");
+        let mut here = one.hub().subscribe([Topic::User("bob".into())]);
+        let mut there = two.hub().subscribe([Topic::User("bob".into())]);
+        let mut carol = two.hub().subscribe([Topic::User("carol".into())]);
+        one.ready().await;
+        two.ready().await;
+        let notice = |user: &str, online: bool, audience: &[&str]| PresenceNotice {
+            user_id: user.into(),
+            online,
+            last_seen_at: (!online).then_some(42),
+            audience: audience.iter().map(|a| (*a).to_owned()).collect(),
+        };
+        one.announce_presence(PresenceBatch {
+            notices: vec![
+                notice("alice", true, &["bob", "carol"]),
+                notice("dave", false, &["bob"]),
+            ],
+        })
+        .await;
+        let said = |event: Option<SharedEvent>| match event.as_deref().map(|e| &e.kind) {
+            Some(EventKind::Presence {
+                user_id, online, ..
+            }) => (user_id.clone(), *online),
+            other => panic!("{other:?}"),
+        };
+        let wait = Duration::from_secs(5);
+        for subscription in [&mut here, &mut there] {
+            let first = tokio::time::timeout(wait, subscription.recv()).await;
+            assert_eq!(said(first.expect("alice")), ("alice".into(), true));
+            let second = tokio::time::timeout(wait, subscription.recv()).await;
+            assert_eq!(said(second.expect("dave")), ("dave".into(), false));
+        }
+        let first = tokio::time::timeout(wait, carol.recv()).await;
+        assert_eq!(said(first.expect("alice")), ("alice".into(), true));
+        // Nothing twice (the replica that announced ignores its own echo).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(here.try_recv().is_none());
+        assert!(there.try_recv().is_none());
+        assert!(carol.try_recv().is_none());
     }
 }

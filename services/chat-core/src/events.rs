@@ -20,6 +20,50 @@ pub enum Topic {
     Integration,
 }
 
+/// Presence changes of many users, each with everyone who hears it (the
+/// users who share a thread with them): what the announcer hands the bus
+/// in one piece, and what crosses replicas as one message, instead of one
+/// event per (user, co-participant). Each replica hands every change to
+/// the local subscribers of its audience's [`Topic::User`] as an
+/// [`EventKind::Presence`] event.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PresenceBatch {
+    pub notices: Vec<PresenceNotice>,
+}
+
+/// One user's presence change and who hears it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PresenceNotice {
+    pub user_id: String,
+    pub online: bool,
+    pub last_seen_at: Option<crate::domain::UnixMicros>,
+    /// The users told, each once.
+    pub audience: Vec<String>,
+}
+
+impl PresenceBatch {
+    /// How many (change, listener) pairs the batch carries.
+    pub fn pairs(&self) -> usize {
+        self.notices.iter().map(|n| n.audience.len()).sum()
+    }
+
+    /// Each change as the event its audience's subscribers get, with the
+    /// topics it goes to; the event is shared by its whole audience.
+    pub fn deliveries(&self) -> impl Iterator<Item = (SharedEvent, &[String])> {
+        self.notices.iter().map(|notice| {
+            let event = Arc::new(ChatEvent {
+                thread_id: Uuid::nil(),
+                kind: EventKind::Presence {
+                    user_id: notice.user_id.clone(),
+                    online: notice.online,
+                    last_seen_at: notice.last_seen_at,
+                },
+            });
+            (event, notice.audience.as_slice())
+        })
+    }
+}
+
 /// One live event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatEvent {
@@ -50,8 +94,9 @@ pub enum EventKind {
     /// An integration event was committed (published on
     /// [`Topic::Integration`] only, for `WatchIntegrationEvents`).
     Integration(crate::store::IntegrationEventRecord),
-    /// A co-participant came online or went offline (published on
-    /// [`Topic::User`] of each user who shares a thread with them).
+    /// A co-participant came online or went offline (delivered on
+    /// [`Topic::User`] of each user who shares a thread with them; it
+    /// crosses replicas inside a [`PresenceBatch`]).
     Presence {
         user_id: String,
         online: bool,

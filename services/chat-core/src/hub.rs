@@ -13,7 +13,7 @@ use std::{
 
 use tokio::sync::Notify;
 
-use crate::events::{ChatEvent, EventKind, SharedEvent, Topic};
+use crate::events::{ChatEvent, EventKind, PresenceBatch, SharedEvent, Topic};
 
 /// How many events may wait for one subscriber before it counts as too
 /// slow and is cut off.
@@ -144,6 +144,42 @@ impl Hub {
         }
         if emptied && let Some(listener) = &self.listener {
             listener.interest_changed(topic, false);
+        }
+    }
+
+    /// Hands each change of `batch` to the local subscribers of its
+    /// audience's user topics (see [`PresenceBatch`]), taking the registry
+    /// lock once for the whole batch. Users with no subscriber here cost a
+    /// lookup each.
+    pub fn deliver_presence(&self, batch: &PresenceBatch) {
+        let mut emptied = Vec::new();
+        {
+            let Ok(mut registry) = self.registry.lock() else {
+                return;
+            };
+            let mut topic = Topic::User(String::new());
+            for (event, audience) in batch.deliveries() {
+                for user in audience {
+                    // One topic value, refilled: no allocation per listener.
+                    if let Topic::User(name) = &mut topic {
+                        name.clear();
+                        name.push_str(user);
+                    }
+                    let Some(entries) = registry.topics.get_mut(&topic) else {
+                        continue;
+                    };
+                    entries.retain(|entry| entry.inbox.offer(&event, &self.stats.cut_off));
+                    if entries.is_empty() {
+                        registry.topics.remove(&topic);
+                        emptied.push(topic.clone());
+                    }
+                }
+            }
+        }
+        if let Some(listener) = &self.listener {
+            for topic in &emptied {
+                listener.interest_changed(topic, false);
+            }
         }
     }
 
@@ -320,6 +356,41 @@ mod tests {
         drop(one);
         assert_eq!(hub.subscriber_count(&Topic::Thread(t1)), 0);
         assert_eq!(hub.topics(), vec![Topic::Thread(t2)]);
+    }
+
+    #[tokio::test]
+    async fn a_presence_batch_reaches_each_listener_once() {
+        let hub = Hub::default();
+        let mut bob = hub.subscribe([Topic::User("bob".into())]);
+        let mut carol = hub.subscribe([Topic::User("carol".into())]);
+        let batch = PresenceBatch {
+            notices: vec![
+                crate::events::PresenceNotice {
+                    user_id: "alice".into(),
+                    online: true,
+                    last_seen_at: None,
+                    audience: vec!["bob".into(), "nobody-here".into()],
+                },
+                crate::events::PresenceNotice {
+                    user_id: "dave".into(),
+                    online: false,
+                    last_seen_at: Some(7),
+                    audience: vec!["bob".into(), "carol".into()],
+                },
+            ],
+        };
+        hub.deliver_presence(&batch);
+        let said = |event: SharedEvent| match &event.kind {
+            EventKind::Presence {
+                user_id, online, ..
+            } => (user_id.clone(), *online),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(said(bob.recv().await.unwrap()), ("alice".into(), true));
+        assert_eq!(said(bob.recv().await.unwrap()), ("dave".into(), false));
+        assert!(bob.try_recv().is_none());
+        assert_eq!(said(carol.recv().await.unwrap()), ("dave".into(), false));
+        assert!(carol.try_recv().is_none());
     }
 
     #[tokio::test]

@@ -242,6 +242,8 @@ pub struct Sources {
     pub bus: EventBus,
     /// The gRPC listener's caps.
     pub connections: Arc<chat_runtime::connections::ConnectionLimiter>,
+    /// The presence announcer's counts.
+    pub presence: Arc<crate::presence::PresenceStats>,
 }
 
 /// The registry behind `/metrics`: every family chat-core exports.
@@ -334,6 +336,30 @@ pub fn registry(sources: Sources) -> Registry {
         "chat_core_outbox_depth",
         "Live events waiting to be published to Redis.",
         move || bus.outbox().depth as i64,
+    );
+    let presence = sources.presence.clone();
+    counter_fn(
+        &mut registry,
+        "chat_core_presence_announced",
+        "Presence changes announced to co-participants by this replica.",
+        move || {
+            presence
+                .announced
+                .load(std::sync::atomic::Ordering::Relaxed)
+        },
+    );
+    let presence = sources.presence;
+    gauge_fn(
+        &mut registry,
+        "chat_core_presence_backlog",
+        "Presence changes committed and waiting to be announced by this replica.",
+        move || {
+            let queued = presence.queued.load(std::sync::atomic::Ordering::Relaxed);
+            let announced = presence
+                .announced
+                .load(std::sync::atomic::Ordering::Relaxed);
+            queued.saturating_sub(announced) as i64
+        },
     );
     chat_runtime::metrics::register_process(&mut registry);
     registry

@@ -14,16 +14,22 @@
 //! and the reminder scan (writes due reminders to the outbox; each row is
 //! taken by one replica).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use tokio::sync::{mpsc, watch};
-use uuid::Uuid;
 
 use crate::{
-    bus::stopped,
+    bus::{EventBus, stopped},
     chat::ChatError,
     domain::{Caller, now_micros},
-    events::{ChatEvent, EventKind, Topic},
+    events::{PresenceBatch, PresenceNotice},
     live::LiveEvents,
     store::{PresenceChange, PresenceState, Store},
 };
@@ -64,10 +70,19 @@ impl Default for PresenceSettings {
 }
 
 impl PresenceSettings {
-    /// How often the sweeper runs: often enough that a user is announced
-    /// offline within a quarter of the grace period after it ends.
+    /// How often the sweeper runs at the least: often enough that a dead
+    /// gateway's users are dropped within a quarter of the grace period
+    /// after its lease ran out. A grace period that ends sooner wakes it
+    /// earlier (see [`PresenceSettings::sweep_gap`]).
     fn sweep_every(&self) -> Duration {
         (self.grace / 4).clamp(Duration::from_millis(100), Duration::from_secs(5))
+    }
+
+    /// The shortest pause between two sweeps: users whose grace periods
+    /// end close together go out in one round, and one ending just after a
+    /// round waits this long at most.
+    fn sweep_gap(&self) -> Duration {
+        (self.grace / 40).clamp(Duration::from_millis(20), Duration::from_millis(250))
     }
 
     /// When a gateway should report again: a third of its lease, so two
@@ -78,12 +93,16 @@ impl PresenceSettings {
 }
 
 /// A gateway report, checked: users who came online (by their verified
-/// tokens) and users whose last socket on the gateway closed.
+/// tokens) and users whose last socket on the gateway closed; or, with
+/// `release`, the gateway's last report before it stops.
 #[derive(Debug, Clone, Default)]
 pub struct GatewayReport {
     pub gateway_id: String,
     pub online: Vec<String>,
     pub offline: Vec<String>,
+    /// The gateway is stopping: everything it reported goes, its users
+    /// start their grace period now (`online` and `offline` are ignored).
+    pub release: bool,
 }
 
 /// Presence and reminders. Cheap to clone.
@@ -96,10 +115,25 @@ pub struct Presence {
     /// a report is answered once it is stored, not once thousands of
     /// users' audiences are read.
     announcer: mpsc::UnboundedSender<Vec<PresenceChange>>,
+    stats: Arc<PresenceStats>,
 }
 
-/// Users whose audiences are read in one query.
-const ANNOUNCE_BATCH: usize = 500;
+/// What the announcer did, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct PresenceStats {
+    /// Changes handed to the announcer since start.
+    pub queued: AtomicU64,
+    /// Changes announced (or found to have nobody to tell) since start.
+    pub announced: AtomicU64,
+}
+
+/// Changes announced in one round, their users' audiences read together
+/// (one query on PostgreSQL).
+const ANNOUNCE_BATCH: usize = 5_000;
+
+/// Most (change, listener) pairs in one bus message: a few tens of
+/// kilobytes.
+const ANNOUNCE_PAIRS: usize = 2_000;
 
 fn micros(duration: Duration) -> i64 {
     i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
@@ -117,13 +151,25 @@ impl Presence {
     /// Presence over `store`, announcing through `live`.
     pub fn new(store: Store, live: LiveEvents, settings: PresenceSettings) -> Self {
         let (announcer, changes) = mpsc::unbounded_channel();
-        tokio::spawn(announce(store.clone(), live.clone(), changes));
+        let stats = Arc::new(PresenceStats::default());
+        tokio::spawn(announce(
+            store.clone(),
+            live.bus().clone(),
+            stats.clone(),
+            changes,
+        ));
         Presence {
             store,
             live,
             settings,
             announcer,
+            stats,
         }
+    }
+
+    /// The announcer's counts.
+    pub fn stats(&self) -> &Arc<PresenceStats> {
+        &self.stats
     }
 
     /// The timing in force.
@@ -138,6 +184,14 @@ impl Presence {
             return Err(ChatError::InvalidArgument(
                 "gateway_id: 16-64 characters of [A-Za-z0-9_-]".into(),
             ));
+        }
+        if report.release {
+            let released = self
+                .store
+                .release_presence(&report.gateway_id, now_micros())
+                .await?;
+            tracing::info!(gateway_id = %report.gateway_id, "a stopping gateway released its presence");
+            return Ok(released);
         }
         if report.online.len() + report.offline.len() > MAX_REPORT_ENTRIES {
             return Err(ChatError::InvalidArgument(format!(
@@ -164,7 +218,14 @@ impl Presence {
 
     /// Hands committed changes to the announcer.
     fn announce(&self, changes: Vec<PresenceChange>) {
-        if !changes.is_empty() && self.announcer.send(changes).is_err() {
+        if changes.is_empty() {
+            return;
+        }
+        // Counted before the announcer can count them announced.
+        self.stats
+            .queued
+            .fetch_add(changes.len() as u64, Ordering::Relaxed);
+        if self.announcer.send(changes).is_err() {
             tracing::warn!("presence announcer stopped; changes not announced");
         }
     }
@@ -213,22 +274,38 @@ impl Presence {
         tokio::spawn(self.clone().remind(shutdown));
     }
 
+    /// Announces users whose grace period ended and drops dead gateways:
+    /// every [`PresenceSettings::sweep_every`], and as soon as the earliest
+    /// running grace period ends (no sooner than
+    /// [`PresenceSettings::sweep_gap`] after the last round), so users are
+    /// announced right after their grace period rather than up to a
+    /// quarter of it later.
     async fn sweep(self, mut shutdown: watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(self.settings.sweep_every());
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let grace = micros(self.settings.grace);
+        let mut next = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 () = stopped(&mut shutdown) => return,
-                _ = tick.tick() => {}
+                () = tokio::time::sleep_until(next) => {}
             }
+            let started = tokio::time::Instant::now();
             let now = now_micros();
-            match self
-                .store
-                .sweep_presence(now, now - micros(self.settings.grace))
-                .await
-            {
+            match self.store.sweep_presence(now, now - grace).await {
                 Ok(changes) => self.announce(changes),
                 Err(err) => tracing::warn!(error = %err, "presence sweep failed; trying again"),
+            }
+            next = started + self.settings.sweep_every();
+            match self.store.earliest_offline_since().await {
+                Ok(Some(since)) => {
+                    let wait = u64::try_from(since + grace - now_micros()).unwrap_or(0);
+                    let due = tokio::time::Instant::now() + Duration::from_micros(wait);
+                    let soonest = tokio::time::Instant::now() + self.settings.sweep_gap();
+                    next = next.min(due.max(soonest));
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, "presence: cannot read the next due sweep")
+                }
             }
         }
     }
@@ -274,48 +351,76 @@ impl Presence {
     }
 }
 
-/// Tells everyone who shares a thread with each changed user, on their
-/// user-wide topic: one event per (user, co-participant) however many
-/// threads they share, and none per thread; the audiences of up to
-/// [`ANNOUNCE_BATCH`] users are read in one query.
+/// Tells everyone who shares a thread with each changed user, however
+/// many threads they share: the audiences of up to [`ANNOUNCE_BATCH`]
+/// users are read together, and the changes go out in bus messages of
+/// up to [`ANNOUNCE_PAIRS`] (change, listener) pairs each, never one per
+/// listener. Changes queued while a round runs go out together in the
+/// next.
 async fn announce(
     store: Store,
-    live: LiveEvents,
+    bus: EventBus,
+    stats: Arc<PresenceStats>,
     mut changes: mpsc::UnboundedReceiver<Vec<PresenceChange>>,
 ) {
-    while let Some(batch) = changes.recv().await {
-        for chunk in batch.chunks(ANNOUNCE_BATCH) {
-            let users: Vec<String> = chunk.iter().map(|c| c.user_id.clone()).collect();
-            let audiences = match store.co_participants_of(&users).await {
-                Ok(audiences) => audiences,
-                Err(err) => {
-                    tracing::warn!(error = %err, users = users.len(), "presence: cannot read co-participants; changes not announced");
-                    continue;
-                }
-            };
-            let mut by_user: std::collections::HashMap<&str, Vec<&str>> =
-                std::collections::HashMap::new();
-            for (user, audience) in &audiences {
-                by_user.entry(user).or_default().push(audience);
-            }
-            for change in chunk {
-                let Some(audience) = by_user.get(change.user_id.as_str()) else {
-                    continue;
-                };
-                let event = Arc::new(ChatEvent {
-                    thread_id: Uuid::nil(),
-                    kind: EventKind::Presence {
-                        user_id: change.user_id.clone(),
-                        online: change.online,
-                        last_seen_at: change.last_seen_at,
-                    },
-                });
-                for user in audience {
-                    live.bus()
-                        .publish_paced(&Topic::User((*user).to_owned()), event.clone())
-                        .await;
-                }
+    let mut round: Vec<PresenceChange> = Vec::new();
+    while let Some(first) = changes.recv().await {
+        round.extend(first);
+        while round.len() < ANNOUNCE_BATCH {
+            match changes.try_recv() {
+                Ok(more) => round.extend(more),
+                Err(_) => break,
             }
         }
+        for chunk in round.chunks(ANNOUNCE_BATCH) {
+            announce_chunk(&store, &bus, chunk).await;
+            stats
+                .announced
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        }
+        round.clear();
+    }
+}
+
+/// Announces up to [`ANNOUNCE_BATCH`] changes: their audiences read
+/// together, then as few bus messages as [`ANNOUNCE_PAIRS`] allows.
+async fn announce_chunk(store: &Store, bus: &EventBus, chunk: &[PresenceChange]) {
+    let mut users: Vec<String> = chunk.iter().map(|c| c.user_id.clone()).collect();
+    users.sort_unstable();
+    users.dedup();
+    let audiences = match store.co_participants_of(&users).await {
+        Ok(audiences) => audiences,
+        Err(err) => {
+            tracing::warn!(error = %err, users = users.len(), "presence: cannot read co-participants; changes not announced");
+            return;
+        }
+    };
+    let mut by_user: HashMap<String, Vec<String>> = HashMap::new();
+    for (user, listener) in audiences {
+        by_user.entry(user).or_default().push(listener);
+    }
+    let mut batch = PresenceBatch::default();
+    let mut pairs = 0;
+    for change in chunk {
+        let Some(audience) = by_user.get(&change.user_id) else {
+            continue;
+        };
+        // A very large audience is split over several messages.
+        for part in audience.chunks(ANNOUNCE_PAIRS) {
+            if pairs + part.len() > ANNOUNCE_PAIRS {
+                bus.announce_presence(std::mem::take(&mut batch)).await;
+                pairs = 0;
+            }
+            pairs += part.len();
+            batch.notices.push(PresenceNotice {
+                user_id: change.user_id.clone(),
+                online: change.online,
+                last_seen_at: change.last_seen_at,
+                audience: part.to_vec(),
+            });
+        }
+    }
+    if !batch.notices.is_empty() {
+        bus.announce_presence(batch).await;
     }
 }

@@ -97,10 +97,16 @@ impl pb::relay_service_server::RelayService for RelayGrpc {
         let request = request.into_inner();
         let presence = self.chat.presence();
         // Each user who came online is proved by their socket's token, as
-        // a relay open is; a refused token is left out and said back.
-        let mut online = Vec::with_capacity(request.online_tokens.len());
+        // a relay open is; a refused token is left out and said back. A
+        // release names nobody.
+        let tokens = if request.release {
+            &[][..]
+        } else {
+            &request.online_tokens[..]
+        };
+        let mut online = Vec::with_capacity(tokens.len());
         let mut refused = Vec::new();
-        for (index, token) in request.online_tokens.iter().enumerate() {
+        for (index, token) in tokens.iter().enumerate() {
             match self.auth.caller_with_token(token) {
                 Ok(Caller::User(user)) => online.push(user),
                 _ => refused.push(index as u32),
@@ -111,6 +117,7 @@ impl pb::relay_service_server::RelayService for RelayGrpc {
                 gateway_id: request.gateway_id,
                 online,
                 offline: request.offline_user_ids,
+                release: request.release,
             })
             .await?;
         Ok(Response::new(pb::ReportPresenceResponse {

@@ -172,6 +172,7 @@ impl Application {
             .with_contact_policy(self.contact_policy)
             .with_presence(self.presence);
         chat.presence().spawn(stop_rx.clone());
+        let presence_stats = chat.presence().stats().clone();
         let writer = chat.writer().clone();
         let integrations = IntegrationGrpc::new(Integrations::new(
             chat.writer().clone(),
@@ -231,6 +232,7 @@ impl Application {
                     store: self.store.clone(),
                     bus,
                     connections: self.connections.clone(),
+                    presence: presence_stats,
                 })),
             ),
         )

@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use crate::{
     domain::{Caller, Message, MessageKind, Thread, ThreadView, UnixMicros},
-    events::{ChatEvent, EventKind},
+    events::{ChatEvent, EventKind, PresenceBatch, PresenceNotice},
     store::IntegrationEventRecord,
 };
 
@@ -131,6 +131,59 @@ pub fn event_to_proto(event: &ChatEvent, caller: &Caller) -> Option<pb::Event> {
         seq: event.seq(),
         kind: Some(kind),
     })
+}
+
+/// A [`PresenceBatch`] on the bus between replicas. Internal to chat-core
+/// (replicas of one version talk to each other), so it is not part of
+/// `chat.v1`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PresenceBatchWire {
+    #[prost(message, repeated, tag = "1")]
+    pub notices: Vec<PresenceNoticeWire>,
+}
+
+/// One [`PresenceNotice`] on the bus.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PresenceNoticeWire {
+    #[prost(string, tag = "1")]
+    pub user_id: String,
+    #[prost(bool, tag = "2")]
+    pub online: bool,
+    /// Microseconds since the epoch; absent if never seen.
+    #[prost(int64, optional, tag = "3")]
+    pub last_seen_at: Option<i64>,
+    #[prost(string, repeated, tag = "4")]
+    pub audience: Vec<String>,
+}
+
+pub fn presence_batch_to_wire(batch: &PresenceBatch) -> PresenceBatchWire {
+    PresenceBatchWire {
+        notices: batch
+            .notices
+            .iter()
+            .map(|notice| PresenceNoticeWire {
+                user_id: notice.user_id.clone(),
+                online: notice.online,
+                last_seen_at: notice.last_seen_at,
+                audience: notice.audience.clone(),
+            })
+            .collect(),
+    }
+}
+
+pub fn presence_batch_from_wire(batch: PresenceBatchWire) -> PresenceBatch {
+    PresenceBatch {
+        notices: batch
+            .notices
+            .into_iter()
+            .map(|notice| PresenceNotice {
+                user_id: notice.user_id,
+                online: notice.online,
+                last_seen_at: notice.last_seen_at,
+                audience: notice.audience,
+            })
+            .collect(),
+    }
 }
 
 fn micros(timestamp: &Timestamp) -> UnixMicros {
@@ -344,5 +397,29 @@ mod tests {
             let wire = event_to_proto(&event, &service).unwrap();
             assert_eq!(event_from_proto(wire).unwrap(), event);
         }
+    }
+
+    #[test]
+    fn presence_batches_survive_the_wire() {
+        use prost::Message as _;
+        let batch = PresenceBatch {
+            notices: vec![
+                PresenceNotice {
+                    user_id: "alice".into(),
+                    online: true,
+                    last_seen_at: None,
+                    audience: vec!["bob".into(), "carol".into()],
+                },
+                PresenceNotice {
+                    user_id: "bob".into(),
+                    online: false,
+                    last_seen_at: Some(1_700_000_002_000_003),
+                    audience: vec!["alice".into()],
+                },
+            ],
+        };
+        let bytes = presence_batch_to_wire(&batch).encode_to_vec();
+        let back = PresenceBatchWire::decode(bytes.as_slice()).unwrap();
+        assert_eq!(presence_batch_from_wire(back), batch);
     }
 }

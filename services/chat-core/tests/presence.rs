@@ -50,6 +50,7 @@ on_both_backends_fast!(
     co_participants_hear_presence_after_the_grace_period,
     a_reconnect_within_the_grace_period_is_not_announced,
     a_gateway_that_stops_renewing_takes_its_users_offline,
+    a_released_gateway_takes_its_users_offline_after_the_grace_period,
     presence_queries_show_co_participants_only,
     bad_reports_and_queries_are_refused,
     an_offline_user_is_reminded_once_per_read,
@@ -77,9 +78,23 @@ impl Gateway {
                 gateway_id: self.id.clone(),
                 online_tokens: online.to_vec(),
                 offline_user_ids: offline.iter().map(|u| u.to_string()).collect(),
+                release: false,
             })
             .await
             .expect("report")
+            .into_inner()
+    }
+
+    /// The last report of a gateway that stops cleanly.
+    async fn release(&mut self) -> pb::ReportPresenceResponse {
+        self.client
+            .report_presence(pb::ReportPresenceRequest {
+                gateway_id: self.id.clone(),
+                release: true,
+                ..Default::default()
+            })
+            .await
+            .expect("release")
             .into_inner()
     }
 }
@@ -244,6 +259,82 @@ async fn a_gateway_that_stops_renewing_takes_its_users_offline(app: TestApp) {
         .unwrap();
     assert!(back.online);
     assert_eq!(back.last_seen_at, offline.last_seen_at);
+}
+
+async fn a_released_gateway_takes_its_users_offline_after_the_grace_period(app: TestApp) {
+    let _ = pair(&app).await;
+    let mut carol = app.user("carol").await;
+    support::create(&mut carol, &["bob"], None).await;
+    let mut bob = listen(&app, "bob").await;
+    let mut stopping = Gateway::new(&app).await;
+    let mut staying = Gateway::new(&app).await;
+    // Alice on the stopping gateway only; carol on both.
+    stopping
+        .report(&[app.user_token("alice"), app.user_token("carol")], &[])
+        .await;
+    staying.report(&[app.user_token("carol")], &[]).await;
+    let mut online = Vec::new();
+    for _ in 0..2 {
+        let change = next_presence(&mut bob, Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert!(change.online);
+        online.push(change.user_id);
+    }
+    online.sort();
+    assert_eq!(online, ["alice", "carol"]);
+
+    // The staying gateway keeps its lease.
+    let renewals = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            staying.report(&[], &[]).await;
+        }
+    });
+
+    // The stopping gateway's last report: nothing it said counts any more,
+    // and alice's grace period starts now.
+    let released = Instant::now();
+    let answer = stopping.release().await;
+    assert!(answer.lease_was_live);
+    let offline = next_presence(&mut bob, Duration::from_secs(3))
+        .await
+        .expect("alice goes offline");
+    let waited = released.elapsed();
+    assert_eq!(offline.user_id, "alice");
+    assert!(!offline.online);
+    assert!(offline.last_seen_at.is_some());
+    assert!(
+        waited >= Duration::from_millis(900) && waited <= Duration::from_millis(1_600),
+        "the grace period after the release, and a sweep, not {waited:?}"
+    );
+    // Carol still has a socket on the other gateway.
+    assert_eq!(
+        next_presence(&mut bob, Duration::from_millis(1_500)).await,
+        None
+    );
+    let answer = app
+        .user("bob")
+        .await
+        .get_presence(pb::GetPresenceRequest {
+            user_ids: vec!["alice".into(), "carol".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let states: Vec<(String, bool)> = answer
+        .users
+        .iter()
+        .map(|u| (u.user_id.clone(), u.online))
+        .collect();
+    assert_eq!(
+        states,
+        [("alice".to_owned(), false), ("carol".to_owned(), true)]
+    );
+    renewals.abort();
+
+    // Released means gone: a report under the same id finds no lease.
+    assert!(!stopping.report(&[], &[]).await.lease_was_live);
 }
 
 async fn presence_queries_show_co_participants_only(app: TestApp) {

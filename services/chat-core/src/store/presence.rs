@@ -185,6 +185,79 @@ impl Store {
         })
     }
 
+    /// A gateway's last report before it stops: drops its lease and every
+    /// user it reported; users left with no live socket anywhere start
+    /// their grace period at `now`, as if their last socket had just
+    /// closed (the sweeper announces them). Returns whether the lease was
+    /// live. On PostgreSQL it takes the sweeper's lock, so the two never
+    /// drop the same rows at once, and locks the users' `user_presence`
+    /// rows in order before looking for their other sockets, like a
+    /// report.
+    pub async fn release_presence(
+        &self,
+        gateway_id: &str,
+        now: UnixMicros,
+    ) -> Result<bool, StoreError> {
+        let postgres = matches!(self, Store::Postgres(_));
+        with_pools!(self, |reader, writer, Db| {
+            let mut tx = writer.begin().await?;
+            if postgres {
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(SWEEP_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let previous: Option<i64> = sqlx::query_scalar(
+                "DELETE FROM gateway_leases WHERE gateway_id = $1 RETURNING expires_at",
+            )
+            .bind(gateway_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let mut users: Vec<String> =
+                sqlx::query_scalar("SELECT user_id FROM presence WHERE gateway_id = $1")
+                    .bind(gateway_id)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            users.sort_unstable();
+            if postgres {
+                for chunk in users.chunks(USERS_PER_STATEMENT) {
+                    let mut query = QueryBuilder::<Db>::new(
+                        "SELECT user_id FROM user_presence WHERE user_id IN (",
+                    );
+                    let mut ids = query.separated(", ");
+                    for user in chunk {
+                        ids.push_bind(user.as_str());
+                    }
+                    query.push(") ORDER BY user_id FOR UPDATE");
+                    query.build().execute(&mut *tx).await?;
+                }
+            }
+            sqlx::query("DELETE FROM presence WHERE gateway_id = $1")
+                .bind(gateway_id)
+                .execute(&mut *tx)
+                .await?;
+            for chunk in users.chunks(USERS_PER_STATEMENT) {
+                let mut query =
+                    QueryBuilder::<Db>::new("UPDATE user_presence SET offline_since = ");
+                query.push_bind(now).push(
+                    " WHERE online AND offline_since IS NULL \
+                     AND NOT EXISTS (SELECT 1 FROM presence p \
+                       JOIN gateway_leases g ON g.gateway_id = p.gateway_id \
+                       WHERE p.user_id = user_presence.user_id AND g.expires_at > ",
+                );
+                query.push_bind(now).push(") AND user_id IN (");
+                let mut ids = query.separated(", ");
+                for user in chunk {
+                    ids.push_bind(user.as_str());
+                }
+                query.push(")");
+                query.build().execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(previous.is_some_and(|at| at > now))
+        })
+    }
+
     /// Drops the rows of gateways whose lease ran out by `now` (their users
     /// are due at once: the lease already outlived the grace period), then
     /// turns offline every user whose grace period began at or before
@@ -227,11 +300,17 @@ impl Store {
             orphaned.sort_unstable();
             orphaned.dedup();
             for chunk in orphaned.chunks(USERS_PER_STATEMENT) {
+                // Only those with no socket on a live gateway: the others
+                // stay online, with no grace period running.
                 let mut query =
                     QueryBuilder::<Db>::new("UPDATE user_presence SET offline_since = ");
-                query
-                    .push_bind(grace_cutoff)
-                    .push(" WHERE online AND offline_since IS NULL AND user_id IN (");
+                query.push_bind(grace_cutoff).push(
+                    " WHERE online AND offline_since IS NULL \
+                     AND NOT EXISTS (SELECT 1 FROM presence p \
+                       JOIN gateway_leases g ON g.gateway_id = p.gateway_id \
+                       WHERE p.user_id = user_presence.user_id AND g.expires_at > ",
+                );
+                query.push_bind(now).push(") AND user_id IN (");
                 let mut ids = query.separated(", ");
                 for user in chunk {
                     ids.push_bind(user.as_str());
@@ -239,6 +318,20 @@ impl Store {
                 query.push(")");
                 query.build().execute(&mut *tx).await?;
             }
+            // A grace period that ran out while the user holds a socket on
+            // a live gateway (a report that raced the step above, say)
+            // ends without an announcement: they are online.
+            sqlx::query(
+                "UPDATE user_presence SET offline_since = NULL \
+                 WHERE offline_since IS NOT NULL AND offline_since <= $2 \
+                 AND EXISTS (SELECT 1 FROM presence p \
+                   JOIN gateway_leases g ON g.gateway_id = p.gateway_id \
+                   WHERE p.user_id = user_presence.user_id AND g.expires_at > $1)",
+            )
+            .bind(now)
+            .bind(grace_cutoff)
+            .execute(&mut *tx)
+            .await?;
             let rows = sqlx::query(
                 "UPDATE user_presence SET online = $3, last_seen_at = offline_since, \
                  offline_since = NULL \
@@ -263,6 +356,19 @@ impl Store {
             }
             tx.commit().await?;
             Ok(changes)
+        })
+    }
+
+    /// When the earliest running grace period began, if any runs: the
+    /// sweeper's next round is due once it has lasted the grace period.
+    pub async fn earliest_offline_since(&self) -> Result<Option<UnixMicros>, StoreError> {
+        with_pools!(self, |reader, writer, Db| {
+            let earliest: Option<i64> = sqlx::query_scalar(
+                "SELECT MIN(offline_since) FROM user_presence WHERE offline_since IS NOT NULL",
+            )
+            .fetch_one(reader)
+            .await?;
+            Ok(earliest)
         })
     }
 
@@ -328,8 +434,11 @@ impl Store {
 
     /// For each of `users`, everyone who shares a thread with them, each
     /// once, themselves left out: who hears about their presence. Pairs
-    /// (user, co-participant), in one query however many threads and
-    /// users.
+    /// (user, co-participant), however many threads they share: on
+    /// PostgreSQL one query for any number of users (joined as an array,
+    /// so the plan is a hash join or index probes, never a filter that
+    /// compares every row with every user), on SQLite one per
+    /// [`USERS_PER_STATEMENT`] users.
     pub async fn co_participants_of(
         &self,
         users: &[String],
@@ -337,19 +446,36 @@ impl Store {
         if users.is_empty() {
             return Ok(Vec::new());
         }
-        with_pools!(self, |reader, writer, Db| {
-            let mut query = QueryBuilder::<Db>::new(
-                "SELECT DISTINCT p.user_id, q.user_id FROM thread_participants p \
+        if let Store::Postgres(backend) = self {
+            let rows: Vec<(String, String)> = sqlx::query_as(
+                "SELECT DISTINCT p.user_id, q.user_id \
+                 FROM UNNEST($1::text[]) AS u(user_id) \
+                 JOIN thread_participants p ON p.user_id = u.user_id \
                  JOIN thread_participants q ON q.thread_id = p.thread_id \
-                 WHERE q.user_id <> p.user_id AND p.user_id IN (",
-            );
-            let mut ids = query.separated(", ");
-            for user in users {
-                ids.push_bind(user.as_str());
+                 WHERE q.user_id <> p.user_id",
+            )
+            .bind(users)
+            .fetch_all(&backend.pool)
+            .await?;
+            return Ok(rows);
+        }
+        with_pools!(self, |reader, writer, Db| {
+            let mut pairs = Vec::new();
+            for chunk in users.chunks(USERS_PER_STATEMENT) {
+                let mut query = QueryBuilder::<Db>::new(
+                    "SELECT DISTINCT p.user_id, q.user_id FROM thread_participants p \
+                     JOIN thread_participants q ON q.thread_id = p.thread_id \
+                     WHERE q.user_id <> p.user_id AND p.user_id IN (",
+                );
+                let mut ids = query.separated(", ");
+                for user in chunk {
+                    ids.push_bind(user.as_str());
+                }
+                query.push(")");
+                let rows: Vec<(String, String)> = query.build_query_as().fetch_all(reader).await?;
+                pairs.extend(rows);
             }
-            query.push(")");
-            let rows: Vec<(String, String)> = query.build_query_as().fetch_all(reader).await?;
-            Ok(rows)
+            Ok(pairs)
         })
     }
 
