@@ -92,7 +92,9 @@ impl Store {
                 run!($sql, $query_text, $pool, None::<&str>)
             };
             ($sql:expr, $query_text:expr, $pool:expr, $mark:expr) => {{
-                let mut query = sqlx::query($sql).bind($query_text);
+                // Unnamed, so planned for these words every time: a cached
+                // generic plan cannot tell a rare word from a common one.
+                let mut query = sqlx::query($sql).persistent(false).bind($query_text);
                 if let Some(user) = user {
                     query = query.bind(user);
                 }
