@@ -107,19 +107,52 @@ async fn presence(socket: &mut Socket, within: Duration) -> Option<Value> {
     }
 }
 
+/// Two chat-core replicas over one database and Redis, and two gateways
+/// in front of both, with tokens for alice and bob. Fields drop in order:
+/// the processes before the database they use.
+struct Cluster {
+    /// Taken by a test that stops it.
+    g1: Option<Process>,
+    _g2: Process,
+    _cores: [Process; 2],
+    core_urls: [String; 2],
+    gateway_1: std::net::SocketAddr,
+    gateway_2: std::net::SocketAddr,
+    alice: String,
+    bob: String,
+    _db: PgDatabase,
+}
+
+impl Cluster {
+    fn start(dir: &Path, name: &str) -> Cluster {
+        let db = PgDatabase::create(dir);
+        let prefix = format!("{name}-{}:", std::process::id());
+        let (core_a, url_a) = start_core(dir, &db.url, &prefix);
+        let (core_b, url_b) = start_core(dir, &db.url, &prefix);
+        let cores = format!("{url_a},{url_b}");
+        let (g1, gateway_1) = start_gateway(dir, &cores);
+        let (g2, gateway_2) = start_gateway(dir, &cores);
+        Cluster {
+            g1: Some(g1),
+            _g2: g2,
+            _cores: [core_a, core_b],
+            core_urls: [url_a, url_b],
+            gateway_1,
+            gateway_2,
+            alice: token(dir, SECRET, "alice"),
+            bob: token(dir, SECRET, "bob"),
+            _db: db,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_and_reminders_across_two_replicas_and_two_gateways() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let db = PgDatabase::create(dir.path());
-    let prefix = format!("presence-{}:", std::process::id());
-    let (_core_a, url_a) = start_core(dir.path(), &db.url, &prefix);
-    let (_core_b, url_b) = start_core(dir.path(), &db.url, &prefix);
-    let cores = format!("{url_a},{url_b}");
-    let (mut g1, gateway_1) = start_gateway(dir.path(), &cores);
-    let (_g2, gateway_2) = start_gateway(dir.path(), &cores);
-
-    let alice = token(dir.path(), SECRET, "alice");
-    let bob = token(dir.path(), SECRET, "bob");
+    let mut cluster = Cluster::start(dir.path(), "presence");
+    let (gateway_1, gateway_2) = (cluster.gateway_1, cluster.gateway_2);
+    let (alice, bob) = (cluster.alice.clone(), cluster.bob.clone());
+    let mut g1 = cluster.g1.take().expect("gateway 1");
     let (status, body) = system_tests::http_post_json(
         gateway_1,
         "/api/chat/threads/",
@@ -194,7 +227,7 @@ async fn presence_and_reminders_across_two_replicas_and_two_gateways() {
         ],
     );
     assert!(ok, "{stderr}");
-    let channel = tonic::transport::Channel::from_shared(url_b.clone())
+    let channel = tonic::transport::Channel::from_shared(cluster.core_urls[1].clone())
         .unwrap()
         .connect()
         .await
@@ -246,16 +279,10 @@ async fn presence_and_reminders_across_two_replicas_and_two_gateways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_stopped_with_sigterm_releases_its_users() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let db = PgDatabase::create(dir.path());
-    let prefix = format!("presence-stop-{}:", std::process::id());
-    let (_core_a, url_a) = start_core(dir.path(), &db.url, &prefix);
-    let (_core_b, url_b) = start_core(dir.path(), &db.url, &prefix);
-    let cores = format!("{url_a},{url_b}");
-    let (mut g1, gateway_1) = start_gateway(dir.path(), &cores);
-    let (_g2, gateway_2) = start_gateway(dir.path(), &cores);
-
-    let alice = token(dir.path(), SECRET, "alice");
-    let bob = token(dir.path(), SECRET, "bob");
+    let mut cluster = Cluster::start(dir.path(), "presence-stop");
+    let (gateway_1, gateway_2) = (cluster.gateway_1, cluster.gateway_2);
+    let (alice, bob) = (cluster.alice.clone(), cluster.bob.clone());
+    let mut g1 = cluster.g1.take().expect("gateway 1");
     let (status, body) = system_tests::http_post_json(
         gateway_2,
         "/api/chat/threads/",

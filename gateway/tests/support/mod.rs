@@ -178,39 +178,29 @@ pub async fn spawn_gateway_with(
     (addr, stop)
 }
 
-#[derive(serde::Serialize)]
-struct Claims<'a> {
-    sub: &'a str,
-    exp: u64,
-}
-
 /// An HS256 token for `sub`, made independently of the code under test.
 pub fn token(secret: &str, sub: &str) -> String {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-        + 3600;
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &Claims { sub, exp },
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .expect("token")
+    signed(secret, serde_json::json!({"sub": sub}))
 }
 
 /// An HS256 token for the service `sub` (`"role": "service"`), made
 /// independently of the code under test.
 #[allow(dead_code)] // Not every test file mints service tokens.
 pub fn service_token(secret: &str, sub: &str) -> String {
+    signed(secret, serde_json::json!({"sub": sub, "role": "service"}))
+}
+
+/// `claims` with an expiry an hour ahead, signed with HS256.
+fn signed(secret: &str, mut claims: serde_json::Value) -> String {
     let exp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs()
         + 3600;
+    claims["exp"] = exp.into();
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &serde_json::json!({"sub": sub, "role": "service", "exp": exp}),
+        &claims,
         &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
     )
     .expect("token")
