@@ -86,9 +86,18 @@ SELECT format(
 FROM generate_series(0, :threads - 1, 10000) AS lo
 \gexec
 
+-- The search vocabulary, as chat-core keeps it (migration 0007 filled it
+-- before these messages existed).
+INSERT INTO search_words (word)
+SELECT DISTINCT s.lexeme
+FROM messages m, unnest(m.search) AS s(lexeme, positions, weights)
+WHERE left(s.lexeme, 1) <> '~'
+ON CONFLICT DO NOTHING;
+
 CREATE INDEX messages_search ON messages USING GIN (search);
 CREATE INDEX messages_by_time ON messages (created_at DESC, id DESC);
 
 ANALYZE threads;
 ANALYZE thread_participants;
 ANALYZE messages;
+ANALYZE search_words;

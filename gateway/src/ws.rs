@@ -30,6 +30,7 @@ use chat_auth::Identity;
 use chat_proto::v1::{
     self as pb, event::Kind, relay_call::Call, relay_call_result::Result as Answer,
 };
+use futures_util::{FutureExt as _, SinkExt as _};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::time::{Instant, sleep_until, timeout};
@@ -43,6 +44,21 @@ use crate::{
     rest::AppState,
     upstream::{FATE_UNKNOWN, Feed, FeedEnd, FeedRequest},
 };
+
+/// A write's outcome as the socket's fate: a lost connection, or a browser
+/// too slow to take its frames within the send timeout.
+fn sent(
+    outcome: Result<Result<(), axum::Error>, tokio::time::error::Elapsed>,
+) -> Result<(), Closing> {
+    match outcome {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Closing(close::POLICY, "connection lost")),
+        Err(_) => Err(Closing(
+            close::TOO_SLOW,
+            "too slow; reconnect with since_seq",
+        )),
+    }
+}
 
 /// A frame's span, for trace export only: with export off there is none,
 /// so a frame costs no span (the log layer would format its fields).
@@ -86,6 +102,9 @@ pub const MAX_MESSAGE: usize = 64 * 1024;
 
 /// The WebSocket read buffer, allocated per socket up front.
 const READ_BUFFER: usize = 512;
+/// What the write buffer holds before a write goes out without waiting
+/// for the flush: several chat frames.
+const WRITE_BUFFER: usize = 16 * 1024;
 /// How long a socket may take to send its `auth` frame.
 const AUTH_WINDOW: Duration = Duration::from_secs(5);
 
@@ -170,7 +189,9 @@ fn open(
         // Sized for an idle socket: chat frames are small, and a larger one
         // grows the buffer only while it is read.
         .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
+        // Frames are buffered until the socket flushes (see
+        // `Session::queue`); past this much they are written at once.
+        .write_buffer_size(WRITE_BUFFER)
         .max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
         .on_upgrade(move |socket| {
@@ -419,16 +440,24 @@ impl Session {
         open.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 
+    /// Writes a frame at once.
     async fn send(&self, socket: &mut WebSocket, message: Message) -> Result<(), Closing> {
+        self.queue(socket, message).await?;
+        self.flush(socket).await
+    }
+
+    /// Adds a frame to the socket's write buffer; [`Self::flush`] writes it.
+    /// Frames that arrive together (a sender's `ack` and its own
+    /// `chat_message`, say) then cost the kernel one write, not one each.
+    /// Waits (within the send timeout) only when the buffer is full.
+    async fn queue(&self, socket: &mut WebSocket, message: Message) -> Result<(), Closing> {
         self.state.metrics.frames_out.inc();
-        match timeout(self.state.ws_send_timeout, socket.send(message)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(Closing(close::POLICY, "connection lost")),
-            Err(_) => Err(Closing(
-                close::TOO_SLOW,
-                "too slow; reconnect with since_seq",
-            )),
-        }
+        sent(timeout(self.state.ws_send_timeout, socket.feed(message)).await)
+    }
+
+    /// Writes out what [`Self::queue`] buffered.
+    async fn flush(&self, socket: &mut WebSocket) -> Result<(), Closing> {
+        sent(timeout(self.state.ws_send_timeout, socket.flush()).await)
     }
 
     /// Checks a token: sets who the socket belongs to and when it expires.
@@ -454,11 +483,11 @@ impl Session {
         Ok(())
     }
 
-    /// Sends an event to the browser as its frame (events with no frame in
-    /// docs/api.md#websocket-api are skipped).
+    /// Queues an event for the browser as its frame (events with no frame
+    /// in docs/api.md#websocket-api are skipped).
     async fn forward(&self, socket: &mut WebSocket, event: &pb::Event) -> Result<(), Closing> {
         match event_frame(event) {
-            Some(frame) => self.send(socket, frame).await,
+            Some(frame) => self.queue(socket, frame).await,
             None => Ok(()),
         }
     }
@@ -521,7 +550,29 @@ impl Session {
         let mut in_flight: Option<Pending> = None;
         // The frame whose call is in flight: its kind, and when it came.
         let mut in_flight_frame = (FrameKind::Invalid, Instant::now());
+        // Frames queued and not yet written.
+        let mut unflushed = false;
         loop {
+            if unflushed {
+                // What has arrived meanwhile goes out in the same write.
+                if let Some(answer) = in_flight.as_mut().and_then(|call| call.now_or_never()) {
+                    in_flight = None;
+                    if let Some(answer) = answer {
+                        self.queue(socket, answer).await?;
+                    }
+                    let (kind, arrived) = in_flight_frame;
+                    self.state
+                        .metrics
+                        .observe_frame(kind, arrived.elapsed().as_secs_f64());
+                    continue;
+                }
+                if let Some(event) = feed.try_next() {
+                    self.forward(socket, &*event?).await?;
+                    continue;
+                }
+                self.flush(socket).await?;
+                unflushed = false;
+            }
             let expiry = self.expires_at.unwrap_or(far);
             tokio::select! {
                 _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {
@@ -542,7 +593,8 @@ impl Session {
                 {
                     in_flight = None;
                     if let Some(answer) = answer {
-                        self.send(socket, answer).await?;
+                        self.queue(socket, answer).await?;
+                        unflushed = true;
                     }
                     let (kind, arrived) = in_flight_frame;
                     self.state.metrics.observe_frame(kind, arrived.elapsed().as_secs_f64());
@@ -573,7 +625,10 @@ impl Session {
                         Some(Ok(_)) => {}
                     }
                 }
-                event = feed.next() => self.forward(socket, &*event?).await?,
+                event = feed.next() => {
+                    self.forward(socket, &*event?).await?;
+                    unflushed = true;
+                }
             }
         }
     }

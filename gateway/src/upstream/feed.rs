@@ -152,21 +152,28 @@ impl Feed {
     /// The next event, or why the feed ended.
     pub async fn next(&mut self) -> Result<Box<pb::Event>, FeedEnd> {
         loop {
-            // A socket that fell behind is closed at once rather than after
-            // it has worked through the backlog it could not keep up with.
-            let end = self.queue.end.get().copied();
-            if end == Some(FeedEnd::TooSlow) {
-                return Err(FeedEnd::TooSlow);
+            if let Some(next) = self.try_next() {
+                return next;
             }
-            if let Some(event) = self.queue.pop() {
-                return Ok(event);
-            }
-            if let Some(end) = end {
-                return Err(end);
-            }
-            // A notification sent since the checks above is kept for this.
+            // A notification sent since the check above is kept for this.
             self.queue.ready.notified().await;
         }
+    }
+
+    /// The next event if one is queued already, or why the feed ended;
+    /// `None` when the socket would have to wait. Lets a socket write what
+    /// has arrived together in one go.
+    pub fn try_next(&mut self) -> Option<Result<Box<pb::Event>, FeedEnd>> {
+        // A socket that fell behind is closed at once rather than after it
+        // has worked through the backlog it could not keep up with.
+        let end = self.queue.end.get().copied();
+        if end == Some(FeedEnd::TooSlow) {
+            return Some(Err(FeedEnd::TooSlow));
+        }
+        if let Some(event) = self.queue.pop() {
+            return Some(Ok(event));
+        }
+        end.map(Err)
     }
 }
 

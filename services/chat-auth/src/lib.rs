@@ -7,6 +7,8 @@
 
 #![warn(missing_docs)]
 
+mod verified;
+
 use std::{collections::HashSet, fmt, str::FromStr, sync::Arc, time::Duration};
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -21,6 +23,18 @@ pub fn is_valid_user_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'@' | b'-'))
+}
+
+pub use verified::VerifiedTokens;
+
+/// The token of an `Authorization` header value: `Bearer <token>`.
+pub fn bearer_token(header: Option<&str>) -> Result<&str, AuthError> {
+    let header = header.ok_or(AuthError::MissingToken)?;
+    let (scheme, token) = header.split_once(' ').ok_or(AuthError::MissingToken)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err(AuthError::MissingToken);
+    }
+    Ok(token)
 }
 
 /// What a token lets its bearer be.
@@ -268,6 +282,9 @@ struct Claims {
     /// Checked here: jsonwebtoken reads `nbf` but never `iat`.
     #[serde(default)]
     iat: Option<serde_json::Value>,
+    /// Checked by jsonwebtoken; read here for [`TokenVerifier::verify_until`].
+    #[serde(default)]
+    exp: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -367,16 +384,17 @@ impl TokenVerifier {
 
     /// Checks an `Authorization` header value: `Bearer <token>`.
     pub fn verify_bearer(&self, header: Option<&str>) -> Result<Identity, AuthError> {
-        let header = header.ok_or(AuthError::MissingToken)?;
-        let (scheme, token) = header.split_once(' ').ok_or(AuthError::MissingToken)?;
-        if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
-            return Err(AuthError::MissingToken);
-        }
-        self.verify(token)
+        self.verify(bearer_token(header)?)
     }
 
     /// Checks a bare token and says who it names.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        self.verify_until(token).map(|(identity, _)| identity)
+    }
+
+    /// [`Self::verify`], also saying until when (Unix seconds, its `exp`)
+    /// the token stays valid: every other check it passed holds for good.
+    pub fn verify_until(&self, token: &str) -> Result<(Identity, u64), AuthError> {
         let inner = &*self.inner;
         self.check_header_algorithm(token)?;
         let data = jsonwebtoken::decode::<Claims>(token, &inner.key, &inner.validation).map_err(
@@ -419,7 +437,15 @@ impl TokenVerifier {
             Some(serde_json::Value::String(role)) if role == "service" => Role::Service,
             _ => Role::User,
         };
-        Ok(Identity { subject, role })
+        // Required and checked by jsonwebtoken, which reads a float as its
+        // whole seconds.
+        let exp = data
+            .claims
+            .exp
+            .as_ref()
+            .and_then(serde_json::Value::as_f64)
+            .ok_or(AuthError::MalformedToken)?;
+        Ok((Identity { subject, role }, exp as u64))
     }
 
     /// Refuses a token whose header names another algorithm (`none`

@@ -3,7 +3,7 @@
 
 use std::pin::Pin;
 
-use chat_auth::{Role, TokenVerifier};
+use chat_auth::{Role, TokenVerifier, VerifiedTokens};
 use chat_proto::v1::{
     self as pb, chat_service_server::ChatService, integration_service_server::IntegrationService,
 };
@@ -26,22 +26,26 @@ use crate::{
 /// the [`Caller`] to the service through the request's extensions. A token
 /// is verified again here even when the gateway already did: chat-core
 /// trusts no one by network position.
+/// Good tokens are remembered until they expire ([`VerifiedTokens`]): the
+/// gateways' call streams carry a token with every call.
 #[derive(Clone)]
 pub struct Authenticator {
-    verifier: TokenVerifier,
+    tokens: VerifiedTokens,
 }
 
 impl Authenticator {
     /// An interceptor checking tokens with `verifier`.
     pub fn new(verifier: TokenVerifier) -> Self {
-        Authenticator { verifier }
+        Authenticator {
+            tokens: VerifiedTokens::new(verifier),
+        }
     }
 }
 
 impl Authenticator {
     /// The caller an `authorization` value (`Bearer <jwt>`) stands for.
     pub fn caller(&self, header: Option<&str>) -> Result<Caller, Status> {
-        caller_of(self.verifier.verify_bearer(header))
+        caller_of(self.tokens.verify_bearer(header))
     }
 
     /// The caller a bare token (no `Bearer ` scheme) names, checked as
@@ -51,7 +55,7 @@ impl Authenticator {
         if token.is_empty() {
             return self.caller(None);
         }
-        caller_of(self.verifier.verify(token))
+        caller_of(self.tokens.verify(token))
     }
 }
 

@@ -116,14 +116,42 @@ impl SearchTerms {
             if i > 0 {
                 out.push_str(" & ");
             }
-            out.push('\'');
-            out.push_str(word);
-            out.push('\'');
+            push_quoted(&mut out, word);
             if i + 1 == self.words.len() {
                 out.push_str(":*");
             }
         }
         out
+    }
+
+    /// The last word, which also matches as the start of longer words.
+    pub fn prefix(&self) -> Option<&str> {
+        self.words.last().map(String::as_str)
+    }
+
+    /// [`Self::tsquery`] with the last word asked as exactly the indexed
+    /// `words` it starts, instead of as a prefix (the two match the same
+    /// messages when `words` are all of them); `None` when there are none,
+    /// so that nothing can match.
+    pub fn tsquery_with_last_as(&self, words: &[String]) -> Option<String> {
+        let (_, before) = self.words.split_last()?;
+        if words.is_empty() {
+            return None;
+        }
+        let mut out = String::new();
+        for word in before {
+            push_quoted(&mut out, word);
+            out.push_str(" & ");
+        }
+        out.push('(');
+        for (i, word) in words.iter().enumerate() {
+            if i > 0 {
+                out.push_str(" | ");
+            }
+            push_quoted(&mut out, word);
+        }
+        out.push(')');
+        Some(out)
     }
 
     /// As an FTS5 query: each word a quoted string, the last one a prefix.
@@ -142,6 +170,19 @@ impl SearchTerms {
         }
         out
     }
+}
+
+/// `word` as a quoted `tsquery` operand. Query words are letters and
+/// digits, but words the index took from older rows may hold anything.
+fn push_quoted(out: &mut String, word: &str) {
+    out.push('\'');
+    for c in word.chars() {
+        if matches!(c, '\'' | '\\') {
+            out.push(c);
+        }
+        out.push(c);
+    }
+    out.push('\'');
 }
 
 /// Latin letters that may carry accents: Latin-1 Supplement, Latin
@@ -208,6 +249,28 @@ mod tests {
         assert_eq!(terms.tsquery(), "'send' & 'the' & 'invo':*");
         assert_eq!(terms.fts5(), "\"send\" AND \"the\" AND \"invo\"*");
         assert!(SearchTerms::parse("?!").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_prefix_can_be_asked_as_the_words_it_starts() {
+        let terms = SearchTerms::parse("send the INVO").unwrap();
+        assert_eq!(terms.prefix(), Some("invo"));
+        let words = ["invoice".to_owned(), "invoices".to_owned()];
+        assert_eq!(
+            terms.tsquery_with_last_as(&words).as_deref(),
+            Some("'send' & 'the' & ('invoice' | 'invoices')")
+        );
+        // No word starts with it: nothing can match.
+        assert_eq!(terms.tsquery_with_last_as(&[]), None);
+        // Words the index took from older rows are quoted safely.
+        let odd = ["it's".to_owned(), "a\\b".to_owned()];
+        assert_eq!(
+            SearchTerms::parse("xy")
+                .unwrap()
+                .tsquery_with_last_as(&odd)
+                .as_deref(),
+            Some("('it''s' | 'a\\\\b')")
+        );
     }
 
     #[test]

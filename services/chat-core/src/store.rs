@@ -132,6 +132,8 @@ impl DatabaseLocation {
 #[derive(Debug, Clone)]
 pub struct PgBackend {
     pool: PgPool,
+    /// The search words this replica knows are stored (see [`vocabulary`]).
+    words: vocabulary::KnownWords,
 }
 
 /// SQLite: a single writer connection (SQLite allows one writer at a time,
@@ -384,6 +386,7 @@ const THREAD_COLUMN_COUNT: usize = 8;
 mod presence;
 mod search;
 mod transcript;
+mod vocabulary;
 
 pub use presence::{PresenceChange, PresenceReport, PresenceState, Reminder};
 pub use search::{SearchCursor, SearchScope};
@@ -492,6 +495,11 @@ const POSTGRES_MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations(&[
         "search member marks",
         include_str!("../../../migrations/postgres/0006_search_member_marks.sql"),
     ),
+    (
+        7,
+        "search words",
+        include_str!("../../../migrations/postgres/0007_search_words.sql"),
+    ),
 ]);
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations(&[
@@ -585,7 +593,10 @@ impl Store {
                     .min_connections(max_connections.min(WARM_CONNECTIONS))
                     .connect(url)
                     .await?;
-                Ok(Store::Postgres(PgBackend { pool }))
+                Ok(Store::Postgres(PgBackend {
+                    pool,
+                    words: Default::default(),
+                }))
             }
             DatabaseLocation::Sqlite(url) => {
                 let options = SqliteConnectOptions::from_str(url)?

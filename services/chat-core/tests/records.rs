@@ -21,6 +21,7 @@ on_both_backends!(
     search_finds_edits_by_their_new_words_and_never_deleted_messages,
     search_pages_newest_first_with_cursors,
     search_finds_old_messages_behind_many_newer_ones,
+    a_prefix_finds_every_word_it_starts_however_many,
     bad_searches_are_refused,
     transcripts_chain_messages_edits_and_deletions_in_commit_order,
     only_service_tokens_export_transcripts,
@@ -314,6 +315,39 @@ async fn search_needs_every_word_ignores_case_and_accents_and_prefixes_the_last(
     assert!(found(&mut alice, "zebra").await.is_empty());
     // Punctuation alone matches nothing.
     assert!(found(&mut alice, "?!").await.is_empty());
+}
+
+/// PostgreSQL asks its index for the words a prefix starts, when they are
+/// few, and for the prefix itself otherwise: both must find the same.
+async fn a_prefix_finds_every_word_it_starts_however_many(app: TestApp) {
+    let mut alice = app.user("alice").await;
+    let t = create(&mut alice, &["bob"], None).await;
+    let many: Vec<String> = (0..70).map(|i| format!("lot{i}")).collect();
+    send(&mut alice, &t.id, &many.join(" ")).await;
+    send(&mut alice, &t.id, "lot7 alone").await;
+    send(&mut alice, &t.id, "few1 and lot8").await;
+    send(&mut alice, &t.id, "few2 again").await;
+    send(&mut alice, &t.id, "fewer").await;
+    // 70 words start with `lot`, more than are ever listed.
+    assert_eq!(
+        found(&mut alice, "lot").await,
+        ["few1 and lot8", "lot7 alone", many.join(" ").as_str()]
+    );
+    assert_eq!(found(&mut alice, "alone lo").await, ["lot7 alone"]);
+    // Three words start with `few`, and another word must occur too.
+    assert_eq!(
+        found(&mut alice, "few").await,
+        ["fewer", "few2 again", "few1 and lot8"]
+    );
+    assert_eq!(found(&mut alice, "lot8 few").await, ["few1 and lot8"]);
+    assert_eq!(found(&mut alice, "again fe").await, ["few2 again"]);
+    // No word starts with it.
+    assert!(found(&mut alice, "fewest").await.is_empty());
+    assert!(found(&mut alice, "alone fewx").await.is_empty());
+    // A word that only an edit brought.
+    let later = send(&mut alice, &t.id, "nothing yet").await;
+    edit(&mut alice, &later.id, "now a fewmore word").await;
+    assert_eq!(found(&mut alice, "fewm").await, ["now a fewmore word"]);
 }
 
 async fn search_sees_only_the_callers_threads(app: TestApp) {

@@ -522,7 +522,7 @@ impl Store {
         match self {
             Store::Postgres(backend) => {
                 let mut connection = backend.pool.acquire().await?;
-                postgres::append_batch(&mut connection, batch).await
+                postgres::append_batch(&mut connection, &backend.words, batch).await
             }
             Store::Sqlite(backend) => sqlite::append_batch(&backend.writer, batch).await,
         }
@@ -574,7 +574,7 @@ impl WriterSession {
                 self.held.insert(connection)
             }
         };
-        let outcome = postgres::append_batch(connection, batch).await;
+        let outcome = postgres::append_batch(connection, &backend.words, batch).await;
         if outcome.is_err()
             && let Some(connection) = self.held.take()
         {
@@ -662,11 +662,14 @@ where
 
 mod postgres {
     use super::*;
+    use crate::store::vocabulary::KnownWords;
 
-    /// Four round trips whatever the batch size (five when messages carry
-    /// idempotency keys): begin, lock and read, (originals,) write, commit.
+    /// Four round trips whatever the batch size: begin, lock and read,
+    /// write, commit; and one more each when messages carry idempotency
+    /// keys and when they bring words the search vocabulary lacks.
     pub(super) async fn append_batch(
         connection: &mut sqlx::PgConnection,
+        known: &KnownWords,
         batch: &[NewMessage],
     ) -> Result<Vec<Option<Appended>>, StoreError> {
         let mut tx = sqlx::Connection::begin(connection).await?;
@@ -698,11 +701,35 @@ mod postgres {
         read_originals(&mut tx, batch, &mut locked).await?;
 
         let mut plan = plan(batch, &locked);
+        let mut new_words = Vec::new();
         if plan.writes() {
             write(&mut tx, &mut plan).await?;
+            new_words = known.unknown(plan.created.iter().map(|c| c.words.as_str()));
+            add_words(&mut tx, &new_words).await?;
         }
         tx.commit().await.map_err(commit_failed)?;
+        known.learned(&new_words);
         Ok(plan.outcomes())
+    }
+
+    /// Adds `words` (sorted) to the search vocabulary. Last in the
+    /// transaction, after every other lock it takes, and in word order, so
+    /// that writers adding the same words queue rather than deadlock.
+    pub(in crate::store) async fn add_words(
+        tx: &mut sqlx::PgConnection,
+        words: &[&str],
+    ) -> Result<(), StoreError> {
+        if words.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO search_words (word) SELECT w FROM UNNEST($1::text[]) AS w \
+             ORDER BY w ON CONFLICT DO NOTHING",
+        )
+        .bind(words)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
     }
 
     /// The stored messages that the batch's keys name, in one query. The

@@ -20,6 +20,11 @@ const RECENT_WINDOWS: [i64; 2] = [2_000, 20_000];
 /// newest messages.
 const FEW_MATCHES: f64 = 5_000.0;
 
+/// The most words a query's last word, a prefix, is asked of PostgreSQL's
+/// index as (see `super::vocabulary`). A shorter prefix that starts more
+/// words stays a prefix: listing them all would cost more than it saves.
+const MAX_PREFIX_WORDS: i64 = 64;
+
 /// Whose messages a search looks through.
 #[derive(Debug, Clone, Copy)]
 pub enum SearchScope<'a> {
@@ -113,6 +118,15 @@ impl Store {
                     .collect::<Result<Vec<_>, _>>()?
             }};
         }
+        // On PostgreSQL, the prefix becomes the words it starts, looked up
+        // in the search vocabulary; none means nothing can match.
+        let tsquery = match self {
+            Store::Postgres(backend) => match prefix_as_words(&backend.pool, terms).await? {
+                Some(tsquery) => tsquery,
+                None => return Ok(Vec::new()),
+            },
+            Store::Sqlite(_) => terms.fts5(),
+        };
         let rows = match self {
             Store::Postgres(backend) if thread.is_none() => {
                 // Across many threads, no one plan suits every word: a
@@ -128,8 +142,7 @@ impl Store {
                 let mut found = Vec::new();
                 let few = match &mark {
                     Some((_, mark)) => {
-                        estimated_matches(&backend.pool, &terms.tsquery(), mark).await?
-                            <= FEW_MATCHES
+                        estimated_matches(&backend.pool, &tsquery, mark).await? <= FEW_MATCHES
                     }
                     None => false,
                 };
@@ -141,7 +154,7 @@ impl Store {
                          LIMIT {window}) m \
                          WHERE m.search @@ to_tsquery('simple', $1){filters} {order}"
                     );
-                    found = run!(&recent, terms.tsquery(), &backend.pool);
+                    found = run!(&recent, tsquery.as_str(), &backend.pool);
                     if found.len() >= limit as usize {
                         break;
                     }
@@ -162,7 +175,7 @@ impl Store {
                     );
                     run!(
                         &indexed,
-                        terms.tsquery(),
+                        tsquery.as_str(),
                         &backend.pool,
                         mark.as_ref().map(|(_, mark)| mark.as_str())
                     )
@@ -173,7 +186,7 @@ impl Store {
                     "SELECT {MESSAGE_COLUMNS} FROM messages m \
                      WHERE m.search @@ to_tsquery('simple', $1){filters} AND {cursor_cond} {order}"
                 );
-                run!(&sql, terms.tsquery(), &backend.pool)
+                run!(&sql, tsquery.as_str(), &backend.pool)
             }
             Store::Sqlite(backend) => {
                 let sql = format!(
@@ -181,11 +194,37 @@ impl Store {
                      JOIN messages m ON m.rowid = s.rowid \
                      WHERE message_search MATCH $1{filters} AND {cursor_cond} {order}"
                 );
-                run!(&sql, terms.fts5(), &backend.reader)
+                run!(&sql, tsquery.as_str(), &backend.reader)
             }
         };
         Ok(rows)
     }
+}
+
+/// `terms` as a PostgreSQL `tsquery`, the last word asked as the indexed
+/// words it starts when there are at most [`MAX_PREFIX_WORDS`] of them;
+/// `None` when no indexed word starts with it.
+async fn prefix_as_words(
+    pool: &sqlx::PgPool,
+    terms: &SearchTerms,
+) -> Result<Option<String>, StoreError> {
+    let Some(prefix) = terms.prefix() else {
+        return Ok(Some(terms.tsquery()));
+    };
+    // `search_words` is in byte order, where the words starting with the
+    // prefix lie between it and it followed by the highest code point.
+    let words: Vec<String> = sqlx::query_scalar(
+        "SELECT word FROM search_words WHERE word >= $1 AND word < $1 || chr(1114111) \
+         ORDER BY word LIMIT $2",
+    )
+    .bind(prefix)
+    .bind(MAX_PREFIX_WORDS + 1)
+    .fetch_all(pool)
+    .await?;
+    if words.len() > MAX_PREFIX_WORDS as usize {
+        return Ok(Some(terms.tsquery()));
+    }
+    Ok(terms.tsquery_with_last_as(&words))
 }
 
 /// How many messages the planner expects to match `tsquery` and `mark`

@@ -102,6 +102,10 @@ enum Change<'a> {
 /// statements run with `$1` the message id and `$2` its new words.
 trait SearchIndex {
     const REINDEX: &'static [&'static str];
+    /// Adds the new words to the search vocabulary (see
+    /// `store::vocabulary`), with `$1` the words: last in the transaction,
+    /// in word order, as a batch adds them.
+    const ADD_WORDS: Option<&'static str>;
 }
 
 impl SearchIndex for sqlx::Postgres {
@@ -113,6 +117,10 @@ impl SearchIndex for sqlx::Postgres {
         crate::search::member_mark_sql!(),
         " FROM thread_participants p WHERE p.thread_id = m.thread_id)) WHERE m.id = $1"
     )];
+    const ADD_WORDS: Option<&'static str> = Some(
+        "INSERT INTO search_words (word) SELECT w FROM unnest(string_to_array($1, ' ')) AS w \
+         WHERE w <> '' AND octet_length(w) <= 2047 ORDER BY w ON CONFLICT DO NOTHING",
+    );
 }
 
 impl SearchIndex for sqlx::Sqlite {
@@ -123,6 +131,8 @@ impl SearchIndex for sqlx::Sqlite {
          AND $2 IS NOT NULL",
         "INSERT INTO message_search (rowid, words) SELECT rowid, $2 FROM messages WHERE id = $1",
     ];
+    // FTS5 answers prefixes from its own index.
+    const ADD_WORDS: Option<&'static str> = None;
 }
 
 impl Store {
@@ -328,6 +338,12 @@ impl Store {
                         payload,
                         now
                     ));
+                }
+                if let Some(statement) = <Db as SearchIndex>::ADD_WORDS {
+                    sqlx::query(statement)
+                        .bind(words.as_str())
+                        .execute(&mut *tx)
+                        .await?;
                 }
             }
             tx.commit().await?;
