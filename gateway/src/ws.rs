@@ -103,8 +103,9 @@ pub const MAX_MESSAGE: usize = 64 * 1024;
 /// The WebSocket read buffer, allocated per socket up front.
 const READ_BUFFER: usize = 512;
 /// What the write buffer holds before a write goes out without waiting
-/// for the flush: several chat frames.
-const WRITE_BUFFER: usize = 16 * 1024;
+/// for the flush: several chat frames, yet little for an active socket to
+/// keep (a buffer keeps the room it once needed).
+const WRITE_BUFFER: usize = 4 * 1024;
 /// How long a socket may take to send its `auth` frame.
 const AUTH_WINDOW: Duration = Duration::from_secs(5);
 
@@ -455,6 +456,23 @@ impl Session {
         sent(timeout(self.state.ws_send_timeout, socket.feed(message)).await)
     }
 
+    /// Queues the answer of the call in flight, if it has one, and records
+    /// how long the frame that made the call took.
+    async fn answered(
+        &self,
+        socket: &mut WebSocket,
+        answer: Option<Message>,
+        (kind, arrived): (FrameKind, Instant),
+    ) -> Result<(), Closing> {
+        if let Some(answer) = answer {
+            self.queue(socket, answer).await?;
+        }
+        self.state
+            .metrics
+            .observe_frame(kind, arrived.elapsed().as_secs_f64());
+        Ok(())
+    }
+
     /// Writes out what [`Self::queue`] buffered.
     async fn flush(&self, socket: &mut WebSocket) -> Result<(), Closing> {
         sent(timeout(self.state.ws_send_timeout, socket.flush()).await)
@@ -557,13 +575,7 @@ impl Session {
                 // What has arrived meanwhile goes out in the same write.
                 if let Some(answer) = in_flight.as_mut().and_then(|call| call.now_or_never()) {
                     in_flight = None;
-                    if let Some(answer) = answer {
-                        self.queue(socket, answer).await?;
-                    }
-                    let (kind, arrived) = in_flight_frame;
-                    self.state
-                        .metrics
-                        .observe_frame(kind, arrived.elapsed().as_secs_f64());
+                    self.answered(socket, answer, in_flight_frame).await?;
                     continue;
                 }
                 if let Some(event) = feed.try_next() {
@@ -592,12 +604,8 @@ impl Session {
                     if in_flight.is_some() =>
                 {
                     in_flight = None;
-                    if let Some(answer) = answer {
-                        self.queue(socket, answer).await?;
-                        unflushed = true;
-                    }
-                    let (kind, arrived) = in_flight_frame;
-                    self.state.metrics.observe_frame(kind, arrived.elapsed().as_secs_f64());
+                    self.answered(socket, answer, in_flight_frame).await?;
+                    unflushed = true;
                 }
                 frame = socket.recv(), if in_flight.is_none() => {
                     last_heard = Instant::now();
