@@ -553,6 +553,15 @@ impl<'s> MigrationSource<'s> for EmbeddedMigrations {
     }
 }
 
+/// The SQLite writer's page cache, in KiB as a negative `cache_size`.
+/// SQLite's default of 2 MiB holds too little of the indexes every batch
+/// updates (messages by thread and seq, by client id, the text index), so
+/// their pages were read back from the operating system's cache on every
+/// batch: at the send path's maximum, 6 % of chat-core's samples were the
+/// kernel copying them (under 1 % with this, and 5–7 % more messages a
+/// second; BENCHMARKS.md). It grows only as far as it is used.
+const WRITER_CACHE_KIB: i64 = -65_536;
+
 /// PostgreSQL connections kept open even when idle.
 const WARM_CONNECTIONS: u32 = 4;
 
@@ -613,7 +622,11 @@ impl Store {
                 let writer = SqlitePoolOptions::new()
                     .max_connections(1)
                     .acquire_timeout(Duration::from_secs(10))
-                    .connect_with(options.clone())
+                    .connect_with(
+                        options
+                            .clone()
+                            .pragma("cache_size", WRITER_CACHE_KIB.to_string()),
+                    )
                     .await?;
                 let reader = SqlitePoolOptions::new()
                     .max_connections(max_connections)
