@@ -662,7 +662,7 @@ where
 
 mod postgres {
     use super::*;
-    use crate::store::vocabulary::KnownWords;
+    use crate::store::vocabulary::{self, KnownWords};
 
     /// Four round trips whatever the batch size: begin, lock and read,
     /// write, commit; and one more each when messages carry idempotency
@@ -712,23 +712,15 @@ mod postgres {
         Ok(plan.outcomes())
     }
 
-    /// Adds `words` (sorted) to the search vocabulary. Last in the
-    /// transaction, after every other lock it takes, and in word order, so
-    /// that writers adding the same words queue rather than deadlock.
-    pub(in crate::store) async fn add_words(
-        tx: &mut sqlx::PgConnection,
-        words: &[&str],
-    ) -> Result<(), StoreError> {
+    /// Adds `words` (sorted) to the search vocabulary.
+    async fn add_words(tx: &mut sqlx::PgConnection, words: &[&str]) -> Result<(), StoreError> {
         if words.is_empty() {
             return Ok(());
         }
-        sqlx::query(
-            "INSERT INTO search_words (word) SELECT w FROM UNNEST($1::text[]) AS w \
-             ORDER BY w ON CONFLICT DO NOTHING",
-        )
-        .bind(words)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(vocabulary::ADD_WORDS)
+            .bind(words.join(" "))
+            .execute(&mut *tx)
+            .await?;
         Ok(())
     }
 

@@ -69,6 +69,32 @@ const SWEEP_LOCK: i64 = 0x0070_7265_7365_6e63;
 /// Users per statement when a set of users is named in an `IN` list.
 const USERS_PER_STATEMENT: usize = 500;
 
+/// Starts the grace period (`offline_since = $since`) of those of `users`
+/// (`&[String]`) who are online with no socket left on a gateway whose
+/// lease outlives `now`; the others stay online, with no grace period
+/// running. A macro because the statement is built for the backend at
+/// hand inside `with_pools!`.
+macro_rules! start_grace {
+    ($db:ty, $tx:expr, $users:expr, $since:expr, $now:expr) => {
+        for chunk in $users.chunks(USERS_PER_STATEMENT) {
+            let mut query = QueryBuilder::<$db>::new("UPDATE user_presence SET offline_since = ");
+            query.push_bind($since).push(
+                " WHERE online AND offline_since IS NULL \
+                 AND NOT EXISTS (SELECT 1 FROM presence p \
+                   JOIN gateway_leases g ON g.gateway_id = p.gateway_id \
+                   WHERE p.user_id = user_presence.user_id AND g.expires_at > ",
+            );
+            query.push_bind($now).push(") AND user_id IN (");
+            let mut ids = query.separated(", ");
+            for user in chunk {
+                ids.push_bind(user.as_str());
+            }
+            query.push(")");
+            query.build().execute($tx).await?;
+        }
+    };
+}
+
 impl Store {
     /// Applies a gateway's report in one transaction: renews its lease
     /// until `lease_until`, records `online` users (their first socket on
@@ -236,23 +262,7 @@ impl Store {
                 .bind(gateway_id)
                 .execute(&mut *tx)
                 .await?;
-            for chunk in users.chunks(USERS_PER_STATEMENT) {
-                let mut query =
-                    QueryBuilder::<Db>::new("UPDATE user_presence SET offline_since = ");
-                query.push_bind(now).push(
-                    " WHERE online AND offline_since IS NULL \
-                     AND NOT EXISTS (SELECT 1 FROM presence p \
-                       JOIN gateway_leases g ON g.gateway_id = p.gateway_id \
-                       WHERE p.user_id = user_presence.user_id AND g.expires_at > ",
-                );
-                query.push_bind(now).push(") AND user_id IN (");
-                let mut ids = query.separated(", ");
-                for user in chunk {
-                    ids.push_bind(user.as_str());
-                }
-                query.push(")");
-                query.build().execute(&mut *tx).await?;
-            }
+            start_grace!(Db, &mut *tx, &users, now, now);
             tx.commit().await?;
             Ok(previous.is_some_and(|at| at > now))
         })
@@ -299,25 +309,8 @@ impl Store {
             }
             orphaned.sort_unstable();
             orphaned.dedup();
-            for chunk in orphaned.chunks(USERS_PER_STATEMENT) {
-                // Only those with no socket on a live gateway: the others
-                // stay online, with no grace period running.
-                let mut query =
-                    QueryBuilder::<Db>::new("UPDATE user_presence SET offline_since = ");
-                query.push_bind(grace_cutoff).push(
-                    " WHERE online AND offline_since IS NULL \
-                     AND NOT EXISTS (SELECT 1 FROM presence p \
-                       JOIN gateway_leases g ON g.gateway_id = p.gateway_id \
-                       WHERE p.user_id = user_presence.user_id AND g.expires_at > ",
-                );
-                query.push_bind(now).push(") AND user_id IN (");
-                let mut ids = query.separated(", ");
-                for user in chunk {
-                    ids.push_bind(user.as_str());
-                }
-                query.push(")");
-                query.build().execute(&mut *tx).await?;
-            }
+            // Due at once: their grace period counts from the cutoff.
+            start_grace!(Db, &mut *tx, &orphaned, grace_cutoff, now);
             // A grace period that ran out while the user holds a socket on
             // a live gateway (a report that raced the step above, say)
             // ends without an announcement: they are online.

@@ -120,7 +120,7 @@ impl Store {
         }
         // On PostgreSQL, the prefix becomes the words it starts, looked up
         // in the search vocabulary; none means nothing can match.
-        let tsquery = match self {
+        let query_text = match self {
             Store::Postgres(backend) => match prefix_as_words(&backend.pool, terms).await? {
                 Some(tsquery) => tsquery,
                 None => return Ok(Vec::new()),
@@ -160,7 +160,7 @@ impl Store {
                          LIMIT {window}) m \
                          WHERE m.search @@ to_tsquery('simple', $1){filters} {order}"
                     );
-                    found = run!(&recent, tsquery.as_str(), &backend.pool);
+                    found = run!(&recent, query_text.as_str(), &backend.pool);
                     if found.len() >= limit as usize {
                         break;
                     }
@@ -181,7 +181,7 @@ impl Store {
                     );
                     run!(
                         &indexed,
-                        tsquery.as_str(),
+                        query_text.as_str(),
                         &backend.pool,
                         mark.as_ref().map(|(_, mark)| mark.as_str())
                     )
@@ -192,7 +192,7 @@ impl Store {
                     "SELECT {MESSAGE_COLUMNS} FROM messages m \
                      WHERE m.search @@ to_tsquery('simple', $1){filters} AND {cursor_cond} {order}"
                 );
-                run!(&sql, tsquery.as_str(), &backend.pool)
+                run!(&sql, query_text.as_str(), &backend.pool)
             }
             Store::Sqlite(backend) => {
                 let sql = format!(
@@ -200,7 +200,7 @@ impl Store {
                      JOIN messages m ON m.rowid = s.rowid \
                      WHERE message_search MATCH $1{filters} AND {cursor_cond} {order}"
                 );
-                run!(&sql, tsquery.as_str(), &backend.reader)
+                run!(&sql, query_text.as_str(), &backend.reader)
             }
         };
         Ok(rows)

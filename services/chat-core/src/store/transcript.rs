@@ -103,8 +103,7 @@ enum Change<'a> {
 trait SearchIndex {
     const REINDEX: &'static [&'static str];
     /// Adds the new words to the search vocabulary (see
-    /// `store::vocabulary`), with `$1` the words: last in the transaction,
-    /// in word order, as a batch adds them.
+    /// `store::vocabulary`): last in the transaction, as a batch adds them.
     const ADD_WORDS: Option<&'static str>;
 }
 
@@ -117,10 +116,7 @@ impl SearchIndex for sqlx::Postgres {
         crate::search::member_mark_sql!(),
         " FROM thread_participants p WHERE p.thread_id = m.thread_id)) WHERE m.id = $1"
     )];
-    const ADD_WORDS: Option<&'static str> = Some(
-        "INSERT INTO search_words (word) SELECT w FROM unnest(string_to_array($1, ' ')) AS w \
-         WHERE w <> '' AND octet_length(w) <= 2047 ORDER BY w ON CONFLICT DO NOTHING",
-    );
+    const ADD_WORDS: Option<&'static str> = Some(super::vocabulary::ADD_WORDS);
 }
 
 impl SearchIndex for sqlx::Sqlite {
@@ -341,7 +337,7 @@ impl Store {
                 }
                 if let Some(statement) = <Db as SearchIndex>::ADD_WORDS {
                     sqlx::query(statement)
-                        .bind(words.as_str())
+                        .bind(super::vocabulary::all_words(&words))
                         .execute(&mut *tx)
                         .await?;
                 }

@@ -24,7 +24,36 @@ use std::{
 
 /// PostgreSQL's text search leaves out longer words (they are not in the
 /// index), and a B-tree entry this long would be refused.
-pub(crate) const MAX_WORD_BYTES: usize = 2047;
+const MAX_WORD_BYTES: usize = 2047;
+
+/// Adds words to the vocabulary, `$1` being them separated by single
+/// spaces (from [`words_of`]). In word order, and last in its transaction
+/// after every other lock it takes, so that writers adding the same words
+/// queue rather than deadlock.
+pub(crate) const ADD_WORDS: &str = "INSERT INTO search_words (word) \
+     SELECT w FROM unnest(string_to_array($1, ' ')) AS w ORDER BY w ON CONFLICT DO NOTHING";
+
+/// The words of `texts` (indexed texts: words separated by single spaces)
+/// that the vocabulary holds, sorted and without repeats, except those
+/// `skip` says are there already.
+fn words_of<'a>(
+    texts: impl IntoIterator<Item = &'a str>,
+    skip: impl Fn(&str) -> bool,
+) -> Vec<&'a str> {
+    let mut words: Vec<&str> = texts
+        .into_iter()
+        .flat_map(|text| text.split(' '))
+        .filter(|word| !word.is_empty() && word.len() <= MAX_WORD_BYTES && !skip(word))
+        .collect();
+    words.sort_unstable();
+    words.dedup();
+    words
+}
+
+/// The words an edit's new text adds, as [`ADD_WORDS`] takes them.
+pub(crate) fn all_words(text: &str) -> String {
+    words_of([text], |_| false).join(" ")
+}
 
 /// How many words a replica remembers as stored, per generation (two are
 /// kept): enough for a chat's everyday vocabulary, so that a batch usually
@@ -50,18 +79,9 @@ impl KnownWords {
         let Ok(known) = self.generations.lock() else {
             return Vec::new();
         };
-        let mut words: Vec<&str> = texts
-            .into_iter()
-            .flat_map(|text| text.split(' '))
-            .filter(|word| {
-                !word.is_empty()
-                    && word.len() <= MAX_WORD_BYTES
-                    && !known.iter().any(|generation| generation.contains(*word))
-            })
-            .collect();
-        words.sort_unstable();
-        words.dedup();
-        words
+        words_of(texts, |word| {
+            known.iter().any(|generation| generation.contains(word))
+        })
     }
 
     /// Remembers `words` as stored; called once their transaction committed.
@@ -91,6 +111,12 @@ mod tests {
         known.learned(&words);
         assert!(known.unknown(["zebra alpha invoice"]).is_empty());
         assert_eq!(known.unknown(["invoice invoices"]), ["invoices"]);
+    }
+
+    #[test]
+    fn an_edit_adds_all_its_words_sorted_once() {
+        assert_eq!(all_words("zebra invoice zebra"), "invoice zebra");
+        assert_eq!(all_words(""), "");
     }
 
     #[test]
